@@ -1,0 +1,95 @@
+"""Base DataModule: owns the splits and every loader; a dataset fills one hook, `build_splits`.
+
+Split names mean the same everywhere:
+  train, val, test  the owner's labelled data (victim or detector);
+  pool              images an attacker may query with; yielded without labels.
+"""
+
+from abc import ABC, abstractmethod
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_modules.errors import ConfigError
+
+# Every image of every dataset is normalised with ImageNet statistics (paper 3.2.1).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """Normalise a batch of RGB images in [0, 1], shape (N, 3, H, W), with ImageNet mean/std."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+class ImagesOnly(Dataset):
+    """A view of a labelled dataset that hides the labels: what a query pool gives an attacker.
+
+    The labels stay reachable through `.labelled` for analysis only.
+    """
+
+    def __init__(self, labelled: Dataset):
+        self.labelled = labelled
+
+    def __len__(self) -> int:
+        return len(self.labelled)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.labelled[index][0]
+
+
+class ImageDataModule(LightningDataModule, ABC):
+    """Loaders for the splits returned by `build_splits`; `num_classes` is set by subclasses."""
+
+    num_classes: int
+
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.splits: dict[str, Dataset] = {}
+
+    @abstractmethod
+    def build_splits(self) -> dict[str, Dataset]:
+        """Return the datasets by split name (see the module docstring)."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self.splits = self.build_splits()
+
+    def split(self, name: str) -> Dataset:
+        self.setup()
+        if name not in self.splits:
+            raise ConfigError(
+                f"{type(self).__name__} has no {name!r} split (has: {', '.join(self.splits)})"
+            )
+        return self.splits[name]
+
+    def loader(self, name: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            self.split(name),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.loader("pool" if "pool" in self.splits else "test")

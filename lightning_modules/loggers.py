@@ -1,0 +1,26 @@
+"""A WandbLogger that works with no network: offline unless the user has logged in to W&B."""
+
+import netrc
+import os
+
+from lightning.pytorch.loggers import WandbLogger
+
+
+def wandb_logged_in() -> bool:
+    """True when W&B has credentials: `WANDB_API_KEY` or a `wandb login` entry in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+class AutoWandbLogger(WandbLogger):
+    """`offline=None` (the default) means: offline when not logged in and `WANDB_MODE` is unset,
+    so a laptop or an air-gapped node never blocks on a login prompt; `wandb sync` uploads later."""
+
+    def __init__(self, offline: bool | None = None, **kwargs):
+        if offline is None:
+            offline = os.environ.get("WANDB_MODE") is None and not wandb_logged_in()
+        super().__init__(offline=offline, **kwargs)

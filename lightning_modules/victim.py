@@ -1,0 +1,83 @@
+"""The victim F_V: a classifier trained with cross-entropy on its own labelled data.
+
+The training recipe (optimizer, schedule, epochs) lives in the YAML, not here: the paper's
+SGD-0.1-step-60 recipe for the RN34 victims (3.2.2) and Adam 1e-3 then 5e-4 for the 5L/9L
+victims (5.1.1) are two configs of this one class.
+"""
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_modules.networks import build_network
+
+
+class VictimClassifier(LightningModule):
+    """Classifier over `num_classes`; logs `train/loss`, `val/acc`, `test/acc` and per-class
+    test accuracy `test/acc_class/<i>`.
+
+    The checkpoint keeps `arch`, `num_classes` and `weights`, enough to rebuild the network;
+    pass `weights=None` to `load_from_checkpoint` to skip re-reading pretrained weights that the
+    checkpoint's state dict overwrites anyway.
+    """
+
+    def __init__(
+        self,
+        arch: str = "digits_cnn",
+        num_classes: int = 10,
+        weights: str | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.net = build_network(arch, num_classes, weights)
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc_class = MulticlassAccuracy(num_classes, average=None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        x, y = batch
+        logits = self(x)
+        self.val_acc(logits, y)
+        self.log("val/loss", F.cross_entropy(logits, y), sync_dist=True)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        x, y = batch
+        logits = self(x)
+        self.test_acc(logits, y)
+        self.test_acc_class.update(logits, y)
+        self.log("test/acc", self.test_acc)
+
+    def on_test_epoch_end(self) -> None:
+        for cls, acc in enumerate(self.test_acc_class.compute()):
+            self.log(f"test/acc_class/{cls}", acc)
+        self.test_acc_class.reset()
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        return self(x).softmax(dim=-1)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
