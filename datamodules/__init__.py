@@ -2,5 +2,12 @@
 
 from datamodules.base import ImageDataModule
 from datamodules.digits import DigitsDataModule
+from datamodules.pools import CropsPoolDataModule
+from datamodules.transfer_set import TransferSetDataModule
 
-__all__ = ["DigitsDataModule", "ImageDataModule"]
+__all__ = [
+    "CropsPoolDataModule",
+    "DigitsDataModule",
+    "ImageDataModule",
+    "TransferSetDataModule",
+]

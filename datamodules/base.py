@@ -45,9 +45,13 @@ class ImageDataModule(LightningDataModule, ABC):
     """Loaders for the splits returned by `build_splits`; `num_classes` is set by subclasses."""
 
     num_classes: int
+    # init arguments that are objects, not settings: kept out of `hparams` and checkpoints
+    not_hparams: tuple[str, ...] = ()
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0):
         super().__init__()
+        # the subclass's init arguments, collected up the call stack: what built these images
+        self.save_hyperparameters(ignore=list(self.not_hparams))
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:

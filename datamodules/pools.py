@@ -1,0 +1,93 @@
+"""Embedded query pools: random crops of the photos shipped inside scikit-learn and scikit-image.
+
+They stand in for the attacker's data of the paper with no download:
+  natural  diverse crops of 11 photos: the ImageNet-subset stand-in (D_A of 3.1, 4.2.1);
+  other    crops of 8 other photos: the OpenImages stand-in (second out-of-distribution set);
+  narrow   crops of one retina photo: the low-diversity Diabetic5 stand-in of 5.1.3.
+The photos of the three pools are disjoint. Each crop keeps the index of its photo as a label,
+for analysis only: the attacker sees images alone.
+"""
+
+from functools import cache
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, TensorDataset
+
+from datamodules.base import ImageDataModule, ImagesOnly, normalize
+from lightning_modules.errors import ConfigError
+
+PHOTOS: dict[str, tuple[str, ...]] = {
+    "natural": ("sklearn:china.jpg", "astronaut", "chelsea", "coffee", "rocket", "camera",
+                "coins", "brick", "grass", "moon", "text"),
+    "other": ("sklearn:flower.jpg", "stereo_motorcycle", "hubble_deep_field",
+              "immunohistochemistry", "clock", "gravel", "page", "cell"),
+    "narrow": ("retina",),
+}  # fmt: skip
+
+
+@cache
+def load_photo(name: str) -> torch.Tensor:
+    """One shipped photo as a float RGB tensor (3, H, W) in [0, 1]."""
+    if name.startswith("sklearn:"):
+        from sklearn.datasets import load_sample_image
+
+        array = load_sample_image(name.removeprefix("sklearn:"))
+    else:
+        import skimage.data
+
+        array = getattr(skimage.data, name)()
+        array = array[0] if isinstance(array, tuple) else array  # stereo pairs: left image
+    array = np.asarray(array, dtype=np.float32)
+    array = array / 255.0 if array.max() > 1 else array
+    image = torch.from_numpy(array)
+    image = image.unsqueeze(-1).expand(-1, -1, 3) if image.ndim == 2 else image[..., :3]
+    return image.permute(2, 0, 1).contiguous()
+
+
+def random_crops(
+    photos: list[torch.Tensor], count: int, image_size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` seeded crops, 10-60% of a photo's short side, mirrored half the time, resized."""
+    gen = torch.Generator().manual_seed(seed)
+    crops, sources = [], torch.randint(len(photos), (count,), generator=gen)
+    for source in sources.tolist():
+        photo = photos[source]
+        _, height, width = photo.shape
+        side = int(min(height, width) * (0.1 + 0.5 * torch.rand((), generator=gen)))
+        top = int(torch.randint(height - side + 1, (), generator=gen))
+        left = int(torch.randint(width - side + 1, (), generator=gen))
+        crop = photo[:, top : top + side, left : left + side]
+        if torch.rand((), generator=gen) < 0.5:
+            crop = crop.flip(-1)
+        crops.append(F.interpolate(crop[None], size=image_size, mode="area")[0])
+    return normalize(torch.stack(crops)), sources
+
+
+class CropsPoolDataModule(ImageDataModule):
+    """A query pool of `size` crops from one photo set; one split, `pool`, images only."""
+
+    num_classes = 0  # a pool has no task of its own
+
+    def __init__(
+        self,
+        source: Literal["natural", "other", "narrow"] = "natural",
+        size: int = 3000,
+        image_size: int = 32,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__(batch_size, num_workers, seed)
+        if source not in PHOTOS:
+            raise ConfigError(f"data.source must be one of {', '.join(PHOTOS)}, got {source!r}")
+        if size < 1:
+            raise ConfigError(f"data.size must be >= 1, got {size}")
+        self.source, self.size, self.image_size = source, size, image_size
+
+    def build_splits(self) -> dict[str, Dataset]:
+        photos = [load_photo(name) for name in PHOTOS[self.source]]
+        crops, sources = random_crops(photos, self.size, self.image_size, self.seed)
+        return {"pool": ImagesOnly(TensorDataset(crops, sources))}

@@ -1,0 +1,277 @@
+"""The transfer set {D_A, F_V(D_A)} of the Knockoff attack, and the DataModule that trains on it.
+
+Querying (paper 3.1.2): a seeded random order of the query pool is sent to the prediction API
+up to `budget` queries; the victim's full posterior of each query is stored once, as float16
+(100,000 x 256 answers take 51 MB), and the API's granularity is applied offline, so A_p and A_c
+of Table 6 come from one pass. The cache is keyed by what determines the answers (the victim
+checkpoint's bytes, the pool's settings, the seed), not by the budget: the order is fixed, so a
+budget of 10k reads a prefix of the 100k answers, and a larger budget only asks the missing
+queries. Each API batch is written as its own file, atomically, so a killed run resumes at the
+first unanswered query.
+"""
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
+
+from datamodules.base import ImageDataModule
+from lightning_modules.api import (
+    Granularity,
+    PredictionAPI,
+    check_granularity,
+    degrade,
+    load_victim,
+    victim_architecture,
+)
+from lightning_modules.errors import ConfigError
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """Write `array` to `path` so that a kill never leaves a partial file under that name."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe(datamodule: ImageDataModule) -> str:
+    """The settings that determine a DataModule's images (not how they are batched), as JSON."""
+    skip = {"batch_size", "num_workers"}
+    settings = {k: v for k, v in datamodule.hparams.items() if k not in skip}
+    return json.dumps({"class": type(datamodule).__qualname__, **settings}, sort_keys=True)
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class PosteriorCache:
+    """Victim posteriors for a fixed query order, stored as contiguous chunk files
+    `q<start>-<end>.npy` in one folder."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def chunks(self) -> list[tuple[int, int, Path]]:
+        found = []
+        for path in self.folder.glob("q*-*.npy"):
+            start, end = (int(part) for part in path.stem[1:].split("-"))
+            found.append((start, end, path))
+        return sorted(found)
+
+    def answered(self) -> int:
+        """How many queries of the order are answered, counting contiguous chunks from 0."""
+        done = 0
+        for start, end, _ in self.chunks():
+            if start == done:
+                done = end
+        return done
+
+    def write(self, start: int, posteriors: np.ndarray) -> None:
+        end = start + len(posteriors)
+        atomic_save_npy(self.folder / f"q{start:09d}-{end:09d}.npy", posteriors)
+
+    def read(self, count: int) -> np.ndarray:
+        parts, done = [], 0
+        for start, end, path in self.chunks():
+            if start == done and done < count:
+                parts.append(np.load(path, allow_pickle=False))
+                done = end
+        if done < count:
+            raise ConfigError(f"transfer-set cache {self.folder} holds {done} of {count} answers")
+        return np.concatenate(parts)[:count]
+
+
+class TransferDataset(Dataset):
+    """(query image, API answer) pairs; the images are read from the pool by index."""
+
+    def __init__(self, pool: Dataset, indices: np.ndarray, answers: torch.Tensor):
+        self.pool, self.indices, self.answers = pool, indices, answers
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pool[int(self.indices[i])], self.answers[i]
+
+
+class VictimLabelled(Dataset):
+    """The victim's test set with the victim's own prediction: (image, label, victim label)."""
+
+    def __init__(self, test: Dataset, victim_labels: torch.Tensor):
+        self.test, self.victim_labels = test, victim_labels
+
+    def __len__(self) -> int:
+        return len(self.test)
+
+    def __getitem__(self, i: int):
+        image, label = self.test[i]
+        return image, label, self.victim_labels[i]
+
+
+class TransferSetDataModule(ImageDataModule):
+    """Builds (in `prepare_data`) and serves the transfer set of a Knockoff attack.
+
+    Splits: `train` and `val` (a seeded `val_fraction` of the transfer set, answered by the API
+    like the rest: the attacker's only model-selection data), and `test`, the victim's test
+    set with labels and the victim's predictions, for Acc(F_A), recovery and fidelity. The
+    surrogate also sees `test` once per epoch for analysis (Figure 2), never for selection.
+    """
+
+    not_hparams = ("pool", "victim_data")
+
+    def __init__(
+        self,
+        victim: str,
+        pool: ImageDataModule,
+        victim_data: ImageDataModule,
+        budget: int,
+        granularity: Granularity = "probs",
+        top_k: int | None = None,
+        decimals: int | None = None,
+        val_fraction: float = 0.1,
+        balance: bool = False,
+        cache_dir: str = "runs/transfer_sets",
+        query_batch_size: int = 256,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__(batch_size, num_workers, seed)
+        self.victim_path = Path(victim)
+        self.pool, self.victim_data = pool, victim_data
+        self.num_classes = victim_data.num_classes
+        check_granularity(granularity, self.num_classes, top_k, decimals)
+        if not 0 <= val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        if budget < 1:
+            raise ConfigError(f"data.budget must be >= 1 query, got {budget}")
+        self._check_victim()
+        self.budget, self.granularity = budget, granularity
+        self.top_k, self.decimals = top_k, decimals
+        self.val_fraction, self.balance = val_fraction, balance
+        self.cache_dir, self.query_batch_size = Path(cache_dir), query_batch_size
+        self.prepare_data_per_node = False  # one process queries the API, for all nodes
+        self.posteriors: torch.Tensor | None = None
+
+    def _check_victim(self) -> None:
+        """Fail before any query on a missing, corrupt or mismatched victim checkpoint."""
+        _, classes = victim_architecture(self.victim_path)
+        if classes != self.num_classes:
+            raise ConfigError(
+                f"victim checkpoint {self.victim_path} has num_classes={classes} but "
+                f"data.victim_data has {self.num_classes}"
+            )
+
+    # -- querying -------------------------------------------------------------------------
+
+    @property
+    def folder(self) -> Path:
+        key = json.dumps([file_digest(self.victim_path), describe(self.pool), self.seed])
+        return self.cache_dir / digest(key)
+
+    def query_order(self) -> np.ndarray:
+        """The seeded order in which pool images are sent; any budget takes a prefix of it."""
+        size = len(self.pool.split("pool"))
+        if self.budget > size:
+            raise ConfigError(f"data.budget {self.budget} exceeds the pool's {size} images")
+        return np.random.default_rng(self.seed).permutation(size)
+
+    def _device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def prepare_data(self) -> None:
+        order = self.query_order()
+        folder = self.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        cache = PosteriorCache(folder)
+        done = cache.answered()
+        if done < self.budget:
+            api = PredictionAPI.from_checkpoint(
+                self.victim_path, batch_size=self.query_batch_size, device=self._device()
+            )
+            todo = Subset(self.pool.split("pool"), order[done : self.budget].tolist())
+            loader = DataLoader(
+                todo, batch_size=self.query_batch_size, num_workers=self.num_workers
+            )
+            for images in loader:
+                cache.write(done, api.posteriors(images).numpy().astype(np.float16))
+                done += len(images)
+        meta = {"victim": str(self.victim_path), "pool": describe(self.pool), "seed": self.seed,
+                "answered": cache.answered()}  # fmt: skip
+        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+        self._victim_test_labels(folder)
+
+    def _victim_test_labels(self, folder: Path) -> torch.Tensor:
+        """F_V's predictions on its test set (evaluation only; not part of the attack)."""
+        path = folder / f"victim_test_{digest(describe(self.victim_data))}.npy"
+        if not path.exists():
+            victim = load_victim(self.victim_path).to(self._device())
+            preds = []
+            loader = DataLoader(self.victim_data.split("test"), batch_size=self.query_batch_size)
+            with torch.inference_mode():
+                for images, _ in loader:
+                    preds.append(victim(images.to(self._device())).argmax(-1).cpu())
+            atomic_save_npy(path, torch.cat(preds).numpy())
+        return torch.from_numpy(np.load(path, allow_pickle=False))
+
+    # -- serving --------------------------------------------------------------------------
+
+    def build_splits(self) -> dict[str, Dataset]:
+        folder = self.folder
+        order = self.query_order()[: self.budget]
+        raw = torch.from_numpy(PosteriorCache(folder).read(self.budget).astype(np.float32))
+        self.posteriors = raw
+        answers = degrade(raw, self.granularity, self.top_k, self.decimals)
+        shuffled = np.random.default_rng(self.seed + 1).permutation(self.budget)
+        n_val = math.floor(self.val_fraction * self.budget)
+        val, train = shuffled[:n_val], shuffled[n_val:]
+        pool = self.pool.split("pool")
+        splits = {
+            "train": TransferDataset(pool, order[train], answers[train]),
+            "test": VictimLabelled(
+                self.victim_data.split("test"), self._victim_test_labels(folder)
+            ),
+        }
+        if n_val:
+            splits["val"] = TransferDataset(pool, order[val], answers[val])
+        return splits
+
+    def class_histogram(self) -> torch.Tensor:
+        """How many transfer-set queries the victim assigned to each class (Figure 1, left)."""
+        self.setup()
+        return torch.bincount(self.posteriors.argmax(-1), minlength=self.num_classes)
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.balance:
+            return super().train_dataloader()
+        train = self.split("train")
+        labels = train.answers.argmax(-1)
+        weights = 1.0 / torch.bincount(labels, minlength=self.num_classes).clamp_min(1)[labels]
+        generator = torch.Generator().manual_seed(self.seed)
+        sampler = WeightedRandomSampler(weights.double(), len(train), generator=generator)
+        return DataLoader(
+            train, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers
+        )
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """[transfer-set validation (selection), victim test set (analysis only, Figure 2)]."""
+        loaders = [self.loader("val")] if "val" in self.splits else []
+        return [*loaders, self.loader("test")]

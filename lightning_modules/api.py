@@ -1,0 +1,133 @@
+"""The prediction API: the only door an attacker has to the victim (paper 2.2, 5.1.2).
+
+The victim's full posterior is computed once per query; what the client receives is derived
+from it by `degrade`, a pure function. The transfer set stores the posterior and applies
+`degrade` offline, so every granularity (A_p and A_c of Table 6) comes from one querying pass.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from lightning_modules.errors import ConfigError
+
+Granularity = Literal["probs", "top_k", "rounded", "label"]
+GRANULARITIES: tuple[str, ...] = ("probs", "top_k", "rounded", "label")
+
+
+def check_granularity(
+    granularity: str, num_classes: int, top_k: int | None, decimals: int | None
+) -> None:
+    """Raise a one-line ConfigError for an unknown granularity or an out-of-range option."""
+    if granularity not in GRANULARITIES:
+        known = ", ".join(GRANULARITIES)
+        raise ConfigError(f"granularity must be one of {known}, got {granularity!r}")
+    if granularity == "top_k" and (top_k is None or not 1 <= top_k <= num_classes):
+        raise ConfigError(f"top_k must be in 1..{num_classes} (num_classes), got {top_k}")
+    if granularity == "rounded" and (decimals is None or decimals < 0):
+        raise ConfigError(f"decimals must be an integer >= 0 for rounded answers, got {decimals}")
+
+
+def degrade(
+    posteriors: torch.Tensor,
+    granularity: Granularity,
+    top_k: int | None = None,
+    decimals: int | None = None,
+) -> torch.Tensor:
+    """What the API returns for full posteriors (N, C), as an (N, C) tensor:
+
+    probs    the posterior itself;
+    top_k    the k highest probabilities, every other entry zero (not renormalised);
+    rounded  every probability rounded to `decimals` decimals;
+    label    the one-hot vector of the predicted class.
+    """
+    if granularity == "probs":
+        return posteriors
+    if granularity == "top_k":
+        values, indices = posteriors.topk(top_k, dim=-1)
+        return torch.zeros_like(posteriors).scatter_(-1, indices, values)
+    if granularity == "rounded":
+        scale = 10.0**decimals
+        return torch.round(posteriors.double() * scale).div(scale).to(posteriors.dtype)
+    if granularity == "label":
+        labels = posteriors.argmax(dim=-1)
+        return nn.functional.one_hot(labels, posteriors.shape[-1]).to(posteriors.dtype)
+    raise ConfigError(f"unknown granularity {granularity!r}")
+
+
+def victim_architecture(path: str | Path) -> tuple[str, int]:
+    """(arch, num_classes) of a VictimClassifier checkpoint, read without unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"victim checkpoint {path} does not exist")
+    try:
+        hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+        return str(hparams["arch"]), int(hparams["num_classes"])
+    except Exception as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(
+            f"victim checkpoint {path} is not a readable checkpoint: {reason}"
+        ) from None
+
+
+def load_victim(path: str | Path) -> nn.Module:
+    """The victim network from a VictimClassifier checkpoint, in eval mode."""
+    from lightning_modules.networks import build_network, load_state_dict_file
+
+    net = build_network(*victim_architecture(path))
+    net.load_state_dict(load_state_dict_file(Path(path)))
+    return net.eval()
+
+
+class PredictionAPI:
+    """Answers batches of images with the victim's output at one granularity.
+
+    Counts every query answered and refuses to exceed `budget`. The victim runs in eval mode
+    under `torch.inference_mode` on `device`, in batches of `batch_size`.
+    """
+
+    def __init__(
+        self,
+        victim: nn.Module,
+        num_classes: int,
+        granularity: Granularity = "probs",
+        top_k: int | None = None,
+        decimals: int | None = None,
+        budget: int | None = None,
+        batch_size: int = 256,
+        device: torch.device | str = "cpu",
+    ):
+        check_granularity(granularity, num_classes, top_k, decimals)
+        if budget is not None and budget < 1:
+            raise ConfigError(f"budget must be >= 1 query, got {budget}")
+        self.victim = victim.eval().to(device)
+        self.num_classes = num_classes
+        self.granularity, self.top_k, self.decimals = granularity, top_k, decimals
+        self.budget, self.batch_size, self.device = budget, batch_size, torch.device(device)
+        self.queries_answered = 0
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs) -> "PredictionAPI":
+        victim = load_victim(path)
+        return cls(victim, num_classes=victim.fc.out_features, **kwargs)
+
+    def posteriors(self, images: torch.Tensor) -> torch.Tensor:
+        """Full victim posteriors (N, C) on the CPU, counted against the budget."""
+        if self.budget is not None and self.queries_answered + len(images) > self.budget:
+            raise ConfigError(
+                f"query budget exhausted: {self.queries_answered} answered, {len(images)} more "
+                f"asked, budget {self.budget}"
+            )
+        outputs = []
+        with torch.inference_mode():
+            for chunk in images.split(self.batch_size):
+                logits = self.victim(chunk.to(self.device, non_blocking=True))
+                outputs.append(logits.float().softmax(dim=-1).cpu())
+        self.queries_answered += len(images)
+        return torch.cat(outputs)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """The client's answer: posteriors degraded to this API's granularity."""
+        return degrade(self.posteriors(images), self.granularity, self.top_k, self.decimals)

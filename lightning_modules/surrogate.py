@@ -1,0 +1,99 @@
+"""The surrogate F_A of the Knockoff attack: distilled from the prediction API's answers.
+
+One loss serves every granularity: cross-entropy against the API's answer vector, normalised to
+sum to one. For `probs`, `top_k` and `rounded` this is soft-label distillation; a `label` answer
+is one-hot, where the same formula is exactly hard-label cross-entropy.
+
+Model selection uses only the transfer set's validation split (`val/acc`: agreement with the
+API's answers). The victim's test set is scored every epoch as `analysis/test_acc` for Figure 2,
+and `fit` refuses a checkpoint or early-stopping callback that monitors it (Knockoff's public
+code selects on the test set; the paper's 5.2.1 does not).
+"""
+
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_modules.errors import ConfigError
+from lightning_modules.victim import VictimClassifier
+
+FORBIDDEN_MONITORS = ("analysis/", "test/")
+
+
+def soft_cross_entropy(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy against answer vectors normalised to sum 1; an all-zero answer
+    (possible when rounding to 0 decimals) carries no information and adds no loss."""
+    totals = answers.sum(dim=-1, keepdim=True)
+    targets = answers / totals.clamp_min(1e-12)
+    losses = -(targets * logits.log_softmax(dim=-1)).sum(dim=-1)
+    return losses.sum() / (totals.squeeze(-1) > 0).sum().clamp_min(1)
+
+
+class Surrogate(VictimClassifier):
+    """F_A: any registered arch (pretrained or not) trained on a `TransferSetDataModule`.
+
+    Test metrics on the victim's test set: `test/acc` = Acc(F_A), `test/acc_victim` = Acc(F_V)
+    on the same images, `test/recovery` = their ratio, `test/fidelity` = agreement of F_A with
+    F_V, and per-class accuracies of both (`test/acc_class/<i>`, `test/acc_victim_class/<i>`).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        classes = self.hparams.num_classes
+        self.analysis_acc = MulticlassAccuracy(classes, average="micro")
+        self.victim_acc = MulticlassAccuracy(classes, average="micro")
+        self.fidelity = MulticlassAccuracy(classes, average="micro")
+        self.victim_acc_class = MulticlassAccuracy(classes, average=None)
+
+    def on_fit_start(self) -> None:
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, ModelCheckpoint | EarlyStopping):
+                monitor = callback.monitor or ""
+                if monitor.startswith(FORBIDDEN_MONITORS):
+                    raise ConfigError(
+                        f"{type(callback).__name__} monitors {monitor!r}, the victim's test set: "
+                        "select on 'val/acc' or 'val/loss' (the transfer set's validation split)"
+                    )
+
+    def training_step(self, batch, batch_idx: int):
+        x, answers = batch
+        loss = soft_cross_entropy(self(x), answers)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
+        if len(batch) == 3:  # the victim's test set: analysis only (Figure 2)
+            x, y, _ = batch
+            self.analysis_acc(self(x), y)
+            self.log("analysis/test_acc", self.analysis_acc, add_dataloader_idx=False)
+            return
+        x, answers = batch
+        logits = self(x)
+        self.val_acc(logits, answers.argmax(dim=-1))
+        self.log("val/loss", soft_cross_entropy(logits, answers), add_dataloader_idx=False,
+                 sync_dist=True)  # fmt: skip
+        self.log("val/acc", self.val_acc, prog_bar=True, add_dataloader_idx=False)
+
+    def test_step(self, batch, batch_idx: int):
+        x, y, victim_y = batch
+        logits = self(x)
+        self.test_acc.update(logits, y)
+        self.test_acc_class.update(logits, y)
+        self.victim_acc.update(victim_y, y)
+        self.victim_acc_class.update(victim_y, y)
+        self.fidelity.update(logits, victim_y)
+
+    def on_test_epoch_end(self) -> None:
+        acc, victim_acc = self.test_acc.compute(), self.victim_acc.compute()
+        self.log_dict({
+            "test/acc": acc, "test/acc_victim": victim_acc,
+            "test/recovery": acc / victim_acc.clamp_min(1e-12),
+            "test/fidelity": self.fidelity.compute(),
+        })  # fmt: skip
+        for name, metric in (("acc_class", self.test_acc_class),
+                             ("acc_victim_class", self.victim_acc_class)):  # fmt: skip
+            for cls, value in enumerate(metric.compute()):
+                self.log(f"test/{name}/{cls}", value)
+        for metric in (self.test_acc, self.victim_acc, self.fidelity, self.test_acc_class,
+                       self.victim_acc_class):  # fmt: skip
+            metric.reset()
