@@ -66,7 +66,7 @@ def victim_architecture(path: str | Path) -> tuple[str, int]:
         hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
         return str(hparams["arch"]), int(hparams["num_classes"])
     except Exception as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
         raise ConfigError(
             f"victim checkpoint {path} is not a readable checkpoint: {reason}"
         ) from None

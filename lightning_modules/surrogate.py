@@ -10,11 +10,14 @@ and `fit` refuses a checkpoint or early-stopping callback that monitors it (Knoc
 code selects on the test set; the paper's 5.2.1 does not).
 """
 
+from pathlib import Path
+
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_modules.errors import ConfigError
+from lightning_modules.figures import plot_transfer_histogram
 from lightning_modules.victim import VictimClassifier
 
 FORBIDDEN_MONITORS = ("analysis/", "test/")
@@ -90,10 +93,31 @@ class Surrogate(VictimClassifier):
             "test/recovery": acc / victim_acc.clamp_min(1e-12),
             "test/fidelity": self.fidelity.compute(),
         })  # fmt: skip
-        for name, metric in (("acc_class", self.test_acc_class),
-                             ("acc_victim_class", self.victim_acc_class)):  # fmt: skip
-            for cls, value in enumerate(metric.compute()):
+        self.per_class = {"acc_class": self.test_acc_class.compute(),
+                          "acc_victim_class": self.victim_acc_class.compute()}  # fmt: skip
+        for name, values in self.per_class.items():
+            for cls, value in enumerate(values):
                 self.log(f"test/{name}/{cls}", value)
         for metric in (self.test_acc, self.victim_acc, self.fidelity, self.test_acc_class,
                        self.victim_acc_class):  # fmt: skip
             metric.reset()
+
+    def on_test_end(self) -> None:
+        """Figure 1 and the transfer-set histogram (CSV) beside the run's logs."""
+        histogram = getattr(self.trainer.datamodule, "class_histogram", None)
+        if histogram is None or not self.trainer.is_global_zero:
+            return
+        counts = histogram()
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        rows = ["class,queries,acc_victim,acc_surrogate"] + [
+            f"{c},{int(n)},{float(v):.4f},{float(a):.4f}"
+            for c, (n, v, a) in enumerate(zip(counts, self.per_class["acc_victim_class"],
+                                              self.per_class["acc_class"], strict=True))
+        ]  # fmt: skip
+        (folder / "transfer_histogram.csv").write_text("\n".join(rows) + "\n")
+        figure = plot_transfer_histogram(
+            counts, self.per_class["acc_victim_class"].cpu(), self.per_class["acc_class"].cpu(),
+            folder / "figure1_transfer_histogram.png", title=f"surrogate {self.hparams.arch}",
+        )  # fmt: skip
+        if hasattr(self.logger, "log_image"):
+            self.logger.log_image("figure1_transfer_histogram", [str(figure)])

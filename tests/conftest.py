@@ -16,3 +16,26 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # never a warm cache
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def victim_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A digits CNN victim trained for six epochs (over 90% accurate), saved as a checkpoint."""
+    from functools import partial
+
+    import torch
+    from lightning.pytorch import Trainer, seed_everything
+
+    from datamodules import DigitsDataModule
+    from lightning_modules import VictimClassifier
+
+    seed_everything(0)
+    path = tmp_path_factory.mktemp("victim") / "victim.ckpt"
+    trainer = Trainer(max_epochs=6, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    adam = partial(torch.optim.Adam, lr=3e-3)
+    cosine = partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=6)
+    victim = VictimClassifier("digits_cnn", 10, optimizer=adam, lr_scheduler=cosine)
+    trainer.fit(victim, DigitsDataModule())
+    trainer.save_checkpoint(path)
+    return path

@@ -1,0 +1,62 @@
+"""The surrogate: one loss for soft and hard labels; selection never on the victim's test set."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
+from lightning_modules import Surrogate
+from lightning_modules.errors import ConfigError
+from lightning_modules.surrogate import soft_cross_entropy
+
+
+def test_soft_cross_entropy_on_one_hot_is_hard_cross_entropy():
+    logits, labels = torch.randn(5, 4), torch.tensor([0, 3, 1, 1, 2])
+    one_hot = F.one_hot(labels, 4).float()
+    assert torch.allclose(soft_cross_entropy(logits, one_hot), F.cross_entropy(logits, labels))
+
+
+def test_soft_cross_entropy_normalises_and_skips_empty_answers():
+    logits = torch.randn(3, 4)
+    answers = torch.tensor([[0.5, 0.3, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.2, 0.0, 0.6]])
+    targets = torch.tensor([[5 / 8, 3 / 8, 0, 0], [0.25, 0.25, 0.25, 0.25], [0, 0.25, 0, 0.75]])
+    expected = -(targets * logits.log_softmax(-1)).sum(-1)[[0, 2]].mean()
+    assert torch.allclose(soft_cross_entropy(logits, answers), expected)
+
+
+def transfer_data(victim_ckpt, tmp_path, **kwargs) -> TransferSetDataModule:
+    return TransferSetDataModule(
+        victim=str(victim_ckpt), pool=CropsPoolDataModule(size=200), victim_data=DigitsDataModule(),
+        budget=120, cache_dir=str(tmp_path / "cache"), **kwargs,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("monitor", ["analysis/test_acc", "test/acc"])
+@pytest.mark.parametrize("callback", [ModelCheckpoint, EarlyStopping])
+def test_selection_on_the_victims_test_set_is_refused(victim_ckpt, tmp_path, monitor, callback):
+    trainer = Trainer(max_epochs=1, logger=False, callbacks=[callback(monitor=monitor)],
+                      enable_progress_bar=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="the victim's test set"):
+        trainer.fit(Surrogate(num_classes=10), transfer_data(victim_ckpt, tmp_path))
+
+
+def test_validation_is_the_transfer_set_and_test_set_is_analysis_only(victim_ckpt, tmp_path):
+    data = transfer_data(victim_ckpt, tmp_path)
+    data.prepare_data()
+    data.setup()
+    selection, analysis = data.val_dataloader()
+    x, answers = next(iter(selection))  # pool images with API answers: no victim test data
+    assert answers.shape[-1] == 10 and len(data.split("val")) == 12
+    assert len(next(iter(analysis))) == 3  # image, label, victim label
+    trainer = Trainer(max_epochs=2, logger=False, enable_progress_bar=False,
+                      callbacks=[ModelCheckpoint(monitor="val/acc", mode="max")])  # fmt: skip
+    model = Surrogate(num_classes=10)
+    trainer.fit(model, data)
+    assert {"val/acc", "val/loss", "analysis/test_acc"} <= set(trainer.callback_metrics)
+    metrics = trainer.test(model, data, ckpt_path="best")[0]
+    assert metrics["test/recovery"] == pytest.approx(
+        metrics["test/acc"] / metrics["test/acc_victim"]
+    )
+    assert metrics["test/acc_victim"] > 0.85
