@@ -1,4 +1,5 @@
-"""Command line: `python main.py {fit,validate,test,predict} --config configs/...yaml`.
+"""Command line: `python main.py {fit,validate,test,predict} --config configs/...yaml`, and
+`python main.py reproduce --config configs/reproduce/<preset>.yaml` (see `pipeline`).
 
 LightningCLI in subclass mode: any LightningModule of `lightning_modules` and any DataModule of
 `datamodules` is chosen by class name or by a config file. `num_classes` flows from the data to
@@ -58,7 +59,12 @@ def user_error(err: BaseException) -> BaseException | None:
 
 def main() -> None:
     try:
-        cli_main()
+        if sys.argv[1:2] == ["reproduce"]:
+            from pipeline import reproduce_main
+
+            reproduce_main()
+        else:
+            cli_main()
     except Exception as err:
         if (mistake := user_error(err)) is None:
             raise  # a bug: keep the traceback

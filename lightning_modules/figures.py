@@ -38,3 +38,32 @@ def plot_transfer_histogram(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_accuracy_over_epochs(metrics_csv: Path, path: Path, title: str = "") -> Path:
+    """Figure 2: the surrogate's accuracy on the victim's test set per epoch (analysis only), with
+    the epoch of highest accuracy and the epoch selected on the transfer set's validation split."""
+    import csv
+
+    with open(metrics_csv, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("analysis/test_acc")]
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    accs = [float(r["analysis/test_acc"]) for r in rows]
+    vals = [float(r["val/acc"]) if r.get("val/acc") else float("nan") for r in rows]
+    best = max(range(len(accs)), key=accs.__getitem__)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(epochs, accs, marker=".", label="Acc(F_A) on the victim's test set")
+    ax.plot(epochs, vals, linestyle="--", label="val/acc (transfer set, used for selection)")
+    ax.scatter([epochs[best]], [accs[best]], color="red", zorder=3,
+               label=f"highest Acc(F_A): epoch {epochs[best]}")  # fmt: skip
+    if any(v == v for v in vals):
+        chosen = max((i for i in range(len(vals)) if vals[i] == vals[i]), key=vals.__getitem__)
+        ax.axvline(epochs[chosen], color="gray", linestyle=":",
+                   label=f"selected on val/acc: epoch {epochs[chosen]}")  # fmt: skip
+    ax.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02), title=title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

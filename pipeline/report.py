@@ -1,0 +1,199 @@
+"""The report of a `reproduce` run: results.csv, tables.md (with the paper's findings checked
+against this run's numbers) and the figures.
+
+Tables are rendered from results.csv alone, so a table always shows what was measured. Attack
+tables (2, 5, 6, 7 and the 5.x sections) share one layout: a row per victim, Acc(F_V), then one
+column per setting with Acc(F_A) and its recovery.
+"""
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+Results = dict[tuple[str, str, str, str], float]  # (table, victim, setting, metric) -> value
+
+TITLES = {
+    "2": "Table 2: Knockoff against each victim (full probability vectors)",
+    "5": "Table 5: same vs different victim architecture",
+    "6": "Table 6: A_p (probabilities) vs A_c (predicted class only), and truncated answers",
+    "7": "Table 7: surrogate accuracy by batch size",
+    "5.1.3": "5.1.3: query-set diversity and class balancing",
+    "5.2.1": "5.2.1 / Figure 2: early stopping on the transfer set's validation split",
+    "5.2.2": "5.2.2: in-distribution adversary",
+    "3": "Table 3: detectors, victim test set (TNR) vs attacker queries (TPR)",
+    "4a": "Table 4a: detection, ImageNet stand-in as out-of-distribution test set",
+    "4b": "Table 4b: detection, OpenImages stand-in as out-of-distribution test set",
+    "4.1": "4.1: the detector as a filter in front of the API",
+}
+
+# The paper's own figures, shown beside ours when the preset is the paper's.
+PAPER: Results = {
+    **{("2", v, "probs", "acc_victim"): a for v, a in [
+        ("caltech256-rn34", 0.746), ("cubs200-rn34", 0.772), ("diabetic5-rn34", 0.711),
+        ("gtsrb-rn34", 0.981), ("cifar10-rn34", 0.946)]},
+    **{("2", v, "probs", "acc_surrogate"): a for v, a in [
+        ("caltech256-rn34", 0.685), ("cubs200-rn34", 0.548), ("diabetic5-rn34", 0.593),
+        ("gtsrb-rn34", 0.924), ("cifar10-rn34", 0.711)]},
+    **{("6", v, "label", "acc_surrogate"): a for v, a in [
+        ("caltech256-rn34", 0.419), ("cubs200-rn34", 0.180), ("diabetic5-rn34", 0.547),
+        ("gtsrb-rn34", 0.916), ("cifar10-rn34", 0.536)]},
+    **{("5", v, "probs", "acc_surrogate"): a for v, a in [
+        ("gtsrb-rn34", 0.924), ("gtsrb-5l", 0.744), ("cifar10-rn34", 0.711),
+        ("cifar10-9l", 0.596)]},
+}  # fmt: skip
+
+
+def write_results(path: Path, results: Results) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["table", "victim", "setting", "metric", "value"])
+        for (table, victim, setting, metric), value in results.items():
+            writer.writerow([table, victim, setting, metric, f"{value:.4f}"])
+
+
+def read_results(path: Path) -> Results:
+    with open(path, newline="") as f:
+        return {(r["table"], r["victim"], r["setting"], r["metric"]): float(r["value"])
+                for r in csv.DictReader(f)}  # fmt: skip
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _values(results: Results, table: str) -> tuple[list[str], list[str]]:
+    victims = list(dict.fromkeys(k[1] for k in results if k[0] == table))
+    settings = list(dict.fromkeys(k[2] for k in results if k[0] == table))
+    return victims, settings
+
+
+def attack_table(results: Results, table: str, paper: bool) -> list[str]:
+    victims, settings = _values(results, table)
+    header = ["F_V", "Acc(F_V)", *(f"Acc(F_A) {s}" for s in settings)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for victim in victims:
+
+        def get(setting: str, metric: str, victim: str = victim) -> float | None:
+            return results.get((table, victim, setting, metric))
+
+        acc_v = next((get(s, "acc_victim") for s in settings if get(s, "acc_victim")), None)
+        cells = [victim, _pct(acc_v)]
+        for setting in settings:
+            acc, rec = get(setting, "acc_surrogate"), get(setting, "recovery")
+            cell = _pct(acc) + (f" ({rec:.2f}x)" if rec is not None else "")
+            if paper and (ref := PAPER.get((table, victim, setting, "acc_surrogate"))):
+                cell += f" [paper {_pct(ref)}]"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def detection_table(results: Results, table: str) -> list[str]:
+    victims, settings = _values(results, table)
+    metrics = list(dict.fromkeys(k[3] for k in results if k[0] == table))
+    header = ["victim", "detector", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for victim in victims:
+        for setting in settings:
+            if any((table, victim, setting, m) in results for m in metrics):
+                row = [_pct(results.get((table, victim, setting, m))) for m in metrics]
+                lines.append("| " + " | ".join([victim, setting, *row]) + " |")
+    return lines
+
+
+@dataclass
+class Finding:
+    claim: str
+    section: str
+    check: Callable[[Results], tuple[bool, str] | None]  # None: not measured in this run
+
+
+def _first(results: Results, table: str, setting: str, metric: str) -> tuple[str, float] | None:
+    for (t, victim, s, m), value in results.items():
+        if (t, s, m) == (table, setting, metric):
+            return victim, value
+    return None
+
+
+def _compare(table_a, set_a, table_b, set_b, metric, lower: bool):
+    def check(results: Results):
+        a, b = _first(results, table_a, set_a, metric), _first(results, table_b, set_b, metric)
+        if a is None or b is None:
+            return None
+        holds = a[1] < b[1] if lower else a[1] > b[1]
+        return holds, f"{metric} {set_a} {a[1]:.3f} vs {set_b} {b[1]:.3f}"
+
+    return check
+
+
+def _batch_size_spread(results: Results):
+    accs = {s: v for (t, _, s, m), v in results.items() if t == "7" and m == "acc_surrogate"}
+    if len(accs) < 2:
+        return None
+    spread = max(accs.values()) - min(accs.values())
+    return spread >= 0.02, "acc by batch size " + ", ".join(f"{s} {v:.3f}" for s, v in accs.items())
+
+
+def _early_best(results: Results):
+    entry = _first(results, "5.2.1", "early_stopping", "best_test_epoch")
+    last = _first(results, "5.2.1", "early_stopping", "epochs_run")
+    if entry is None or last is None:
+        return None
+    return entry[1] < last[1] - 1, f"best test epoch {entry[1]:.0f} of {last[1]:.0f} run"
+
+
+def _detector_flags(results: Results):
+    tpr, tnr = _first(results, "4a", "ours", "tpr"), _first(results, "4a", "ours", "tnr")
+    if tpr is None or tnr is None:
+        return None
+    return tpr[1] >= 0.9 and tnr[1] >= 0.9, f"TPR {tpr[1]:.3f}, TNR {tnr[1]:.3f}"
+
+
+def _indist_evades(results: Results):
+    flagged = _first(results, "4.1", "in_distribution", "flagged_fraction")
+    ood = _first(results, "4.1", "natural", "flagged_fraction")
+    if flagged is None or ood is None:
+        return None
+    return flagged[1] < 0.2 <= ood[1], f"flagged {flagged[1]:.3f} in-dist vs {ood[1]:.3f} natural"
+
+
+FINDINGS = [
+    Finding("Label-only answers degrade the surrogate", "Table 6",
+            _compare("6", "label", "6", "probs", "acc_surrogate", lower=True)),
+    Finding("A victim of a different architecture is harder to steal", "Table 5",
+            _compare("5", "different_arch", "5", "same_arch", "recovery", lower=True)),
+    Finding("Batch size changes surrogate accuracy noticeably (spread >= 2 points)", "Table 7",
+            _batch_size_spread),
+    Finding("A low-diversity query set degrades the attack", "5.1.3",
+            _compare("5.1.3", "narrow", "5.1.3", "natural", "acc_surrogate", lower=True)),
+    Finding("Surrogates overfit: test accuracy peaks before training ends", "5.2.1, Figure 2",
+            _early_best),
+    Finding("In-distribution queries give a better surrogate", "5.2.2",
+            _compare("5.2.2", "in_distribution", "5.2.2", "natural", "acc_surrogate",
+                     lower=False)),
+    Finding("The detector flags Knockoff queries (TPR and TNR >= 90%)", "Tables 3-4",
+            _detector_flags),
+    Finding("In-distribution queries evade the detector", "5.2.2", _indist_evades),
+]  # fmt: skip
+
+
+def write_tables(path: Path, results: Results, paper: bool) -> None:
+    lines = ["# Results", ""]
+    for table, title in TITLES.items():
+        if not any(k[0] == table for k in results):
+            continue
+        render = detection_table if table in {"3", "4a", "4b", "4.1"} else attack_table
+        body = (
+            render(results, table) if render is detection_table else render(results, table, paper)
+        )
+        lines += [f"## {title}", "", *body, ""]
+    lines += ["## The paper's findings, checked on this run", ""]
+    for finding in FINDINGS:
+        outcome = finding.check(results)
+        if outcome is None:
+            lines.append(f"- {finding.claim} ({finding.section}): not measured in this run")
+        else:
+            verdict = "reproduced" if outcome[0] else "NOT reproduced"
+            lines.append(f"- {finding.claim} ({finding.section}): **{verdict}** ({outcome[1]})")
+    path.write_text("\n".join(lines) + "\n")

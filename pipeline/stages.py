@@ -1,0 +1,146 @@
+"""Stages of `python main.py reproduce`: each one is an ordinary experiment YAML run through the
+same LightningCLI as `python main.py fit`, so a paper-scale preset and the embedded one differ
+only in config.
+
+A stage's folder is named by a key over everything that determines its result (the YAML's text,
+the settings applied to it, the keys of the stages it reads from). `result.json` is written last,
+atomically: a folder with it is finished and reused; a folder without it is resumed from its
+`last.ckpt`. A changed setting changes the keys of that stage and of the stages downstream of it,
+and nothing else.
+"""
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lightning_modules.errors import ConfigError
+
+
+@dataclass
+class Row:
+    """Where a stage's metrics go in results.csv: one row per (table, victim, setting, metric)."""
+
+    table: str
+    victim: str
+    setting: str
+    metrics: dict[str, str]  # results.csv metric name -> logged metric name
+
+
+@dataclass
+class Stage:
+    name: str
+    config: str  # an experiment YAML, as for `python main.py fit --config`
+    command: Literal["fit", "test"] = "fit"
+    set: dict[str, Any] = field(
+        default_factory=dict
+    )  # dotted key -> value, e.g. trainer.max_epochs
+    inputs: dict[str, str] = field(
+        default_factory=dict
+    )  # dotted key -> upstream stage's checkpoint
+    rows: list[Row] = field(default_factory=list)
+
+
+def set_dotted(config: dict, key: str, value: Any) -> None:
+    node = config
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def stage_key(stage: Stage, settings: dict[str, Any], upstream: dict[str, str]) -> str:
+    text = Path(stage.config).read_text()
+    blob = json.dumps([text, stage.command, settings, upstream], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class StageRunner:
+    """Runs stages in order into `output_dir/stages/<name>-<key>/`, reusing finished ones."""
+
+    def __init__(self, output_dir: Path, settings: dict[str, Any], force: bool = False):
+        self.output_dir, self.settings, self.force = output_dir, settings, force
+        self.done: dict[str, dict] = {}  # stage name -> result
+
+    def folder(self, stage: Stage) -> Path:
+        upstream = {key: self.done[name]["key"] for key, name in stage.inputs.items()}
+        key = stage_key(stage, {**self.settings, **stage.set}, upstream)
+        return self.output_dir / "stages" / f"{stage.name}-{key}"
+
+    def effective_config(self, stage: Stage, folder: Path) -> dict:
+        """The stage's YAML with the pipeline's settings, inputs, logger and checkpoint folder."""
+        config = yaml.safe_load(Path(stage.config).read_text())
+        for key, value in {**self.settings, **stage.set}.items():
+            set_dotted(config, key, value)
+        for key, name in stage.inputs.items():
+            set_dotted(config, key, self.done[name]["checkpoint"])
+        trainer = config.setdefault("trainer", {})
+        trainer.update(default_root_dir=str(folder), enable_progress_bar=False,
+                       enable_model_summary=False)  # fmt: skip
+        trainer["logger"] = {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(folder), "name": "", "version": ""},
+        }
+        checkpoints = [
+            c for c in trainer.get("callbacks", []) if "ModelCheckpoint" in c["class_path"]
+        ]
+        for callback in checkpoints:
+            callback.setdefault("init_args", {}).update(
+                dirpath=str(folder / "checkpoints"), filename="best", save_last=True,
+                enable_version_counter=False,
+            )  # fmt: skip
+        return config
+
+    def run(self, stage: Stage, position: str) -> dict:
+        if missing := [name for name in stage.inputs.values() if name not in self.done]:
+            raise ConfigError(
+                f"stage {stage.name!r} reads {missing}, which run later or not at all"
+            )
+        folder = self.folder(stage)
+        result_file = folder / "result.json"
+        if self.force and folder.exists():
+            shutil.rmtree(folder)
+        if result_file.exists():
+            print(f"{position} {stage.name}: cached ({folder})", flush=True)
+            self.done[stage.name] = json.loads(result_file.read_text())
+            return self.done[stage.name]
+        print(f"{position} {stage.name}: running {stage.command} {stage.config}", flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        config_file = folder / "config.yaml"
+        write_atomic(config_file, yaml.safe_dump(self.effective_config(stage, folder)))
+        args = [stage.command, "--config", str(config_file)]
+        last = folder / "checkpoints" / "last.ckpt"
+        if stage.command == "fit" and last.exists():
+            print(f"{position} {stage.name}: resuming from {last}", flush=True)
+            args += ["--ckpt_path", str(last)]
+        from main import cli_main
+
+        with contextlib.redirect_stdout(io.StringIO()) as captured:
+            cli = cli_main(args)
+        (folder / "stdout.log").write_text(captured.getvalue())
+        metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
+        best = folder / "checkpoints" / "best.ckpt"
+        result = {
+            "key": folder.name.rsplit("-", 1)[1],
+            "folder": str(folder),
+            "checkpoint": str(best) if best.exists() else None,
+            "metrics": metrics,
+        }
+        write_atomic(result_file, json.dumps(result, indent=1))
+        shown = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if "class" not in k)
+        print(f"{position} {stage.name}: done  {shown}", flush=True)
+        self.done[stage.name] = result
+        return result
