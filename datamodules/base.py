@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_modules.errors import ConfigError
 
@@ -39,6 +39,27 @@ class ImagesOnly(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.labelled[index][0]
+
+
+class EpochShuffle(Sampler[int]):
+    """Shuffles with a generator seeded by (seed, epoch), not by the global RNG.
+
+    Lightning calls `set_epoch` before every epoch, so a run resumed from a checkpoint sees the
+    same order as an uninterrupted one (and DDP's DistributedSampler does the same per rank).
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
 class ImageDataModule(LightningDataModule, ABC):
@@ -78,10 +99,11 @@ class ImageDataModule(LightningDataModule, ABC):
         return self.splits[name]
 
     def loader(self, name: str, shuffle: bool = False) -> DataLoader:
+        dataset = self.split(name)
         return DataLoader(
-            self.split(name),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffle(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
