@@ -49,6 +49,7 @@ class Surrogate(VictimClassifier):
         self.victim_acc_class = MulticlassAccuracy(classes, average=None)
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         for callback in self.trainer.callbacks:
             if isinstance(callback, ModelCheckpoint | EarlyStopping):
                 monitor = callback.monitor or ""

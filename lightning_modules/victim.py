@@ -20,7 +20,8 @@ class VictimClassifier(LightningModule):
 
     The checkpoint keeps `arch`, `num_classes` and `weights`, enough to rebuild the network;
     pass `weights=None` to `load_from_checkpoint` to skip re-reading pretrained weights that the
-    checkpoint's state dict overwrites anyway.
+    checkpoint's state dict overwrites anyway. `channels_last` stores the network and its inputs
+    in NHWC, which tensor cores prefer for ResNets under mixed precision.
     """
 
     def __init__(
@@ -30,10 +31,13 @@ class VictimClassifier(LightningModule):
         weights: str | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.net = build_network(arch, num_classes, weights)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net.to(memory_format=self.memory_format)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -42,7 +46,15 @@ class VictimClassifier(LightningModule):
         self.test_acc_class = MulticlassAccuracy(num_classes, average=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(x.contiguous(memory_format=self.memory_format))
+
+    def on_fit_start(self) -> None:
+        """Log the effective global batch size: `data.batch_size` is per device."""
+        data = self.trainer.datamodule
+        if self.logger is not None and hasattr(data, "batch_size"):
+            trainer = self.trainer
+            total = data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+            self.logger.log_hyperparams({"global_batch_size": total})
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
