@@ -65,6 +65,8 @@ def _pct(value: float | None) -> str:
 def _values(results: Results, table: str) -> tuple[list[str], list[str]]:
     victims = list(dict.fromkeys(k[1] for k in results if k[0] == table))
     settings = list(dict.fromkeys(k[2] for k in results if k[0] == table))
+    if all(s.startswith("bs") and s[2:].isdigit() for s in settings):
+        settings.sort(key=lambda s: int(s[2:]))  # Table 7: batch sizes in ascending order
     return victims, settings
 
 
