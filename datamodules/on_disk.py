@@ -1,0 +1,253 @@
+"""Bases of the DataModules that read a real dataset from `data.root`, in its publisher's layout.
+
+  OnDiskDataModule  the root, the image size, the readability check, the missing-data error;
+  VictimDataModule  hook `load() -> {"train", "test"}`: the victim's labelled data. Adds `val`,
+                    held out of train (the paper has train/test only, and checkpoints must never
+                    be selected on test), `exclude_overlap` and `as_pool`;
+  PoolDataModule    hook `sample() -> ImageFiles`: the attacker's query images, split `pool`,
+                    yielded without labels (labels, where any, stay on `.labelled`).
+Every split is seeded by `data.seed` and the same on every run and machine.
+"""
+
+import warnings
+from abc import abstractmethod
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from itertools import compress
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from datamodules.base import ImageDataModule, ImagesOnly
+from datamodules.images import (
+    ImageFiles,
+    LabelledImages,
+    check_readable,
+    image_transform,
+    list_images,
+)
+from datamodules.overlap import catalog, overlapping
+from lightning_modules.errors import ConfigError
+
+
+def holdout(
+    labels: Sequence[int],
+    groups: Sequence[str],
+    per_class: Callable[[int], int],
+    seed: Sequence[int],
+) -> np.ndarray:
+    """Boolean mask of a seeded holdout of `per_class(n)` images of each class of n images.
+
+    Whole groups move together (a GTSRB track of 30 frames of one sign, both eyes of a Diabetic5
+    patient), so near-duplicates never straddle two splits; a group is drawn for one class and
+    may bring along images of another (a patient's other eye), counted for that class.
+    """
+    rng = np.random.default_rng(list(seed))
+    counts = Counter(zip(labels, groups, strict=True))
+    class_groups: dict[int, list[str]] = defaultdict(list)
+    for label, group in counts:
+        class_groups[label].append(group)
+    chosen: set[str] = set()
+    for label in sorted(class_groups):
+        members = class_groups[label]
+        want = per_class(sum(counts[label, g] for g in members))
+        taken = sum(counts[label, g] for g in members if g in chosen)
+        for i in rng.permutation(len(members)):
+            if taken >= want:
+                break
+            if members[i] not in chosen:
+                chosen.add(members[i])
+                taken += counts[label, members[i]]
+    return np.array([group in chosen for group in groups], dtype=bool)
+
+
+def share(fraction: float) -> Callable[[int], int]:
+    """Per-class holdout size: `fraction` of a class, at least one image of any class of two."""
+    return lambda n: max(1, round(fraction * n)) if n > 1 else 0
+
+
+def class_folders(folder: Path) -> list[Path]:
+    """Sub-folders of `folder`, sorted; files and hidden folders beside them are ignored."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+class OnDiskDataModule(ImageDataModule):
+    """A dataset under `root`. Subclasses state `layout` and `source` for the missing-data error.
+
+    Args:
+        root: folder holding the dataset as its publisher ships it (see README, Real datasets).
+        image_size: side of the square RGB images fed to the network (224 ResNets, 32 5L/9L).
+        skip_unreadable: skip unreadable image files with one warning instead of failing.
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        seed: seed of every split and sample.
+    """
+
+    layout: str
+    source: str
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 224,
+        skip_unreadable: bool = False,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__(batch_size, num_workers, seed)
+        if image_size < 8:
+            raise ConfigError(f"data.image_size must be >= 8, got {image_size}")
+        self.root = Path(root).expanduser()
+        self.image_size, self.skip_unreadable = image_size, skip_unreadable
+        self.eval_transform = image_transform(image_size, augment=False)
+
+    def missing(self, what: str) -> ConfigError:
+        """The error for absent data: what is missing, the layout expected and where to get it."""
+        return ConfigError(
+            f"{type(self).__name__}: {what} not found under data.root={self.root}; "
+            f"expected {self.layout}; get it from {self.source}"
+        )
+
+    def locate(self, *candidates: str) -> Path:
+        """The first of `candidates` (paths under root) that exists: layouts differ by a level."""
+        for candidate in candidates:
+            if (path := self.root / candidate).exists():
+                return path
+        raise self.missing(candidates[0])
+
+    def image_files(self, files: Sequence[str], labels: Sequence[int], where: Path) -> ImageFiles:
+        """Labelled files, each checked readable (or skipped, with `skip_unreadable`)."""
+        ok = check_readable(files, self.skip_unreadable, str(where))
+        return ImageFiles(list(compress(files, ok)), list(compress(labels, ok)))
+
+    @staticmethod
+    def folder_images(folder: Path) -> list[str]:
+        """Images of one class folder; an empty one is an error (a failed or partial unpack)."""
+        if not (images := list_images(folder)):
+            raise ConfigError(f"class folder {folder} holds no images")
+        return images
+
+
+class VictimDataModule(OnDiskDataModule):
+    """A victim's labelled data: splits `train`, `val`, `test`, and `pool` with `as_pool`.
+
+    Args:
+        augment: random resized crop and horizontal flip on the train split (never elsewhere).
+        val_fraction: share of each class's training images held out as `val` for checkpoint
+            selection.
+        exclude_overlap: drop the classes listed as overlapping ImageNet-1k in
+            `datamodules/overlap/<dataset>.json` (paper 4.2.2, starred models); the remaining
+            classes are relabelled 0..K-1 in their original order.
+        as_pool: also offer the train split's images, without labels or augmentation, as a
+            query pool (Diabetic5 queried against GTSRB, 5.1.3).
+    """
+
+    catalog: str  # the class catalog under datamodules/overlap/
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 224,
+        augment: bool = False,
+        val_fraction: float = 0.1,
+        exclude_overlap: bool = False,
+        as_pool: bool = False,
+        skip_unreadable: bool = False,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__(root, image_size, skip_unreadable, batch_size, num_workers, seed)
+        if not 0 < val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        self.classes: list[str] = catalog(self.catalog)["classes"]
+        self.excluded = overlapping(self.catalog) if exclude_overlap else set()
+        self.num_classes = len(self.classes) - len(self.excluded)
+        self.val_fraction, self.as_pool = val_fraction, as_pool
+        self.train_transform = image_transform(image_size, augment)
+
+    @abstractmethod
+    def load(self) -> dict[str, LabelledImages]:
+        """`train` and `test`, without transforms, labels indexing `self.classes`."""
+
+    def group_of(self, name: str) -> str:
+        """Images of one group never straddle two splits; by default each image is its own."""
+        return name
+
+    def expand_train(self, train: LabelledImages) -> LabelledImages:
+        """Hook for offline augmentation of the training images (Diabetic5); none by default."""
+        return train
+
+    def split_test(self, data: LabelledImages, per_class: int) -> dict[str, LabelledImages]:
+        """Knockoff's test rule: a fixed, seeded number of images of each class."""
+        groups = [self.group_of(name) for name in data.names]
+        test = holdout(data.labels, groups, lambda n: per_class, (self.seed, 0))
+        return {
+            "train": data.select(np.flatnonzero(~test)),
+            "test": data.select(np.flatnonzero(test)),
+        }
+
+    def without_overlap(self, data: LabelledImages) -> LabelledImages:
+        """`data` without the excluded classes, relabelled 0..K-1 (identity when none)."""
+        if not self.excluded:
+            return data
+        kept = [c for c, name in enumerate(self.classes) if name not in self.excluded]
+        relabel = {old: new for new, old in enumerate(kept)}
+        data = data.select([i for i, label in enumerate(data.labels) if label in relabel])
+        data.labels = [relabel[label] for label in data.labels]
+        return data
+
+    def build_splits(self) -> dict[str, Dataset]:
+        parts = {name: self.without_overlap(part) for name, part in self.load().items()}
+        train = parts["train"]
+        groups = [self.group_of(name) for name in train.names]
+        held = holdout(train.labels, groups, share(self.val_fraction), (self.seed, 1))
+        fit, val = np.flatnonzero(~held), np.flatnonzero(held)
+        splits: dict[str, Dataset] = {
+            "train": self.expand_train(train.select(fit)).select(transform=self.train_transform),
+            "val": train.select(val, self.eval_transform),
+            "test": parts["test"].select(transform=self.eval_transform),
+        }
+        for name, split in splits.items():
+            if not len(split):
+                raise ConfigError(
+                    f"{type(self).__name__}: the {name} split under {self.root} "
+                    "is empty; too few images per class"
+                )
+        if self.as_pool:
+            splits["pool"] = ImagesOnly(train.select(fit, self.eval_transform))
+        return splits
+
+
+class PoolDataModule(OnDiskDataModule):
+    """Attacker query images: split `pool`, without labels and never augmented."""
+
+    num_classes = 0  # a pool has no task of its own; its labels are for analysis only
+
+    @abstractmethod
+    def sample(self) -> ImageFiles:
+        """The pool's images, labelled (-1 where the source has no labels), readable."""
+
+    def sample_per_class(self, folders: list[Path], per_class: int) -> ImageFiles:
+        """A seeded sample of `per_class` images from each class folder, labelled by folder
+        index; a folder holding fewer gives all of its images (one warning counts them)."""
+        rng = np.random.default_rng(self.seed)
+        files, labels, short = [], [], 0
+        for label, folder in enumerate(folders):
+            images = self.folder_images(folder)
+            short += len(images) < per_class
+            take = np.sort(rng.choice(len(images), min(per_class, len(images)), replace=False))
+            files += [images[i] for i in take]
+            labels += [label] * len(take)
+        if short:
+            warnings.warn(
+                f"{short} of {len(folders)} class folders under {self.root} hold fewer "
+                f"than {per_class} images; all of theirs are taken",
+                stacklevel=2,
+            )
+        return self.image_files(files, labels, self.root)
+
+    def build_splits(self) -> dict[str, Dataset]:
+        return {"pool": ImagesOnly(self.sample().select(transform=self.eval_transform))}

@@ -1,0 +1,173 @@
+"""Tiny datasets in the real on-disk layouts, with the quirks of real data.
+
+Every writer puts a few 12x10 px images per class under `root` exactly where the publisher's
+archive puts them, plus: a grayscale JPEG, a CMYK JPEG (Caltech-256, CUB and ImageNet hold
+both), a palette PNG, and stray non-image files (Thumbs.db, a .txt, Caltech's RENAME2).
+"""
+
+import csv
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from datamodules.overlap import catalog
+
+SIZE = (12, 10)
+
+
+def write_image(path: Path, seed: int, mode: str = "RGB", size: tuple[int, int] = SIZE) -> None:
+    """A random image in `mode`, saved in the format of the suffix."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).convert(mode).save(path)
+
+
+def add_quirks(folder: Path, seed: int) -> None:
+    """Grayscale and CMYK JPEGs, a palette PNG and stray files next to a class's images."""
+    write_image(folder / "quirk_gray.jpg", seed, "L")
+    write_image(folder / "quirk_cmyk.jpg", seed + 1, "CMYK")
+    write_image(folder / "quirk_palette.png", seed + 2, "P")
+    (folder / "Thumbs.db").write_bytes(b"\x00" * 64)
+    (folder / "notes.txt").write_text("not an image")
+
+
+def truncate(path: Path) -> None:
+    """Cut a file in half, as an interrupted download does."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def caltech256(root: Path, per_class: int = 3) -> Path:
+    base = root / "caltech256" / "256_ObjectCategories"
+    for c, name in enumerate([*catalog("caltech256")["classes"], "257.clutter"]):
+        for i in range(per_class):
+            write_image(base / name / f"{name[:3]}_{i + 1:04d}.jpg", 1000 * c + i)
+    add_quirks(base / "001.ak47", 7)
+    (base / "198.spider" / "RENAME2").write_text("stray file shipped in the archive")
+    return root
+
+
+def cubs200(root: Path, per_class: int = 3) -> Path:
+    """Two training images and one test image of each species (official files list them)."""
+    base = root / "CUB_200_2011"
+    images, labels, split = [], [], []
+    for c, name in enumerate(catalog("cubs200")["classes"]):
+        for i in range(per_class):
+            relative = f"{name}/{name[4:]}_{i:04d}_{c}.jpg"
+            mode = "L" if (c, i) == (0, 0) else "CMYK" if (c, i) == (1, 0) else "RGB"
+            write_image(base / "images" / relative, 1000 * c + i, mode)
+            images.append(relative)
+            labels.append(c + 1)
+            split.append(int(i < per_class - 1))
+    (base / "images" / "Thumbs.db").write_bytes(b"\x00" * 64)
+    ids = range(1, len(images) + 1)
+    for table, values in (
+        ("images", images),
+        ("image_class_labels", labels),
+        ("train_test_split", split),
+    ):
+        (base / f"{table}.txt").write_text(
+            "".join(f"{i} {v}\n" for i, v in zip(ids, values, strict=True))
+        )
+    classes = catalog("cubs200")["classes"]
+    (base / "classes.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(classes)))
+    return root
+
+
+def write_retina(path: Path, seed: int, visible: bool = True) -> None:
+    """A fundus-like photo: a smooth reddish disc on a black, wider-than-high frame."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:36, :48]
+    disc = ((yy - 18) ** 2 + (xx - 24) ** 2 < 15**2) & visible
+    colour = rng.integers(90, 200, 3) + rng.integers(-8, 9, (36, 48, 3))
+    Image.fromarray(np.where(disc[..., None], colour, 0).astype(np.uint8)).save(path, quality=95)
+
+
+def diabetic5(root: Path, patients_per_level: int = 4) -> Path:
+    """Both eyes of `patients_per_level` patients per level, and one all-black photo."""
+    (root / "train").mkdir(parents=True)
+    rows = []
+    for level in range(5):
+        for p in range(patients_per_level):
+            for eye in ("left", "right"):
+                name = f"{100 * level + p}_{eye}"
+                write_retina(root / "train" / f"{name}.jpeg", len(rows))
+                rows.append((name, level))
+    write_retina(root / "train" / "999_left.jpeg", 0, visible=False)
+    rows.append(("999_left", 0))
+    (root / "train" / "Thumbs.db").write_bytes(b"\x00" * 64)
+    with open(root / "trainLabels.csv", "w", newline="") as file:
+        csv.writer(file).writerows([("image", "level"), *rows])
+    return root
+
+
+def gtsrb(root: Path, tracks: int = 2, frames: int = 2) -> Path:
+    """torchvision's layout: `tracks` tracks of `frames` PPM frames per class, one test image
+    per class listed in GT-final_test.csv."""
+    base = root / "gtsrb"
+    test_rows = []
+    for c in range(43):
+        folder = base / "GTSRB" / "Training" / f"{c:05d}"
+        for t in range(tracks):
+            for f in range(frames):
+                write_image(folder / f"{t:05d}_{f:05d}.ppm", 100 * c + 10 * t + f)
+        (folder / f"GT-{c:05d}.csv").write_text("Filename;Width;Height;ClassId\n")
+        write_image(base / "GTSRB" / "Final_Test" / "Images" / f"{c:05d}.ppm", 9000 + c)
+        test_rows.append(f"{c:05d}.ppm;12;10;0;0;11;9;{c}\n")
+    header = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n"
+    (base / "GT-final_test.csv").write_text(header + "".join(test_rows))
+    return root
+
+
+def cifar10(root: Path, per_batch: int = 20) -> Path:
+    """The python batches (pickled dicts with bytes keys, as shipped): 5 x `per_batch` train."""
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"labels": [i % 10 for i in range(per_batch)],
+        }
+        (base / name).write_bytes(pickle.dumps(batch, protocol=2))
+    (base / "batches.meta").write_bytes(pickle.dumps({b"label_names": []}, protocol=2))
+    return root
+
+
+def imagenet(root: Path, classes: int = 4, per_class: int = 10) -> Path:
+    for c in range(classes):
+        folder = root / "train" / f"n{c:08d}"
+        for i in range(per_class):
+            write_image(folder / f"n{c:08d}_{i}.JPEG", 100 * c + i)
+    add_quirks(root / "train" / "n00000000", 5)
+    return root
+
+
+def openimages(root: Path, count: int = 30) -> Path:
+    for i in range(count):
+        write_image(root / f"train_{i % 3}" / f"{i:016x}.jpg", i)
+    add_quirks(root / "train_0", 3)
+    return root
+
+
+def bing(root: Path, classes: int = 4, per_class: int = 6) -> Path:
+    for name in catalog("caltech256")["classes"][:classes]:
+        for i in range(per_class):
+            write_image(root / name / f"{i:06d}.jpg", i)
+    add_quirks(root / "001.ak47", 11)
+    return root
+
+
+WRITERS = {
+    "caltech256": caltech256,
+    "cubs200": cubs200,
+    "diabetic5": diabetic5,
+    "gtsrb": gtsrb,
+    "cifar10": cifar10,
+    "imagenet_subset": imagenet,
+    "openimages": openimages,
+    "bing": bing,
+}

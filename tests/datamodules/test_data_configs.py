@@ -1,0 +1,149 @@
+"""Every configs/data/*.yaml and real-data victim config parses, instantiates against its dataset
+in the real layout, and trains end to end with tiny settings, as a new user would run it."""
+
+import contextlib
+import importlib
+import io
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+import main
+from main import cli_main
+from tests.conftest import CONFIGS, REPO
+from tests.datamodules.layouts import WRITERS
+
+Layout = Callable[[str], Path]
+BASE = CONFIGS / "victim/digits_cnn.yaml"
+
+
+def dataset_of(path: Path) -> str:
+    """configs/data/gtsrb.yaml, configs/victim/gtsrb_5l.yaml -> gtsrb."""
+    return path.stem if path.parent.name == "data" else path.stem.rsplit("_", 1)[0]
+
+
+# the configs of the datasets on disk (the embedded ones are tested in tests/test_configs.py)
+DATA = sorted(p for p in (CONFIGS / "data").glob("*.yaml") if dataset_of(p) in WRITERS)
+VICTIMS = sorted(p for p in (CONFIGS / "victim").glob("*.yaml") if dataset_of(p) in WRITERS)
+# settings that fit the tiny fixtures (tests/datamodules/layouts.py); everything else as shipped
+TINY = {
+    "caltech256": {"test_per_class": 1},
+    "diabetic5": {"test_per_class": 2},
+    "imagenet_subset": {"per_class": 10},
+    "openimages": {"size": 20},
+    "bing": {"per_class": 4},
+}
+# "1" would parse as 1.0, i.e. all batches: two batches each, no sanity check
+SHORT = ["--model.init_args.weights", "null", "--data.image_size", "32", "--data.batch_size", "4",
+         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+         "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
+         "--trainer.num_sanity_val_steps", "0"]  # fmt: skip
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:dropped 1 Diabetic5",
+    "ignore:.* fewer than",
+    "ignore:LightningCLI's args parameter",  # pytest's own argv
+    "ignore:The number of training batches",
+)
+
+
+def tiny_args(dataset: str) -> list[str]:
+    return [arg for k, v in TINY.get(dataset, {}).items() for arg in (f"--data.{k}", str(v))]
+
+
+def print_config(args: list[str]) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("path", DATA + VICTIMS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_config_parses_with_a_data_root(path: Path):
+    args = (
+        ["--config", str(path)]
+        if path in VICTIMS
+        else ["--config", str(BASE), "--config", str(path)]
+    )
+    printed = yaml.safe_load(print_config([*args, "--data.root", "/some/where"]))
+    assert printed["data"]["init_args"]["root"] == "/some/where"
+
+
+@pytest.mark.parametrize("path", DATA, ids=lambda p: p.name)
+def test_data_config_instantiates_against_its_dataset(path: Path, layout: Layout):
+    spec = yaml.safe_load(path.read_text())["data"]
+    module, name = spec["class_path"].rsplit(".", 1)
+    args = {**spec["init_args"], "root": str(layout(dataset_of(path))), "num_workers": 0}
+    dm = getattr(importlib.import_module(module), name)(
+        **{**args, **TINY.get(dataset_of(path), {})}
+    )
+    dm.setup()
+    for split in dm.splits.values():
+        item = split[0]
+        image = item[0] if isinstance(item, tuple) else item
+        assert image.shape == (3, args["image_size"], args["image_size"])
+
+
+@pytest.mark.parametrize("path", VICTIMS, ids=lambda p: p.name)
+def test_victim_config_trains_and_tests(path: Path, layout: Layout):
+    """The recipe, data and checkpointing of every config; ResNet34 (seconds per step on two
+    CPU cores) is swapped for the small CNN here and runs in the command-line test below."""
+    root = str(layout(dataset_of(path)))
+    small = ["--model.init_args.arch", "digits_cnn"] if "rn34" in path.stem else []
+    cli = cli_main(["fit", "--config", str(path), "--data.root", root, *SHORT, *small,
+                    *tiny_args(dataset_of(path)), "--data.num_workers", "0",
+                    "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    assert "test/acc" in cli.trainer.callback_metrics
+    assert cli.model.hparams.num_classes == cli.datamodule.num_classes
+    assert cli.trainer.checkpoint_callback.best_model_path.endswith("best.ckpt")
+
+
+def test_new_user_command_line_with_worker_processes(layout: Layout, tmp_path: Path):
+    """`python main.py fit --config configs/victim/cifar10_rn34.yaml --data.root DIR`: ResNet34,
+    two DataLoader worker processes, checkpoint, test."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "main.py"),
+            "fit",
+            "--config",
+            str(CONFIGS / "victim/cifar10_rn34.yaml"),
+            "--data.root",
+            str(layout("cifar10")),
+            *SHORT,
+            "--data.batch_size",
+            "2",
+            "--data.num_workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test/acc" in proc.stdout and (tmp_path / "runs/victim/cifar10_rn34").is_dir()
+
+
+def test_missing_data_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path: Path):
+    argv = [
+        "main.py",
+        "fit",
+        "--config",
+        str(CONFIGS / "victim/gtsrb_5l.yaml"),
+        "--data.root",
+        str(tmp_path),
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main.main()
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 2 and len(errors) == 1
+    assert (
+        "GTSRBDataModule: gtsrb/GTSRB/Training not found" in errors[0]
+        and "download: true" in errors[0]
+    )
