@@ -30,7 +30,8 @@ PHOTOS: dict[str, tuple[str, ...]] = {
 
 @cache
 def load_photo(name: str) -> torch.Tensor:
-    """One shipped photo as a float RGB tensor (3, H, W) in [0, 1]."""
+    """One shipped photo as a float RGB tensor (3, H, W) in [0, 1], short side at most 400 px
+    (crops end at 32 px anyway; this keeps generating thousands of crops fast)."""
     if name.startswith("sklearn:"):
         from sklearn.datasets import load_sample_image
 
@@ -44,7 +45,11 @@ def load_photo(name: str) -> torch.Tensor:
     array = array / 255.0 if array.max() > 1 else array
     image = torch.from_numpy(array)
     image = image.unsqueeze(-1).expand(-1, -1, 3) if image.ndim == 2 else image[..., :3]
-    return image.permute(2, 0, 1).contiguous()
+    image = image.permute(2, 0, 1)
+    scale = 400 / min(image.shape[1:])
+    if scale < 1:
+        image = F.interpolate(image[None], scale_factor=scale, mode="area")[0]
+    return image.contiguous()
 
 
 def random_crops(
@@ -62,7 +67,8 @@ def random_crops(
         crop = photo[:, top : top + side, left : left + side]
         if torch.rand((), generator=gen) < 0.5:
             crop = crop.flip(-1)
-        crops.append(F.interpolate(crop[None], size=image_size, mode="area")[0])
+        resized = F.interpolate(crop[None], size=image_size, mode="bilinear", antialias=True)
+        crops.append(resized[0].clamp(0, 1))
     return normalize(torch.stack(crops)), sources
 
 

@@ -106,10 +106,11 @@ class Surrogate(VictimClassifier):
     def on_test_end(self) -> None:
         """Figure 1 and the transfer-set histogram (CSV) beside the run's logs."""
         histogram = getattr(self.trainer.datamodule, "class_histogram", None)
+        # log_dir is a collective under DDP: every rank asks for it
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if histogram is None or not self.trainer.is_global_zero:
             return
         counts = histogram()
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         rows = ["class,queries,acc_victim,acc_surrogate"] + [
             f"{c},{int(n)},{float(v):.4f},{float(a):.4f}"
             for c, (n, v, a) in enumerate(zip(counts, self.per_class["acc_victim_class"],

@@ -86,6 +86,6 @@ def reproduce_main(args: list[str] | None = None) -> Path:
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_function_arguments(reproduce)
     config = parser.parse_args(sys.argv[2:] if args is None else args)
-    config = parser.instantiate_classes(config)
+    config = parser.instantiate(config)
     config.pop("config", None)
     return reproduce(**config)

@@ -38,4 +38,7 @@ def victim_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     victim = VictimClassifier("digits_cnn", 10, optimizer=adam, lr_scheduler=cosine)
     trainer.fit(victim, DigitsDataModule())
     trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)  # what LightningCLI records for ckpt_path
+    checkpoint["hyper_parameters"]["_class_path"] = "lightning_modules.victim.VictimClassifier"
+    torch.save(checkpoint, path)
     return path

@@ -109,7 +109,7 @@ def test_reproduce_configs_parse(path: Path):
     parser = ArgumentParser(exit_on_error=False)
     parser.add_function_arguments(reproduce)
     config = parser.parse_object(yaml.safe_load(path.read_text()))
-    stages = parser.instantiate_classes(config).stages
+    stages = parser.instantiate(config).stages
     names = [stage.name for stage in stages]
     assert len(names) == len(set(names))
     for stage in stages:
