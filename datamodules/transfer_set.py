@@ -8,6 +8,11 @@ checkpoint's bytes, the pool's settings, the seed), not by the budget: the order
 budget of 10k reads a prefix of the 100k answers, and a larger budget only asks the missing
 queries. Each API batch is written as its own file, atomically, so a killed run resumes at the
 first unanswered query.
+
+Behind a detector (`detector`, `threshold`: the API filter of paper 4.1), a flagged query is
+stored as a NaN row, the refusal; the detector's bytes and the threshold join the cache key.
+`on_flag` is applied offline like the granularity: refused rows are dropped, decoys become
+uniform answers. `queries_flagged` counts the flagged queries of the budget.
 """
 
 import hashlib
@@ -23,13 +28,17 @@ from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
 from datamodules.base import ImageDataModule
 from lightning_modules.api import (
     Granularity,
+    OnFlag,
     PredictionAPI,
     check_granularity,
+    check_guard,
     degrade,
+    flagged_answers,
     load_victim,
     victim_architecture,
 )
 from lightning_modules.errors import ConfigError
+from lightning_modules.guard import load_detector
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
@@ -147,6 +156,9 @@ class TransferSetDataModule(ImageDataModule):
         decimals: int | None = None,
         val_fraction: float = 0.1,
         balance: bool = False,
+        detector: str | None = None,
+        threshold: float = 0.5,
+        on_flag: OnFlag = "refuse",
         cache_dir: str = "runs/transfer_sets",
         query_batch_size: int = 256,
         batch_size: int = 64,
@@ -163,6 +175,12 @@ class TransferSetDataModule(ImageDataModule):
         if budget < 1:
             raise ConfigError(f"data.budget must be >= 1 query, got {budget}")
         self._check_victim()
+        check_guard(threshold, on_flag)
+        self.detector_path = None if detector is None else Path(detector)
+        self.threshold, self.on_flag, self.queries_flagged = threshold, on_flag, 0
+        if detector is not None:  # before any query: the detector must fit the victim's data
+            image_shape = tuple(victim_data.split("test")[0][0].shape)
+            load_detector(detector).check_data(type(victim_data).__name__, image_shape, detector)
         self.budget, self.granularity = budget, granularity
         self.top_k, self.decimals = top_k, decimals
         self.val_fraction, self.balance = val_fraction, balance
@@ -183,7 +201,10 @@ class TransferSetDataModule(ImageDataModule):
 
     @property
     def folder(self) -> Path:
-        key = json.dumps([file_digest(self.victim_path), describe(self.pool), self.seed])
+        key = [file_digest(self.victim_path), describe(self.pool), self.seed]
+        if self.detector_path is not None:
+            key += [file_digest(self.detector_path), self.threshold]
+        key = json.dumps(key)
         return self.cache_dir / digest(key)
 
     def query_order(self) -> np.ndarray:
@@ -204,9 +225,11 @@ class TransferSetDataModule(ImageDataModule):
         cache = PosteriorCache(folder)
         done = cache.answered()
         if done < self.budget:
+            guard = None if self.detector_path is None else load_detector(self.detector_path)
             api = PredictionAPI.from_checkpoint(
-                self.victim_path, batch_size=self.query_batch_size, device=self._device()
-            )
+                self.victim_path, batch_size=self.query_batch_size, device=self._device(),
+                detector=guard, threshold=self.threshold,
+            )  # fmt: skip
             todo = Subset(self.pool.split("pool"), order[done : self.budget].tolist())
             loader = DataLoader(
                 todo, batch_size=self.query_batch_size, num_workers=self.num_workers
@@ -239,9 +262,19 @@ class TransferSetDataModule(ImageDataModule):
         order = self.query_order()[: self.budget]
         raw = torch.from_numpy(PosteriorCache(folder).read(self.budget).astype(np.float32))
         self.posteriors = raw
-        answers = degrade(raw, self.granularity, self.top_k, self.decimals)
+        flagged = raw.isnan().any(dim=-1)
+        self.queries_flagged = int(flagged.sum())
+        answers = degrade(flagged_answers(raw, flagged, "decoy"), self.granularity, self.top_k,
+                          self.decimals)  # fmt: skip
         shuffled = np.random.default_rng(self.seed + 1).permutation(self.budget)
-        n_val = math.floor(self.val_fraction * self.budget)
+        if self.on_flag == "refuse":  # the attacker got no answer: nothing to train on
+            shuffled = shuffled[~flagged.numpy()[shuffled]]
+        n_val = math.floor(self.val_fraction * len(shuffled))
+        if len(shuffled) == n_val or (self.val_fraction > 0 and n_val == 0):
+            raise ConfigError(
+                f"the detector refused {self.queries_flagged} of {self.budget} queries: "
+                f"{len(shuffled)} answers are too few to train and validate a surrogate on"
+            )
         val, train = shuffled[:n_val], shuffled[n_val:]
         pool = self.pool.split("pool")
         splits = {
@@ -257,7 +290,8 @@ class TransferSetDataModule(ImageDataModule):
     def class_histogram(self) -> torch.Tensor:
         """How many transfer-set queries the victim assigned to each class (Figure 1, left)."""
         self.setup()
-        return torch.bincount(self.posteriors.argmax(-1), minlength=self.num_classes)
+        answered = self.posteriors[~self.posteriors.isnan().any(dim=-1)]
+        return torch.bincount(answered.argmax(-1), minlength=self.num_classes)
 
     def train_dataloader(self) -> DataLoader:
         if not self.balance:

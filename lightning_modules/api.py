@@ -3,6 +3,11 @@
 The victim's full posterior is computed once per query; what the client receives is derived
 from it by `degrade`, a pure function. The transfer set stores the posterior and applies
 `degrade` offline, so every granularity (A_p and A_c of Table 6) comes from one querying pass.
+
+An optional detector (paper 4.1: "a filter placed in front of the prediction API") sees each
+query first; a query whose P(out-of-distribution) exceeds `threshold` is flagged, counted, and
+never reaches the victim. It is refused (its answer row is all NaN: no answer) or answered with
+a decoy, the uniform vector, which then goes through the granularity like any posterior.
 """
 
 from pathlib import Path
@@ -15,6 +20,7 @@ from lightning_modules.errors import ConfigError
 
 Granularity = Literal["probs", "top_k", "rounded", "label"]
 GRANULARITIES: tuple[str, ...] = ("probs", "top_k", "rounded", "label")
+OnFlag = Literal["refuse", "decoy"]
 
 
 def check_granularity(
@@ -28,6 +34,22 @@ def check_granularity(
         raise ConfigError(f"top_k must be in 1..{num_classes} (num_classes), got {top_k}")
     if granularity == "rounded" and (decimals is None or decimals < 0):
         raise ConfigError(f"decimals must be an integer >= 0 for rounded answers, got {decimals}")
+
+
+def check_guard(threshold: float, on_flag: str) -> None:
+    """Raise a one-line ConfigError for a detector threshold or policy out of range."""
+    if not 0 <= threshold <= 1:
+        raise ConfigError(f"threshold must be in [0, 1] (a P(OOD)), got {threshold}")
+    if on_flag not in ("refuse", "decoy"):
+        raise ConfigError(f"on_flag must be refuse or decoy, got {on_flag!r}")
+
+
+def flagged_answers(
+    posteriors: torch.Tensor, flagged: torch.Tensor, on_flag: OnFlag
+) -> torch.Tensor:
+    """`posteriors` with the flagged rows refused (NaN) or replaced by the uniform decoy."""
+    fill = float("nan") if on_flag == "refuse" else 1.0 / posteriors.shape[-1]
+    return posteriors.masked_fill(flagged[:, None], fill)
 
 
 def degrade(
@@ -86,6 +108,11 @@ class PredictionAPI:
 
     Counts every query answered and refuses to exceed `budget`. The victim runs in eval mode
     under `torch.inference_mode` on `device`, in batches of `batch_size`.
+
+    With a `detector` (an `nn.Module` giving P(OOD) per image, e.g. `guard.load_detector`),
+    `queries_flagged` counts the flagged queries; they count against the budget too (they were
+    asked) and are refused or decoyed per `on_flag`. A detector that records the image shape it
+    was trained on rejects queries of another shape before anything is answered.
     """
 
     def __init__(
@@ -98,8 +125,12 @@ class PredictionAPI:
         budget: int | None = None,
         batch_size: int = 256,
         device: torch.device | str = "cpu",
+        detector: nn.Module | None = None,
+        threshold: float = 0.5,
+        on_flag: OnFlag = "refuse",
     ):
         check_granularity(granularity, num_classes, top_k, decimals)
+        check_guard(threshold, on_flag)
         if budget is not None and budget < 1:
             raise ConfigError(f"budget must be >= 1 query, got {budget}")
         self.victim = victim.eval().to(device)
@@ -107,6 +138,8 @@ class PredictionAPI:
         self.granularity, self.top_k, self.decimals = granularity, top_k, decimals
         self.budget, self.batch_size, self.device = budget, batch_size, torch.device(device)
         self.queries_answered = 0
+        self.detector = None if detector is None else detector.eval().to(device)
+        self.threshold, self.on_flag, self.queries_flagged = threshold, on_flag, 0
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "PredictionAPI":
@@ -114,7 +147,14 @@ class PredictionAPI:
         return cls(victim, num_classes=victim.fc.out_features, **kwargs)
 
     def posteriors(self, images: torch.Tensor) -> torch.Tensor:
-        """Full victim posteriors (N, C) on the CPU, counted against the budget."""
+        """Full victim posteriors (N, C) on the CPU, counted against the budget; behind a
+        detector, flagged rows are refused (NaN) or decoys."""
+        shape = getattr(self.detector, "image_shape", None)
+        if shape is not None and tuple(images.shape[1:]) != tuple(shape):
+            raise ConfigError(
+                f"the detector was trained on {'x'.join(map(str, shape))} images, "
+                f"queries are {'x'.join(map(str, images.shape[1:]))}"
+            )
         if self.budget is not None and self.queries_answered + len(images) > self.budget:
             raise ConfigError(
                 f"query budget exhausted: {self.queries_answered} answered, {len(images)} more "
@@ -123,11 +163,22 @@ class PredictionAPI:
         outputs = []
         with torch.inference_mode():
             for chunk in images.split(self.batch_size):
-                logits = self.victim(chunk.to(self.device, non_blocking=True))
-                outputs.append(logits.float().softmax(dim=-1).cpu())
+                chunk = chunk.to(self.device, non_blocking=True)
+                if self.detector is None:
+                    outputs.append(self.victim(chunk).float().softmax(dim=-1).cpu())
+                    continue
+                flagged = self.detector(chunk) > self.threshold
+                answers = torch.zeros(len(chunk), self.num_classes, device=self.device)
+                if not flagged.all():
+                    answers[~flagged] = self.victim(chunk[~flagged]).float().softmax(dim=-1)
+                outputs.append(flagged_answers(answers, flagged, self.on_flag).cpu())
+                self.queries_flagged += int(flagged.sum())
         self.queries_answered += len(images)
         return torch.cat(outputs)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """The client's answer: posteriors degraded to this API's granularity."""
-        return degrade(self.posteriors(images), self.granularity, self.top_k, self.decimals)
+        """The client's answer: posteriors degraded to this API's granularity (a refused
+        query's row stays all NaN)."""
+        posteriors = self.posteriors(images)
+        answers = degrade(posteriors, self.granularity, self.top_k, self.decimals)
+        return answers.masked_fill(posteriors.isnan().any(dim=-1, keepdim=True), float("nan"))

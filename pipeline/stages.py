@@ -132,11 +132,11 @@ class StageRunner:
             cli = cli_main(args)
         (folder / "stdout.log").write_text(captured.getvalue())
         metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
-        best = folder / "checkpoints" / "best.ckpt"
+        saved = [folder / "checkpoints" / name for name in ("best.ckpt", "last.ckpt")]
         result = {
             "key": folder.name.rsplit("-", 1)[1],
             "folder": str(folder),
-            "checkpoint": str(best) if best.exists() else None,
+            "checkpoint": next((str(p) for p in saved if p.exists()), None),
             "metrics": metrics,
         }
         write_atomic(result_file, json.dumps(result, indent=1))

@@ -1,0 +1,138 @@
+"""Detectors: the exported logistic head equals scikit-learn's, embeddings are computed once and
+cached, the frozen backbone stays untouched, and the checkpoint reloads with identical scores."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from sklearn.linear_model import LogisticRegressionCV
+from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import StandardScaler
+
+from lightning_modules import Detector, FrozenFeaturesDetector
+from lightning_modules.detector import fit_logistic_head
+from lightning_modules.errors import ConfigError
+from lightning_modules.guard import load_detector
+from tests.lightning_modules.conftest import small_in_out
+
+
+def test_exported_head_gives_the_regressions_probabilities():
+    gen = np.random.default_rng(0)
+    labels = np.r_[np.zeros(60, int), np.ones(90, int)]
+    features = gen.normal(size=(150, 8)) * [1, 5, 0.1, 1, 1, 2, 1, 1] + labels[:, None] * 0.8
+    weight, bias, cv_score, c = fit_logistic_head(features, labels, folds=5, Cs=4)
+    scaler = StandardScaler().fit(features)
+    reference = LogisticRegressionCV(
+        Cs=4, l1_ratios=(0.0,), cv=StratifiedKFold(5, shuffle=True, random_state=0),
+        scoring="accuracy", max_iter=1000, use_legacy_attributes=False,
+    ).fit(scaler.transform(features), labels)  # fmt: skip
+    head = torch.nn.Linear(8, 2)
+    head.weight.data, head.bias.data = weight, bias
+    p_ood = head(torch.from_numpy(features).float()).softmax(-1)[:, 1]
+    expected = reference.predict_proba(scaler.transform(features))[:, 1]
+    assert np.allclose(p_ood.detach().numpy(), expected, atol=1e-5)
+    assert c == reference.C_ and 0.5 < cv_score <= 1.0
+
+
+def fit_frozen(
+    victim_ckpt: Path, cache: Path, folds: int = 3
+) -> tuple[FrozenFeaturesDetector, Trainer]:
+    model = FrozenFeaturesDetector("digits_cnn", weights=str(victim_ckpt), folds=folds, Cs=3,
+                                   cache_dir=str(cache))  # fmt: skip
+    trainer = Trainer(max_epochs=1, limit_val_batches=2, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=str(cache.parent))  # fmt: skip
+    trainer.fit(model, small_in_out())
+    return model, trainer
+
+
+def test_embeddings_are_computed_once_and_reused(victim_ckpt, tmp_path, monkeypatch):
+    calls = {"images": 0}
+    embed = FrozenFeaturesDetector.embed
+
+    def counted(self, images):
+        calls["images"] += len(images)
+        return embed(self, images)
+
+    monkeypatch.setattr(FrozenFeaturesDetector, "embed", counted)
+    first, trainer = fit_frozen(victim_ckpt, tmp_path / "cache")
+    train_size = len(small_in_out().split("train"))
+    assert calls["images"] == train_size
+    (folder,) = (tmp_path / "cache").iterdir()
+    features = np.load(folder / "train_features.npy", allow_pickle=False)
+    assert features.shape == (train_size, 128) and not list(folder.glob(".*.tmp"))
+    assert {"train/cv_score", "train/C", "val/acc"} <= set(trainer.callback_metrics)
+    assert trainer.global_step == 0 and trainer.num_training_batches == 1  # nothing optimised
+    second, _ = fit_frozen(victim_ckpt, tmp_path / "cache")
+    assert calls["images"] == train_size  # the second fit read the cache
+    assert torch.equal(first.net.fc.weight, second.net.fc.weight)
+    with pytest.raises(ConfigError, match="500-fold cross-validation needs 500 training images"):
+        fit_frozen(victim_ckpt, tmp_path / "cache", folds=500)
+    assert calls["images"] == train_size
+
+
+def test_backbone_is_frozen_in_eval_mode(victim_ckpt, tmp_path):
+    pretrained = FrozenFeaturesDetector("digits_cnn", weights=str(victim_ckpt)).net.state_dict()
+    model, _ = fit_frozen(victim_ckpt, tmp_path / "cache")
+    fitted = model.net.state_dict()
+    assert not model.net.training
+    assert all(torch.equal(v, fitted[k]) for k, v in pretrained.items() if not k.startswith("fc."))
+
+
+def test_checkpoint_reloads_as_a_guard_with_identical_scores(cv_run, detector_ckpt):
+    cli, _ = cv_run
+    data = cli.datamodule
+    images = next(iter(data.test_dataloader()))[0]
+    guard = load_detector(detector_ckpt)
+    model = cli.model.eval()
+    with torch.no_grad():
+        expected = model(images).softmax(-1)[:, 1]
+        assert torch.equal(guard(images), expected)
+    assert guard.trained_on["in_data"] == "DigitsDataModule"
+    assert guard.image_shape == (3, 32, 32)
+    metrics = cli.trainer.callback_metrics
+    assert metrics["test/tnr"] > 0.9 and metrics["test/tpr/out"] > 0.9
+
+
+def test_scratch_detector_trains_and_records_its_data(tmp_path):
+    model = Detector("digits_cnn")
+    trainer = Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=str(tmp_path))  # fmt: skip
+    data = small_in_out()
+    trainer.fit(model, data)
+    metrics = trainer.test(model, data, verbose=False)[0]
+    assert {"test/tnr", "test/tpr/out", "test/tpr/out_test", "test/tpr_at_tnr95/out"} <= set(
+        metrics
+    )
+    trainer.save_checkpoint(tmp_path / "scratch.ckpt")
+    assert load_detector(tmp_path / "scratch.ckpt").trained_on == data.training_record()
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: Detector(num_classes=10), "a detector is a binary in/out classifier"),
+        (lambda: Detector(threshold=1.5), r"threshold must be in \[0, 1\]"),
+        (
+            lambda: FrozenFeaturesDetector("digits_cnn", weights=None, threshold=-0.1),
+            r"threshold must be in \[0, 1\]",
+        ),
+    ],
+)
+def test_bad_settings(build, message):
+    with pytest.raises(ConfigError, match=message):
+        build()
+
+
+def test_frozen_fit_needs_one_epoch(tmp_path):
+    model = FrozenFeaturesDetector("digits_cnn", weights=None, cache_dir=str(tmp_path))
+    trainer = Trainer(max_epochs=2, logger=False, enable_progress_bar=False)
+    with pytest.raises(ConfigError, match="trainer.max_epochs: 1"):
+        trainer.fit(model, small_in_out())
+
+
+def test_a_victim_checkpoint_is_not_a_detector(victim_ckpt):
+    with pytest.raises(ConfigError, match="is not a detector checkpoint"):
+        load_detector(victim_ckpt)
