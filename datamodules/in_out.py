@@ -20,8 +20,7 @@ ImageNet subset's seeded per-class 90/10), otherwise a seeded `out_test_fraction
 import json
 
 import numpy as np
-import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 from datamodules.base import ImageDataModule
 from datamodules.transfer_set import describe
@@ -132,10 +131,12 @@ class InOutDataModule(ImageDataModule):
         shapes = {name: tuple(WithLabel(images, IN)[0][0].shape) for name, images in tests.items()}
         if len(set(shapes.values())) > 1:
             raise ConfigError(f"in/out images differ in shape: {shapes}; set one image_size")
-        splits["test"] = ConcatDataset([
+        test = ConcatDataset([
             WithLabel(images, IN if name == "in" else OUT, TEST_SETS.index(name))
             for name, images in tests.items()
         ])  # fmt: skip
+        order = np.random.default_rng(self.seed + 2).permutation(len(test)).tolist()
+        splits["test"] = Subset(test, order)  # mixed: a `limit_test_batches` run samples all sets
         return splits
 
     def _hint(self, name: str) -> str:
@@ -144,13 +145,6 @@ class InOutDataModule(ImageDataModule):
             "out": f"raise data.out_test_fraction ({self.out_test_fraction}) or the pool size",
             "out_test": "check out_test_data",
         }[name]
-
-    def test_dataloader(self) -> DataLoader:
-        """The test sets in one seeded random order: a `limit_test_batches` run samples them all."""
-        return DataLoader(
-            self.split("test"), batch_size=self.batch_size, shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed), num_workers=self.num_workers,
-        )  # fmt: skip
 
     def count(self, split: str, label: int) -> int:
         """How many images of `split` (train or val) carry `label`, without reading any."""

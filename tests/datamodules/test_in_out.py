@@ -35,7 +35,7 @@ def test_splits_labels_and_the_pools_shares():
     assert sets.bincount().tolist() == [n["test"], 20, 50]  # in, out, out_test
     assert torch.equal(labels(test), (sets > 0).long())  # out-of-distribution is label 1
     assert TEST_SETS == ("in", "out", "out_test")
-    x, y, s = next(iter(data.test_dataloader()))  # seeded shuffle: one batch samples every set
+    x, y, s = next(iter(data.test_dataloader()))  # seeded order: one batch samples every set
     assert x.shape[1:] == (3, 32, 32) and y.dtype == s.dtype == torch.long
     assert s.unique().tolist() == [0, 1, 2]
 
@@ -43,25 +43,26 @@ def test_splits_labels_and_the_pools_shares():
 def test_pool_shares_are_disjoint_and_seeded():
     data = in_out()
     out_train = data.split("train").datasets[1].images  # Subset of the pool's training share
-    out_test = data.split("test").datasets[1].images
+    out_test = data.split("test").dataset.datasets[1].images
     train_ids = set(out_train.dataset.indices[i] for i in out_train.indices)
     assert not train_ids & set(out_test.indices)
-    assert out_test.indices == in_out().split("test").datasets[1].images.indices
-    assert out_test.indices != in_out(seed=1).split("test").datasets[1].images.indices
+    assert out_test.indices == in_out().split("test").dataset.datasets[1].images.indices
+    assert out_test.indices != in_out(seed=1).split("test").dataset.datasets[1].images.indices
 
 
 def test_own_train_and_test_splits_of_the_out_data_are_used():
     other = DigitsDataModule(seed=1)  # a DataModule with train/test splits, like ImageNetSubset
     data = in_out(out_data=other, out_val_fraction=0.0)
     assert len(data.split("train").datasets[1]) == len(other.split("train"))
-    assert len(data.split("test").datasets[1]) == len(other.split("test"))
+    assert len(data.split("test").dataset.datasets[1]) == len(other.split("test"))
 
 
 def test_exclude_classes_drops_them_from_every_in_split():
     digits = DigitsDataModule()
     data = in_out(digits, exclude_classes=[3, 7])
     for name in ("train", "val", "test"):
-        kept = labels_of(data.split(name).datasets[0].images)
+        split = data.split(name)
+        kept = labels_of((split.dataset if name == "test" else split).datasets[0].images)
         every = labels_of(digits.split(name))
         assert not {3, 7} & set(kept.tolist())
         assert len(kept) == (~torch.isin(torch.from_numpy(every), torch.tensor([3, 7]))).sum()

@@ -26,7 +26,7 @@ def tiny_config(tmp_path: Path) -> Path:
             *[
                 {"name": f"knockoff-{g}",
                  "config": str(CONFIGS / f"surrogate/digits_natural_{g}.yaml"),
-                 "inputs": {"data.init_args.victim": "victim"}, "set": surrogate,
+                 "inputs": {"data.init_args.victim": "victim"}, "set": dict(surrogate),
                  "rows": [{"table": "6", "victim": "digits-cnn", "setting": g, "metrics": ATTACK}]}
                 for g in ("probs", "label")
             ],
