@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -199,7 +200,7 @@ class TransferSetDataModule(ImageDataModule):
 
     # -- querying -------------------------------------------------------------------------
 
-    @property
+    @cached_property  # hashes the victim's (and detector's) bytes: once per DataModule
     def folder(self) -> Path:
         key = [file_digest(self.victim_path), describe(self.pool), self.seed]
         if self.detector_path is not None:
