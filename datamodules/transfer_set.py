@@ -9,6 +9,10 @@ budget of 10k reads a prefix of the 100k answers, and a larger budget only asks 
 queries. Each API batch is written as its own file, atomically, so a killed run resumes at the
 first unanswered query.
 
+Under DDP every process queries: the unanswered positions are cut into API batches, and batch i
+goes to rank i % world_size, so no query is answered twice or lost. The batches are the ones a
+single process would send, so the transfer set is bitwise the same for any number of processes.
+
 Behind a detector (`detector`, `threshold`: the API filter of paper 4.1), a flagged query is
 stored as a NaN row, the refusal; the detector's bytes and the threshold join the cache key.
 `on_flag` is applied offline like the granularity: refused rows are dropped, decoys become
@@ -24,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from datamodules.base import ImageDataModule
 from lightning_modules.api import (
@@ -85,13 +89,15 @@ class PosteriorCache:
             found.append((start, end, path))
         return sorted(found)
 
-    def answered(self) -> int:
-        """How many queries of the order are answered, counting contiguous chunks from 0."""
-        done = 0
-        for start, end, _ in self.chunks():
-            if start == done:
-                done = end
-        return done
+    def missing(self, count: int, piece: int) -> list[tuple[int, int]]:
+        """The unanswered positions of [0, count), as pieces of at most `piece` queries cut from
+        the start of each gap: the units of work, in a fixed order."""
+        pieces, done = [], 0
+        for start, end, _ in [*self.chunks(), (count, count, None)]:
+            gap_end = min(start, count)
+            pieces += [(s, min(s + piece, gap_end)) for s in range(done, gap_end, piece)]
+            done = max(done, end)
+        return pieces
 
     def write(self, start: int, posteriors: np.ndarray) -> None:
         end = start + len(posteriors)
@@ -219,29 +225,59 @@ class TransferSetDataModule(ImageDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def prepare_data(self) -> None:
+        """One process: answer every missing query. Under DDP, `setup` shares the work out."""
+        if self._rank_and_world()[1] == 1:
+            self.answer(self.unanswered())
+            self._finish()
+
+    def setup(self, stage: str | None = None) -> None:
+        rank, world = self._rank_and_world()
+        if world > 1 and not self.splits:
+            pieces = self.unanswered()
+            self.trainer.strategy.barrier("transfer set planned")  # one plan, before any write
+            self.answer(pieces[rank::world])
+            self.trainer.strategy.barrier("transfer set answered")
+            if rank == 0:
+                self._finish()
+            self.trainer.strategy.barrier("transfer set complete")
+        super().setup(stage)
+
+    def unanswered(self) -> list[tuple[int, int]]:
+        """The API batches (start, end) still to send, in order: the units of work."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return PosteriorCache(self.folder).missing(self.budget, self.query_batch_size)
+
+    def answer(self, pieces: list[tuple[int, int]]) -> int:
+        """Send these API batches of the query order and store the answers; return how many
+        queries were answered."""
+        if not pieces:
+            return 0
         order = self.query_order()
-        folder = self.folder
-        folder.mkdir(parents=True, exist_ok=True)
-        cache = PosteriorCache(folder)
-        done = cache.answered()
-        if done < self.budget:
-            guard = None if self.detector_path is None else load_detector(self.detector_path)
-            api = PredictionAPI.from_checkpoint(
-                self.victim_path, batch_size=self.query_batch_size, device=self._device(),
-                detector=guard, threshold=self.threshold,
-            )  # fmt: skip
-            todo = Subset(self.pool.split("pool"), order[done : self.budget].tolist())
-            loader = DataLoader(
-                todo, batch_size=self.query_batch_size, num_workers=self.num_workers
-            )
-            for images in loader:
-                cache.write(done, api.posteriors(images).numpy().astype(np.float16))
-                done += len(images)
+        guard = None if self.detector_path is None else load_detector(self.detector_path)
+        api = PredictionAPI.from_checkpoint(
+            self.victim_path, batch_size=self.query_batch_size, device=self._device(),
+            detector=guard, threshold=self.threshold,
+        )  # fmt: skip
+        batches = [order[start:end].tolist() for start, end in pieces]
+        loader = DataLoader(
+            self.pool.split("pool"), batch_sampler=batches, num_workers=self.num_workers
+        )
+        cache = PosteriorCache(self.folder)
+        for (start, _), images in zip(pieces, loader, strict=True):
+            cache.write(start, api.posteriors(images).numpy().astype(np.float16))
+        return api.queries_answered
+
+    def _finish(self) -> None:
+        """After every query is answered: the cache's description and the victim's test labels."""
         meta = {"victim": str(self.victim_path), "pool": describe(self.pool), "seed": self.seed,
-                "answered": cache.answered()}  # fmt: skip
-        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
-        self._victim_test_labels(folder)
+                "answered": self.budget}  # fmt: skip
+        (self.folder / "meta.json").write_text(json.dumps(meta, indent=1))
+        self._victim_test_labels(self.folder)
 
     def _victim_test_labels(self, folder: Path) -> torch.Tensor:
         """F_V's predictions on its test set (evaluation only; not part of the attack)."""

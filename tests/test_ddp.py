@@ -30,9 +30,15 @@ def test_ddp_test_metrics_cover_the_whole_test_set(victim_ckpt, tmp_path):
     assert abs(single["test/acc"] - ddp["test/acc"]) <= 1 / 359 + 1e-6
 
 
+def cached_answers(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run_dir.glob("runs/transfer_sets/*/q*.npy")}
+
+
 def test_ddp_surrogate_training_matches_single_process(victim_ckpt, tmp_path):
-    """Same seed, same global batch (2 x 32 vs 64): test accuracies within 5 points (the
-    processes shuffle with DistributedSampler, so the batches differ)."""
+    """The 2 processes share the querying (API batches 0 and 2 vs 1 of 600 queries) and build
+    bitwise the single process's transfer set. Same seed, same global batch (2 x 32 vs 64): test
+    accuracies within 5 points (the processes shuffle with DistributedSampler, so the batches
+    differ)."""
     args = ["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
             "--data.init_args.victim", str(victim_ckpt), "--data.init_args.budget", "600",
             "--trainer.max_epochs", "3"]  # fmt: skip
@@ -41,4 +47,8 @@ def test_ddp_surrogate_training_matches_single_process(victim_ckpt, tmp_path):
                "--data.init_args.batch_size", "32"], tmp_path / "ddp")  # fmt: skip
     assert single["test/acc_victim"] == ddp["test/acc_victim"] or abs(
         single["test/acc_victim"] - ddp["test/acc_victim"]) <= 1 / 359 + 1e-6  # fmt: skip
+    answers = cached_answers(tmp_path / "single")
+    assert sorted(answers) == sorted(cached_answers(tmp_path / "ddp"))
+    assert answers == cached_answers(tmp_path / "ddp")
+    assert len(answers) == 3  # 256 + 256 + 88 queries
     assert abs(single["test/acc"] - ddp["test/acc"]) <= 0.05

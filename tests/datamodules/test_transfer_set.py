@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
+from datamodules.transfer_set import PosteriorCache
 from lightning_modules.api import PredictionAPI
 from lightning_modules.errors import ConfigError
 
@@ -128,3 +129,35 @@ def test_victim_checkpoint_errors(victim_ckpt, tmp_path):
     torch.save(checkpoint, tmp_path / "gtsrb.ckpt")
     with pytest.raises(ConfigError, match="has num_classes=43 but data.victim_data has 10"):
         transfer(tmp_path / "gtsrb.ckpt")
+
+
+def test_missing_pieces_fill_gaps_in_api_batches(tmp_path):
+    cache = PosteriorCache(tmp_path)
+    assert cache.missing(70, 32) == [(0, 32), (32, 64), (64, 70)]
+    cache.write(32, np.zeros((32, 10), np.float16))
+    cache.write(100, np.zeros((20, 10), np.float16))  # beyond the budget: irrelevant
+    assert cache.missing(90, 32) == [(0, 32), (64, 90)]
+    with pytest.raises(ConfigError, match="holds 0 of 90 answers"):
+        cache.read(90)
+
+
+def test_sharded_querying_answers_each_query_once_and_matches_one_process(
+    victim_ckpt, counted, tmp_path
+):
+    """What DDP ranks do in `setup`: every rank plans from the same cache state, then rank r
+    sends API batches r, r + world, ... The union is bitwise the single-process transfer set,
+    and no query is asked twice."""
+    sharded = TransferSetDataModule(
+        victim=str(victim_ckpt), pool=CropsPoolDataModule(size=300), victim_data=DigitsDataModule(),
+        budget=100, cache_dir=str(tmp_path / "sharded"), query_batch_size=32,
+    )  # fmt: skip
+    plan = sharded.unanswered()
+    assert plan == [(0, 32), (32, 64), (64, 96), (96, 100)]
+    assert sharded.answer(plan[1::2]) == 32 + 4
+    assert [c[:2] for c in PosteriorCache(sharded.folder).chunks()] == [(32, 64), (96, 100)]
+    assert sharded.answer(plan[0::2]) == 64
+    assert sharded.unanswered() == []
+    assert counted["queries"] == 100
+    sharded.setup()
+    single = transfer(victim_ckpt, budget=100)
+    assert torch.equal(sharded.posteriors, single.posteriors)
