@@ -23,7 +23,8 @@ import hashlib
 import json
 import math
 import os
-from functools import cached_property
+from collections.abc import Callable
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -104,27 +105,56 @@ class PosteriorCache:
         atomic_save_npy(self.folder / f"q{start:09d}-{end:09d}.npy", posteriors)
 
     def read(self, count: int) -> np.ndarray:
-        parts, done = [], 0
+        """The first `count` answers, (count, C) float16, read into one array (no copies)."""
+        out, done = None, 0
         for start, end, path in self.chunks():
             if start == done and done < count:
-                parts.append(np.load(path, allow_pickle=False))
+                chunk = np.load(path, allow_pickle=False)
+                if out is None:
+                    out = np.empty((count, chunk.shape[1]), chunk.dtype)
+                out[start : min(end, count)] = chunk[: count - start]
                 done = end
         if done < count:
             raise ConfigError(f"transfer-set cache {self.folder} holds {done} of {count} answers")
-        return np.concatenate(parts)[:count]
+        return out
+
+
+def api_answers(
+    posteriors: torch.Tensor, granularity: Granularity, top_k: int | None, decimals: int | None
+) -> torch.Tensor:
+    """The attacker's answers (N, C) float32 for stored posteriors: a refused row (NaN) that is
+    served becomes the uniform decoy, then the API's granularity applies."""
+    posteriors = posteriors.float()
+    flagged = posteriors.isnan().any(dim=-1)
+    return degrade(flagged_answers(posteriors, flagged, "decoy"), granularity, top_k, decimals)
 
 
 class TransferDataset(Dataset):
-    """(query image, API answer) pairs; the images are read from the pool by index."""
+    """(query image, API answer) pairs. Images are read from the pool by index; answers are
+    made from the shared float16 posteriors when served, so the set costs no more memory than
+    its cache (a float32 copy per split would be 2 x 4 GB for 1M queries x 1000 classes)."""
 
-    def __init__(self, pool: Dataset, indices: np.ndarray, answers: torch.Tensor):
-        self.pool, self.indices, self.answers = pool, indices, answers
+    def __init__(
+        self,
+        pool: Dataset,
+        indices: np.ndarray,
+        posteriors: torch.Tensor,
+        rows: np.ndarray,
+        answer: Callable[[torch.Tensor], torch.Tensor],
+    ):
+        self.pool, self.indices, self.posteriors = pool, indices, posteriors
+        self.rows, self.answer = torch.from_numpy(rows), answer
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.pool[int(self.indices[i])], self.answers[i]
+        return self.pool[int(self.indices[i])], self.answer(self.posteriors[self.rows[i]][None])[0]
+
+    @property
+    def answers(self) -> torch.Tensor:
+        """Every answer of the split, (N, C) float32: for analysis and class balancing."""
+        return self.answer(self.posteriors[self.rows])
 
 
 class VictimLabelled(Dataset):
@@ -297,12 +327,9 @@ class TransferSetDataModule(ImageDataModule):
     def build_splits(self) -> dict[str, Dataset]:
         folder = self.folder
         order = self.query_order()[: self.budget]
-        raw = torch.from_numpy(PosteriorCache(folder).read(self.budget).astype(np.float32))
-        self.posteriors = raw
-        flagged = raw.isnan().any(dim=-1)
+        self.posteriors = torch.from_numpy(PosteriorCache(folder).read(self.budget))
+        flagged = self.posteriors[:, 0].isnan()  # a refusal is a whole row of NaN
         self.queries_flagged = int(flagged.sum())
-        answers = degrade(flagged_answers(raw, flagged, "decoy"), self.granularity, self.top_k,
-                          self.decimals)  # fmt: skip
         shuffled = np.random.default_rng(self.seed + 1).permutation(self.budget)
         if self.on_flag == "refuse":  # the attacker got no answer: nothing to train on
             shuffled = shuffled[~flagged.numpy()[shuffled]]
@@ -314,14 +341,16 @@ class TransferSetDataModule(ImageDataModule):
             )
         val, train = shuffled[:n_val], shuffled[n_val:]
         pool = self.pool.split("pool")
+        answer = partial(api_answers, granularity=self.granularity, top_k=self.top_k,
+                         decimals=self.decimals)  # fmt: skip
         splits = {
-            "train": TransferDataset(pool, order[train], answers[train]),
+            "train": TransferDataset(pool, order[train], self.posteriors, train, answer),
             "test": VictimLabelled(
                 self.victim_data.split("test"), self._victim_test_labels(folder)
             ),
         }
         if n_val:
-            splits["val"] = TransferDataset(pool, order[val], answers[val])
+            splits["val"] = TransferDataset(pool, order[val], self.posteriors, val, answer)
         return splits
 
     def class_histogram(self) -> torch.Tensor:
