@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from jsonargparse import ArgumentError
 
 from main import cli_main
@@ -68,3 +69,16 @@ def test_user_errors_are_one_line_and_exit_2(extra, expected):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bf16_mixed_precision_with_channels_last_resnet():
+    """The GPU recipe (configs/trainer/gpu.yaml + channels_last), on CPU: bf16 autocast with
+    fp32 master weights, NHWC ResNet, finite weights after training."""
+    fast = ["--trainer.precision", "bf16-mixed", "--model.init_args.channels_last", "true"]
+    cli = cli_main(["fit", "--config", str(CONFIGS / "victim/digits_resnet18.yaml"), *SHORT, *fast])
+    weight = cli.model.net.conv1.weight
+    assert weight.dtype == torch.float32
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert cli.trainer.precision == "bf16-mixed"
+    assert all(torch.isfinite(p).all() for p in cli.model.parameters())
+    assert 0.0 <= float(cli.trainer.callback_metrics["test/acc"]) <= 1.0
