@@ -6,18 +6,76 @@ LightningCLI in subclass mode: any LightningModule of `lightning_modules` and an
 the model, so no config states it twice.
 """
 
+import re
 import sys
+from pathlib import Path
+from typing import Any
 
+import torch
 from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
+from torch import nn
 
 import datamodules  # noqa: F401  (registers the DataModules as subclass choices)
 import lightning_modules  # noqa: F401  (registers the LightningModules as subclass choices)
 from lightning_modules.errors import ConfigError
+from lightning_modules.networks import disagreement
+
+CKPT_KEYWORDS = ("best", "last", "hpc")  # Lightning resolves these itself
+
+
+def read_ckpt_path(path: str | None) -> dict[str, Any] | None:
+    """The `--ckpt_path` checkpoint, memory-mapped and unpickling no code, or a one-line error
+    naming the file (Lightning's own are tracebacks). None for keywords and remote paths."""
+    if not path or path in CKPT_KEYWORDS or ":" in str(path).split("/")[0]:
+        return None
+    if not Path(path).is_file():
+        raise ConfigError(
+            f"ckpt_path {path} {'is not a file' if Path(path).exists() else 'does not exist'}"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise ConfigError(f"ckpt_path {path} is not a readable checkpoint: {reason}") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"ckpt_path {path} is not a Lightning checkpoint: it has no state_dict")
+    return checkpoint
+
+
+def check_fits(path: str, checkpoint: dict[str, Any], model: LightningModule) -> None:
+    """A one-line error naming `path` if its network (`net.*`) does not fit `model.net`."""
+    if not isinstance(net := getattr(model, "net", None), nn.Module):
+        return
+    state = {k[4:]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    if problem := disagreement(net, state):
+        keys = ("arch", "num_classes")
+        saved = checkpoint.get("hyper_parameters") or {}
+        want = ", ".join(f"{k}={model.hparams[k]}" for k in keys if k in model.hparams)
+        was = ", ".join(f"{k}={saved[k]}" for k in keys if k in saved) or "no arch recorded"
+        raise ConfigError(
+            f"ckpt_path {path} does not fit the model ({want}): saved with {was} ({problem})"
+        )
 
 
 class KnockoffCLI(LightningCLI):
+    _checkpoint: tuple[str, dict[str, Any]] | None = None
+
+    def _parse_ckpt_path(self) -> None:
+        """Check `--ckpt_path` before Lightning reads its hyperparameters into the config."""
+        if subcommand := self.config.get("subcommand"):
+            path = self.config[subcommand].get("ckpt_path")
+            if (checkpoint := read_ckpt_path(path)) is not None:
+                self._checkpoint = (str(path), checkpoint)
+        super()._parse_ckpt_path()
+
+    def after_instantiate_classes(self) -> None:
+        """A checkpoint of another network fails here, before any run folder is written."""
+        if self._checkpoint is not None:
+            check_fits(*self._checkpoint, self.model)
+            self._checkpoint = None
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments(
             "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"
@@ -49,12 +107,42 @@ def cli_main(args: list[str] | None = None) -> KnockoffCLI:
 
 
 def user_error(err: BaseException) -> BaseException | None:
-    """The user mistake behind `err`, if any: jsonargparse wraps errors raised in `__init__`."""
-    while err is not None:
-        if isinstance(err, ConfigError | ArgumentError):
-            return err
+    """The user mistake behind `err`, if any: a `ConfigError` (jsonargparse wraps those raised
+    in `__init__` in its own errors), else a parse error."""
+    chain = []
+    while err is not None and err not in chain:
+        chain.append(err)
         err = err.__cause__ or err.__context__
-    return None
+    if configs := [e for e in chain if isinstance(e, ConfigError)]:
+        return configs[0]
+    return next((e for e in chain if isinstance(e, ArgumentError)), None)
+
+
+NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value type:",
+         "Expected a <class 'NoneType'>")  # fmt: skip
+
+
+def one_line(message: str) -> str:
+    """jsonargparse's nested report as one line: the dotted key at fault, then what was expected
+    and the value given; any other message with its whitespace collapsed."""
+    keys, errors, given = [], [], ""
+    for line in message.splitlines():
+        line = line.strip().removeprefix("- ")
+        if key := re.match(r'Parser key "([^"]+)":\s*(.*)', line):
+            keys.append(key[1])
+            errors += [key[2]] if key[2] else []
+        elif line.startswith("Problem with given class_path"):
+            keys.append("init_args")
+        elif line.startswith("Given value:"):
+            given = line.removeprefix("Given value:").strip()
+        elif line and not line.startswith(NOISE):
+            errors.append(line)
+    text = " ".join(" ".join(errors).split())
+    if not keys or not text:
+        return " ".join(message.split())
+    if given and "Got value" not in text and not re.match(r"\w+\(", given):
+        text += f". Got value: {given}"
+    return f"{'.'.join(keys)}: {text}"
 
 
 def main() -> None:
@@ -68,8 +156,7 @@ def main() -> None:
     except Exception as err:
         if (mistake := user_error(err)) is None:
             raise  # a bug: keep the traceback
-        message = " ".join(str(mistake).split()).split(" - Expected a <class 'NoneType'>")[0]
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(str(mistake))}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from datamodules.base import ImageDataModule, ImagesOnly
 from datamodules.images import (
+    IMAGE_SUFFIXES,
     ImageFiles,
     LabelledImages,
     check_readable,
@@ -126,7 +127,10 @@ class OnDiskDataModule(ImageDataModule):
     def folder_images(folder: Path) -> list[str]:
         """Images of one class folder; an empty one is an error (a failed or partial unpack)."""
         if not (images := list_images(folder)):
-            raise ConfigError(f"class folder {folder} holds no images")
+            raise ConfigError(
+                f"class folder {folder} holds no images; every class needs at least one "
+                f"({', '.join(sorted(IMAGE_SUFFIXES))} file)"
+            )
         return images
 
 

@@ -48,13 +48,25 @@ from lightning_modules.guard import load_detector
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """Write `array` to `path` so that a kill never leaves a partial file under that name."""
+    """Write `array` to `path` so that a kill never leaves a partial file under that name; a
+    failed write leaves no temporary file, and a full disk is a one-line error naming `path`."""
+    from errno import EDQUOT, ENOSPC
+
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (ENOSPC, EDQUOT):
+            raise ConfigError(
+                f"no space left on device for cache file {path}; free space there or point "
+                "the cache directory (cache_dir) at another disk"
+            ) from None
+        raise
 
 
 def file_digest(path: Path) -> str:
@@ -279,6 +291,7 @@ class TransferSetDataModule(ImageDataModule):
 
     def unanswered(self) -> list[tuple[int, int]]:
         """The API batches (start, end) still to send, in order: the units of work."""
+        self.query_order()  # a budget beyond the pool fails before anything is written
         self.folder.mkdir(parents=True, exist_ok=True)
         return PosteriorCache(self.folder).missing(self.budget, self.query_batch_size)
 

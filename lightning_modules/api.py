@@ -80,26 +80,50 @@ def degrade(
 
 
 def victim_architecture(path: str | Path) -> tuple[str, int]:
-    """(arch, num_classes) of a VictimClassifier checkpoint, read without unpickling code."""
+    """(arch, num_classes) of a VictimClassifier checkpoint, read without unpickling code, once
+    its weights are checked to be an `arch` network (built on the meta device: no cost)."""
+    from lightning_modules.networks import build_network, disagreement
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"victim checkpoint {path} does not exist")
     try:
-        hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
-        return str(hparams["arch"]), int(hparams["num_classes"])
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
         raise ConfigError(
             f"victim checkpoint {path} is not a readable checkpoint: {reason}"
         ) from None
+    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+    if not {"arch", "num_classes"} <= set(hparams) or "state_dict" not in checkpoint:
+        raise ConfigError(
+            f"victim checkpoint {path} is not a VictimClassifier checkpoint: expected "
+            "hyper_parameters arch and num_classes and a state_dict"
+        )
+    arch, classes = str(hparams["arch"]), int(hparams["num_classes"])
+    state = {k[4:]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    head = state["fc.weight"].shape[0] if "fc.weight" in state else classes
+    try:
+        with torch.device("meta"):
+            problem = disagreement(build_network(arch, head), state)
+    except ConfigError as err:
+        raise ConfigError(f"victim checkpoint {path}: {err}") from None
+    if problem:
+        raise ConfigError(f"victim checkpoint {path} does not fit its arch {arch} ({problem})")
+    return arch, classes
 
 
 def load_victim(path: str | Path) -> nn.Module:
     """The victim network from a VictimClassifier checkpoint, in eval mode."""
-    from lightning_modules.networks import build_network, load_state_dict_file
+    from lightning_modules.networks import build_network, disagreement, load_state_dict_file
 
-    net = build_network(*victim_architecture(path))
-    net.load_state_dict(load_state_dict_file(Path(path)))
+    arch, classes = victim_architecture(path)
+    net, state = build_network(arch, classes), load_state_dict_file(Path(path))
+    if problem := disagreement(net, state):
+        raise ConfigError(
+            f"victim checkpoint {path} does not fit {arch} with num_classes={classes} ({problem})"
+        )
+    net.load_state_dict(state)
     return net.eval()
 
 

@@ -166,7 +166,8 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _disagreement(net: nn.Module, state: dict[str, torch.Tensor]) -> str:
+def disagreement(net: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """How `state` fails to fit `net`: missing, unexpected, mis-shaped tensors ("" if it fits)."""
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -187,12 +188,12 @@ def _load_local(net: nn.Module, arch: str, num_classes: int, path: Path) -> nn.M
     """Accept a state dict for the network as published (e.g. an ImageNet ResNet file from a
     cluster's cache) or for the network with the `num_classes` head already in place."""
     state = load_state_dict_file(path)
-    if not _disagreement(net, state):
+    if not disagreement(net, state):
         net.load_state_dict(state)
         _replace_head(net, num_classes)
         return net
     _replace_head(net, num_classes)
-    if problem := _disagreement(net, state):
+    if problem := disagreement(net, state):
         raise ConfigError(
             f"weights file {path} does not fit {arch} with num_classes={num_classes} ({problem})"
         )

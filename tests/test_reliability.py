@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tests.conftest import CONFIGS, REPO
@@ -101,3 +102,144 @@ def test_same_seed_same_metrics_on_cpu(tmp_path):
     metrics = [json.dumps(sorted(line for line in r.stdout.splitlines() if "test/acc " in line))
                for r in runs]  # fmt: skip
     assert metrics[0] == metrics[1] and "test/acc" in metrics[0]
+
+
+EMBED = textwrap.dedent("""
+    import io, os, signal, sys
+    import numpy as np
+    from tests.test_reliability import cache_embeddings
+
+    weights, cache, kill = sys.argv[1], sys.argv[2], sys.argv[3] == "kill"
+    save = np.save
+
+    def saving(file, array, **kwargs):  # with `kill`: SIGKILL half-way through the features file
+        if kill and "features" in getattr(file, "name", ""):
+            data = io.BytesIO()
+            save(data, array, **kwargs)
+            file.write(data.getvalue()[: len(data.getvalue()) // 2])
+            file.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        save(file, array, **kwargs)
+
+    np.save = saving
+    print(cache_embeddings(weights, cache))
+""")
+
+
+@pytest.fixture
+def one_thread(monkeypatch: pytest.MonkeyPatch):
+    """One torch thread here and in subprocesses: runs in and out of this process compare
+    bitwise, and no OpenMP thread spins waiting for a busy core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
+
+
+def cache_embeddings(weights: str, cache: str) -> int:
+    """Fit a frozen-features detector (embeddings cached under `cache`) on small images; how
+    many batches it embedded (0: all read from the cache)."""
+    from lightning.pytorch import Trainer
+
+    from datamodules import CropsPoolDataModule, DigitsDataModule, InOutDataModule
+    from lightning_modules import FrozenFeaturesDetector
+
+    batches = []
+    model = FrozenFeaturesDetector("digits_cnn", weights=weights, folds=2, Cs=2, cache_dir=cache)
+    model.embed = lambda images: batches.append(1) or FrozenFeaturesDetector.embed(model, images)
+    data = InOutDataModule(
+        DigitsDataModule(image_size=16),
+        CropsPoolDataModule(size=100, image_size=16, seed=1),
+        CropsPoolDataModule("other", size=20, image_size=16),
+        batch_size=128,
+    )
+    Trainer(
+        max_epochs=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(model, data)
+    return len(batches)
+
+
+def test_sigkill_while_writing_cached_embeddings_then_rerun(tmp_path, one_thread):
+    from lightning_modules.networks import build_network
+
+    weights, cache = tmp_path / "backbone.pt", tmp_path / "killed"
+    torch.save(build_network("digits_cnn", 10).state_dict(), weights)
+    killed = subprocess.run([sys.executable, "-c", EMBED, str(weights), str(cache), "kill"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not list(cache.rglob("train_features.npy"))  # nothing taken for complete
+    [partial] = cache.rglob(".train_features.npy.tmp")  # the features file, cut half-way
+    cut = partial.read_bytes()
+    assert cut
+
+    assert cache_embeddings(str(weights), str(cache)) > 0  # embedded again, not read from `cut`
+    assert not list(cache.rglob("*.tmp"))
+    [done] = cache.rglob("train_features.npy")
+    assert done.read_bytes().startswith(cut)  # what the killed process had computed
+    assert cache_embeddings(str(weights), str(tmp_path / "clean")) > 0  # uninterrupted
+    for name in ("train_features.npy", "train_labels.npy"):
+        [done], [reference] = cache.rglob(name), (tmp_path / "clean").rglob(name)
+        assert np.array_equal(np.load(done), np.load(reference)), name  # bitwise the same
+    assert cache_embeddings(str(weights), str(cache)) == 0  # complete: read, not recomputed
+
+
+def test_sigkill_mid_stage_of_reproduce_then_rerun(
+    tmp_path, victim_ckpt, monkeypatch, capsys, one_thread
+):
+    """Twin surrogate stages; the second one's YAML adds a one-shot kill switch, so `python
+    main.py reproduce` is SIGKILLed in that stage's epoch 1; the rerun resumes the stage from its
+    last.ckpt (it trains epoch 1 only), and the stage ends exactly as its uninterrupted twin."""
+    import yaml
+
+    from lightning_modules import Surrogate
+    from pipeline import reproduce_main
+
+    config = yaml.safe_load((CONFIGS / "surrogate/digits_natural_probs.yaml").read_text())
+    config["trainer"]["callbacks"].append({
+        "class_path": "tests.kill_switch.KillMidEpoch",
+        "init_args": {"epoch": 1, "batch": 1, "once": str(tmp_path / "killed.once")},
+    })  # fmt: skip
+    (tmp_path / "killed.yaml").write_text(yaml.safe_dump(config))
+    small = {"data.init_args.victim": str(victim_ckpt), "data.init_args.budget": 100,
+             "data.init_args.pool.init_args.size": 150, "data.init_args.batch_size": 16,
+             "trainer.max_epochs": 2, "model.init_args.lr_scheduler.init_args.T_max": 2,
+             "trainer.limit_val_batches": 1, "trainer.limit_test_batches": 2,
+             "trainer.accelerator": "cpu"}  # fmt: skip
+    preset = {"output_dir": "out", "set": small, "stages": [
+        {"name": "twin", "config": str(CONFIGS / "surrogate/digits_natural_probs.yaml")},
+        {"name": "killed", "config": str(tmp_path / "killed.yaml")},
+    ]}  # fmt: skip
+    (tmp_path / "preset.yaml").write_text(yaml.safe_dump(preset))
+
+    command = [sys.executable, str(REPO / "main.py"), "reproduce", "--config", "preset.yaml"]
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "WANDB_MODE": "offline",
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                           env=env)  # fmt: skip
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    stages = Path("out/stages")
+    [twin], [killed] = stages.glob("twin-*"), stages.glob("killed-*")
+    last = killed / "checkpoints/last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0  # killed in epoch 1
+    assert (twin / "result.json").exists() and not (killed / "result.json").exists()
+
+    trained: list[tuple[int, int]] = []  # (epoch, batch) of every step of the rerun
+    step = Surrogate.training_step
+    monkeypatch.setattr(Surrogate, "training_step", lambda self, batch, i: trained.append(
+        (self.current_epoch, i)) or step(self, batch, i))  # fmt: skip
+    reproduce_main(["--config", "preset.yaml"])
+    log = capsys.readouterr().out
+    assert "twin: cached" in log and f"killed: resuming from {last}" in log
+    assert trained == [(1, i) for i in range(6)]  # epoch 1 (90 queries / 16) and nothing before
+    results = [json.loads((stage / "result.json").read_text()) for stage in (twin, killed)]
+    assert results[0]["metrics"] == results[1]["metrics"] and "test/acc" in results[0]["metrics"]
+    weights = [torch.load(stage / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+               for stage in (twin, killed)]  # fmt: skip
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key

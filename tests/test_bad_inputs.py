@@ -1,0 +1,185 @@
+"""The catalogue of bad inputs: each runs the real CLI (`main.main`, as `python main.py ...`) and
+must exit 2 with one line on stderr naming what is at fault and what was expected, no traceback,
+and nothing half-written: no file under runs/ but complete transfer-set chunks, no temporary file
+(Lightning may have made an empty log folder when the error comes from the data's setup)."""
+
+import errno
+import io
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import datamodules.transfer_set as transfer_set
+from lightning_modules.networks import build_network
+from main import main
+from tests.conftest import CONFIGS
+from tests.datamodules import layouts
+
+GTSRB = ["fit", "--config", str(CONFIGS / "victim/gtsrb_5l.yaml"), "--data.init_args.root"]
+DIGITS = str(CONFIGS / "victim/digits_cnn.yaml")
+SURROGATE = ["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
+             "--data.init_args.pool.init_args.size", "300", "--data.init_args.budget", "100",
+             "--data.init_args.victim"]  # fmt: skip
+TRAIN = Path("data/gtsrb/GTSRB/Training")
+
+
+def checkpoint(arch: str = "digits_cnn", classes: int = 10, weights_of: str | None = None,
+               hparams: bool = True, truncated: bool = False) -> str:  # fmt: skip
+    """A VictimClassifier checkpoint `v.ckpt` (weights of `weights_of`, if given, under the
+    hyper-parameters of `arch`), as Lightning saves one."""
+    net = build_network(weights_of or arch, classes)
+    saved: dict = {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}
+    if hparams:
+        victim = "lightning_modules.VictimClassifier"
+        saved["hyper_parameters"] = {"arch": arch, "num_classes": classes, "_class_path": victim}
+    torch.save(saved, "v.ckpt")
+    if truncated:
+        layouts.truncate(Path("v.ckpt"))
+    return str(Path("v.ckpt").resolve())
+
+
+def gtsrb(change: Callable[[], object] = lambda: None) -> str:
+    """A tiny GTSRB in its real layout under ./data, changed by `change`."""
+    layouts.gtsrb(Path("data"))
+    change()
+    return "data"
+
+
+def rename_classes() -> None:  # 0, 1, ... instead of 00000, 00001, ...
+    for folder in TRAIN.iterdir():
+        folder.rename(folder.with_name(str(int(folder.name))))
+
+
+def empty_class() -> None:
+    for image in (TRAIN / "00007").glob("*.ppm"):
+        image.unlink()
+
+
+BAD = TRAIN / "00003/00001_00001.ppm"
+CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
+    "missing root": (lambda: [*GTSRB, "nope"],
+                     "gtsrb/GTSRB/Training not found under data.root=nope; expected gtsrb/GTSRB/"
+                     "Training/000NN/*.ppm"),
+    "empty root": (lambda: [*GTSRB, (os.mkdir("empty"), "empty")[1]],
+                   "not found under data.root=empty; expected gtsrb/GTSRB/Training/000NN/*.ppm"),
+    "other layout": (lambda: [*GTSRB, gtsrb(rename_classes)],
+                     f"the 43 class folders 00000..00042 in {TRAIN} not found"),
+    "truncated image": (lambda: [*GTSRB, gtsrb(lambda: layouts.truncate(BAD))],
+                        f"unreadable image {BAD} (1 unreadable in"),
+    "not an image": (lambda: [*GTSRB, gtsrb(lambda: BAD.write_text("<html>404</html>"))],
+                     f"unreadable image {BAD} (1 unreadable in"),
+    "empty class": (lambda: [*GTSRB, gtsrb(empty_class)],
+                    f"class folder {TRAIN}/00007 holds no images; every class needs"),
+    "victim missing": (lambda: [*SURROGATE, "nope.ckpt"],
+                       "victim checkpoint nope.ckpt does not exist"),
+    "victim truncated": (lambda: [*SURROGATE, checkpoint(truncated=True)],
+                         "v.ckpt is not a readable checkpoint: PytorchStreamReader failed"),
+    "victim of 5 classes": (lambda: [*SURROGATE, checkpoint(classes=5)],
+                            "v.ckpt has num_classes=5 but data.victim_data has 10"),
+    "victim of another arch": (lambda: [*SURROGATE, checkpoint(weights_of="gtsrb_5l")],
+                               "v.ckpt does not fit its arch digits_cnn (missing: features."),
+    "victim not a checkpoint": (lambda: [*SURROGATE, checkpoint(hparams=False)],
+                                "v.ckpt is not a VictimClassifier checkpoint: expected"),
+    "ckpt_path missing": (lambda: ["test", "--config", DIGITS, "--ckpt_path", "nope.ckpt"],
+                          "ckpt_path nope.ckpt does not exist"),
+    "ckpt_path truncated": (lambda: ["test", "--config", DIGITS, "--ckpt_path",
+                                     checkpoint(truncated=True)],
+                            "v.ckpt is not a readable checkpoint: PytorchStreamReader failed"),
+    "ckpt_path of 5 classes": (lambda: ["test", "--config", DIGITS, "--ckpt_path",
+                                        checkpoint(classes=5)],
+                               "v.ckpt does not fit the model (arch=digits_cnn, num_classes=10): "
+                               "saved with arch=digits_cnn, num_classes=5 (shape: fc.weight"),
+    "ckpt_path of another arch": (lambda: ["fit", "--config", DIGITS, "--ckpt_path",
+                                           checkpoint("gtsrb_5l", hparams=False)],
+                                  "v.ckpt does not fit the model (arch=digits_cnn, num_classes=10)"
+                                  ": saved with no arch recorded (missing: features."),
+    "top_k above classes": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.granularity",
+                                     "top_k", "--data.init_args.top_k", "11"],
+                            "top_k must be in 1..10 (num_classes), got 11"),
+    "negative decimals": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.granularity",
+                                   "rounded", "--data.init_args.decimals", "-1"],
+                          "decimals must be an integer >= 0 for rounded answers, got -1"),
+    "budget 0": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "0"],
+                 "data.budget must be >= 1 query, got 0"),
+    "budget above pool": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "301"],
+                          "data.budget 301 exceeds the pool's 300 images"),
+    "unknown granularity": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.granularity",
+                                     "soft"],
+                            "data.init_args.granularity: Expected a typing.Literal['probs', "
+                            "'top_k', 'rounded', 'label']. Got value: soft"),
+    "unknown key": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.budgett", "5"],
+                    "data.init_args: Option 'budgett' is not accepted"),
+    "unknown key in a file": (lambda: ["fit", "--config", DIGITS, "--config",
+                                       (Path("x.yaml").write_text("trainer:\n  max_epoch: 3\n"),
+                                        "x.yaml")[1]],
+                              "does not accept option 'trainer.max_epoch'"),
+    "wrong type": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "lots"],
+                   "data.init_args.budget: Expected a <class 'int'>. Got value: lots"),
+    "wrong type of a union": (lambda: ["fit", "--config", DIGITS, "--trainer.max_epochs", "many"],
+                              "trainer.max_epochs: Expected a <class 'int'>. Got value: many"),
+}  # fmt: skip
+
+
+def fails(args: list[str], monkeypatch, capsys) -> str:
+    """`python main.py ARGS` in this process: exit 2, one line on stderr (returned), no run."""
+    monkeypatch.setattr(sys, "argv", ["main.py", *args])
+    with pytest.raises(SystemExit) as exit:
+        main()  # a bug would raise here, with its traceback
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    runs = Path("runs")
+    assert not [p for p in runs.rglob("*") if p.is_file() and "transfer_sets" not in p.parts]
+    assert not list(runs.rglob(".*.tmp"))
+    return err.removeprefix("error: ").strip()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_naming_the_culprit(case: str, monkeypatch, capsys):
+    args, expected = CASES[case]
+    assert expected in fails(args(), monkeypatch, capsys)
+    assert not list(Path("runs").rglob("*.npy"))  # not one query asked
+
+
+class FullDisk(io.BytesIO):
+    """A file on a full disk: half of the first write lands, then ENOSPC (not an io.FileIO, so
+    numpy writes through `write`)."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.file = open(path, "wb")
+
+    def write(self, data) -> int:
+        self.file.write(bytes(data)[: len(data) // 2])
+        self.file.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+def test_full_disk_while_writing_a_cache_chunk(monkeypatch, capsys):
+    opened: list[Path] = []
+
+    def open_(path, mode="r", *args, **kwargs):  # the third chunk file hits a full disk
+        if "w" not in mode:
+            return open(path, mode, *args, **kwargs)
+        opened.append(Path(path))
+        return FullDisk(path) if len(opened) == 3 else open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(transfer_set, "open", open_, raising=False)
+    args = [*SURROGATE, checkpoint(), "--data.init_args.query_batch_size", "32"]
+    message = fails(args, monkeypatch, capsys)
+    chunk = opened[2].with_name(opened[2].name.removeprefix(".").removesuffix(".tmp"))
+    assert message.startswith(f"no space left on device for cache file {chunk}")
+    kept = sorted(p.name for p in chunk.parent.iterdir())
+    assert kept == ["q000000000-000000032.npy", "q000000032-000000064.npy"]  # complete ones
+    assert [np.load(chunk.parent / name).shape for name in kept] == [(32, 10), (32, 10)]
