@@ -6,6 +6,7 @@ LightningCLI in subclass mode: any LightningModule of `lightning_modules` and an
 the model, so no config states it twice.
 """
 
+import logging
 import re
 import sys
 from pathlib import Path
@@ -145,7 +146,17 @@ def one_line(message: str) -> str:
     return f"{'.'.join(keys)}: {text}"
 
 
+def info_to_stdout() -> None:
+    """Lightning's progress messages ("Seed set", "GPU available") go to stdout, so stderr holds
+    warnings and, after a user mistake, the one error line."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+                handler.setStream(sys.stdout)
+
+
 def main() -> None:
+    info_to_stdout()
     try:
         if sys.argv[1:2] == ["reproduce"]:
             from pipeline import reproduce_main
