@@ -11,6 +11,8 @@ Both checkpoint the same thing, a registry network with a two-class head plus th
 the in-distribution data it was trained for, so either loads as an API filter
 (`guard.load_detector`). Test metrics, out-of-distribution = positive (`ood_metrics`):
 `test/tnr` and `test/tpr/<set>` at `threshold` on P(OOD), and `test/tpr_at_tnr95/<set>`.
+The per-image scores go to `scores.csv` and their ROC curves to `roc.png` in the run's log
+folder (`save_test_scores`, shared with the OOD baselines).
 """
 
 import hashlib
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
@@ -25,7 +28,13 @@ from sklearn.preprocessing import StandardScaler
 
 from lightning_modules.errors import ConfigError
 from lightning_modules.features import PENULTIMATE, layer_features
-from lightning_modules.ood_metrics import ScoresBySet, tpr_at_tnr, tpr_tnr_at_threshold
+from lightning_modules.figures import plot_roc
+from lightning_modules.ood_metrics import (
+    ScoresBySet,
+    tpr_at_tnr,
+    tpr_tnr_at_threshold,
+    write_scores,
+)
 from lightning_modules.victim import VictimClassifier
 
 
@@ -43,6 +52,21 @@ def detection_metrics(scores: dict[str, torch.Tensor], threshold: float) -> dict
             metrics[f"test/tpr/{name}"] = tpr
             metrics[f"test/tpr_at_tnr95/{name}"] = tpr_at_tnr(scores["in"], out, 0.95)[0]
     return metrics
+
+
+def save_test_scores(trainer: Trainer, scores: dict[str, torch.Tensor], title: str) -> None:
+    """`scores.csv` and `roc.png` (one curve per out-of-distribution set) in the run's log
+    folder, on global rank 0, from the scores gathered over all ranks; the report of
+    `reproduce` combines the stages' `scores.csv` into one ROC figure per table."""
+    folder = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP
+    if not trainer.is_global_zero:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    write_scores(folder / "scores.csv", scores)
+    curves = {name: (scores["in"], out) for name, out in scores.items() if name != "in"}
+    figure = plot_roc({f"in vs {', '.join(curves)}": curves}, folder / "roc.png", title)
+    if hasattr(trainer.logger, "log_image"):  # W&B
+        trainer.logger.log_image("roc", [str(figure)])
 
 
 class Detector(VictimClassifier):
@@ -84,7 +108,9 @@ class Detector(VictimClassifier):
         self.scores.add(test_sets, self(images).float().softmax(dim=-1)[:, 1])
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(detection_metrics(self.scores.pop(), self.hparams.threshold))
+        scores = self.scores.pop()
+        self.log_dict(detection_metrics(scores, self.hparams.threshold))
+        save_test_scores(self.trainer, scores, f"{type(self).__name__} {self.hparams.arch}")
 
 
 def fit_logistic_head(

@@ -1,5 +1,6 @@
 """Figures of the paper, drawn from measured tensors (matplotlib, headless)."""
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -7,6 +8,40 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+
+from lightning_modules.ood_metrics import roc, tpr_at_tnr  # noqa: E402
+
+Curves = dict[str, tuple[torch.Tensor, torch.Tensor]]  # label -> (in scores, out scores)
+
+
+def plot_roc(panels: dict[str, Curves], path: Path, title: str = "") -> Path:
+    """ROC curves of detectors and OOD baselines (out-of-distribution = positive): one panel per
+    in/out comparison, one curve per scorer. Each curve's dot is the operating point at TNR 95%
+    (Table 4's fixed-TNR column), found exactly as the logged `tpr_at_tnr95` metric is, so the
+    figure and the tables agree; the dotted line is FPR 5%."""
+    columns = min(3, len(panels))  # a paper-scale table has a panel per victim: wrap
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 5.2 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_axis_off()
+    for ax, (name, curves) in zip(axes.flat, panels.items(), strict=False):
+        ax.plot([0, 1], [0, 1], color="lightgray", linestyle="--", linewidth=0.8)
+        ax.axvline(0.05, color="gray", linestyle=":", linewidth=0.8)
+        for label, (scores_in, scores_out) in curves.items():
+            fpr, tpr, auroc = roc(scores_in, scores_out)
+            at95, tnr, _ = tpr_at_tnr(scores_in, scores_out, 0.95)
+            text = f"{label}: AUROC {auroc:.3f}, TPR {at95:.1%} at TNR 95%"
+            (line,) = ax.plot(fpr, tpr, label=text)
+            ax.scatter([1 - tnr], [at95], color=line.get_color(), zorder=3, s=18)
+        ax.set(xlabel="FPR (in-distribution queries flagged)", xlim=(0, 1), ylim=(0, 1.02),
+               ylabel="TPR (out-of-distribution queries flagged)", title=name)  # fmt: skip
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # off the curves
+    fig.suptitle(textwrap.fill(title, 55 * columns), fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def plot_transfer_histogram(

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_modules.api import load_victim
+from lightning_modules.detector import save_test_scores
 from lightning_modules.errors import ConfigError
 from lightning_modules.features import PENULTIMATE, check_layers, layer_features
 from lightning_modules.guard import load_detector
@@ -126,9 +127,11 @@ def closest_distance(
 class OODBaseline(LightningModule):
     """Scores an `InOutDataModule`'s test sets with one baseline of the victim checkpoint.
 
-    Logs `test/tpr_at_tnr95/<set>`; with `detector` (one of our exported detectors), also its
-    TNR and TPRs on the same images (`test/ours/tnr`, `test/ours/tpr/<set>`) and the baseline's
-    TPR at the TNR ours achieved (`test/tpr_at_tnr_ours/<set>`), the two columns of Table 4.
+    Logs `test/tpr_at_tnr95/<set>` and saves the baseline's scores (`scores.csv`, `roc.png` in
+    the run's log folder, as the detectors do); with `detector` (one of our exported
+    detectors), also its TNR and TPRs on the same images (`test/ours/tnr`,
+    `test/ours/tpr/<set>`) and the baseline's TPR at the TNR ours achieved
+    (`test/tpr_at_tnr_ours/<set>`), the two columns of Table 4.
     `num_classes` is the in/out data's 2, linked from the data like every model's.
     """
 
@@ -264,3 +267,7 @@ class OODBaseline(LightningModule):
                     scores["in"], scores[name], tnr
                 )[0]
         self.log_dict(metrics)
+        title = self.hparams.method
+        if title == "mahalanobis":
+            title += f" ({', '.join(self.layers)})"
+        save_test_scores(self.trainer, scores, title)

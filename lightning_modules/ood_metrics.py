@@ -8,11 +8,21 @@ the queries its binary argmax calls "out".
 Fixed-TNR operating points (Table 4: TPR at TNR = 95% and at the TNR our detector achieved) are
 exact: the threshold is read off the sorted in-distribution scores, not interpolated on a ROC
 curve, and not passed through a sigmoid (torchmetrics' ROC family would squash raw scores).
+
+Under DDP every process scores its shard; `ScoresBySet.pop` gathers them, so the metrics and the
+saved `scores.csv` (`write_scores`, read back by the report's ROC figures) cover the whole test
+set (DistributedSampler repeats up to world_size - 1 images to even out the shards).
 """
 
+import csv
 import math
+import os
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from lightning_modules.errors import ConfigError
 
@@ -75,12 +85,50 @@ class ScoresBySet:
             self.parts.setdefault(TEST_SETS[index], []).append(scores[test_sets == index])
 
     def pop(self) -> dict[str, torch.Tensor]:
-        """All scores by set name, and start afresh; the in-distribution set must be there."""
-        scores = {name: torch.cat(parts) for name, parts in self.parts.items()}
-        self.parts = {}
+        """All scores by set name, of every DDP process, and start afresh; the
+        in-distribution set must be there. Every process gets the same, whole result."""
+        parts, self.parts = self.parts, {}
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            shards: list[dict | None] = [None] * dist.get_world_size()
+            dist.all_gather_object(shards, parts)
+            parts = {name: [t for shard in shards for t in shard.get(name, [])]
+                     for name in TEST_SETS}  # fmt: skip
+        scores = {name: torch.cat(parts[name]) for name in TEST_SETS if parts.get(name)}
         if "in" not in scores or len(scores) < 2:
             raise ConfigError(
                 "detection needs the in-distribution test set and at least one "
                 f"out-of-distribution test set (got: {', '.join(scores) or 'none'})"
             )
         return scores
+
+
+def write_scores(path: Path, scores: dict[str, torch.Tensor]) -> None:
+    """`set,label,score` rows (label 1 = out-of-distribution), for ROC curves drawn later
+    without rerunning the model; written to a temporary file and renamed, so that a reader (the
+    report of a resumed pipeline) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["set", "label", "score"])
+        for name, values in scores.items():
+            label = int(name != "in")
+            writer.writerows([name, label, f"{v:.9g}"] for v in values.double().tolist())
+    os.replace(tmp, path)
+
+
+def read_scores(path: Path) -> dict[str, torch.Tensor]:
+    """The scores of `write_scores`, by set name (float32, as they were computed)."""
+    parts: dict[str, list[float]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            parts.setdefault(row["set"], []).append(float(row["score"]))
+    return {name: torch.tensor(values, dtype=torch.float32) for name, values in parts.items()}
+
+
+def roc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> tuple[np.ndarray, np.ndarray, float]:
+    """(FPR, TPR, AUROC) over every threshold, out-of-distribution = positive."""
+    _check(scores_in, scores_out)
+    labels = np.r_[np.zeros(scores_in.numel()), np.ones(scores_out.numel())]
+    scores = torch.cat([scores_in, scores_out]).double().numpy()
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return fpr, tpr, float(roc_auc_score(labels, scores))

@@ -3,15 +3,23 @@ against this run's numbers) and the figures.
 
 Tables are rendered from results.csv alone, so a table always shows what was measured. Attack
 tables (2, 5, 6, 7 and the 5.x sections) share one layout: a row per victim, Acc(F_V), then one
-column per setting with Acc(F_A) and its recovery.
+column per setting with Acc(F_A) and its recovery. Detection tables link one ROC figure each,
+drawn from the per-image scores (`scores.csv`) their stages saved.
 """
 
 import csv
+import html
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lightning_modules.figures import Curves, plot_roc
+from lightning_modules.ood_metrics import read_scores
+
 Results = dict[tuple[str, str, str, str], float]  # (table, victim, setting, metric) -> value
+# A detector's or baseline's saved scores in a table: (table, victim, setting, OOD set, scores.csv)
+Scored = tuple[str, str, str, str, Path]
 
 TITLES = {
     "2": "Table 2: Knockoff against each victim (full probability vectors)",
@@ -28,6 +36,7 @@ TITLES = {
 }
 
 # The paper's own figures, shown beside ours when the preset is the paper's.
+BASELINES = ("msp", "odin", "mahalanobis_multi")  # Table 4's Baseline / ODIN / Mahal. columns
 PAPER: Results = {
     **{("2", v, "probs", "acc_victim"): a for v, a in [
         ("caltech256-rn34", 0.746), ("cubs200-rn34", 0.772), ("diabetic5-rn34", 0.711),
@@ -41,6 +50,27 @@ PAPER: Results = {
     **{("5", v, s, "acc_surrogate"): a for v, s, a in [
         ("gtsrb-rn34", "same_arch", 0.924), ("gtsrb-5l", "different_arch", 0.744),
         ("cifar10-rn34", "same_arch", 0.711), ("cifar10-9l", "different_arch", 0.596)]},
+    # Table 3 (CUBS): TPR / TNR of each detector
+    **{("3", "cubs200-rn34", s, m): v for s, tpr, tnr in [
+        ("RN18", 0.86, 0.83), ("RN34", 0.94, 0.80), ("RN18*", 0.90, 0.83), ("RN34*", 0.95, 0.82),
+        ("RN18*CV", 0.84, 0.84), ("RN34*CV", 0.93, 0.89), ("RN101*CV", 0.93, 0.93),
+        ("RN152*CV", 0.93, 0.93)] for m, v in (("tpr", tpr), ("tnr", tnr))},
+    # Table 4: ours (TPR, TNR); MSP / ODIN / Mahalanobis at our TNR and at TNR 95%. The paper ran
+    # Lee et al.'s public code, whose Mahalanobis combines layers: our mahalanobis_multi.
+    **{(t, f"{v}-rn34", s, m): x for t, v, tpr, tnr, ours, at95 in [
+        ("4a", "caltech256", 0.63, 0.56, (0.87, 0.88, 0.59), (0.13, 0.11, 0.05)),
+        ("4a", "cubs200", 0.93, 0.93, (0.48, 0.54, 0.19), (0.39, 0.43, 0.12)),
+        ("4a", "diabetic5", 0.99, 0.99, (0.01, 0.25, 0.98), (0.05, 0.49, 0.99)),
+        ("4a", "gtsrb", 0.99, 0.99, (0.42, 0.56, 0.71), (0.77, 0.94, 0.89)),
+        ("4a", "cifar10", 0.96, 0.96, (0.28, 0.54, 0.89), (0.33, 0.60, 0.91)),
+        ("4b", "caltech256", 0.61, 0.59, (0.83, 0.83, 0.06), (0.11, 0.11, 0.06)),
+        ("4b", "cubs200", 0.93, 0.93, (0.47, 0.50, 0.14), (0.37, 0.44, 0.14)),
+        ("4b", "diabetic5", 0.99, 0.99, (0.01, 0.21, 0.99), (0.04, 0.44, 0.99)),
+        ("4b", "gtsrb", 0.99, 0.99, (0.44, 0.64, 0.75), (0.76, 0.93, 0.87)),
+        ("4b", "cifar10", 0.96, 0.96, (0.27, 0.56, 0.92), (0.33, 0.62, 0.95))]
+       for s, m, x in [("ours", "tpr", tpr), ("ours", "tnr", tnr),
+                       *[(b, "tpr_at_tnr_ours", o) for b, o in zip(BASELINES, ours, strict=True)],
+                       *[(b, "tpr_at_tnr95", a) for b, a in zip(BASELINES, at95, strict=True)]]},
 }  # fmt: skip
 
 
@@ -91,7 +121,7 @@ def attack_table(results: Results, table: str, paper: bool) -> list[str]:
     return lines
 
 
-def detection_table(results: Results, table: str) -> list[str]:
+def detection_table(results: Results, table: str, paper: bool = False) -> list[str]:
     victims, settings = _values(results, table)
     metrics = list(dict.fromkeys(k[3] for k in results if k[0] == table))
     header = ["victim", "detector", *metrics]
@@ -100,6 +130,10 @@ def detection_table(results: Results, table: str) -> list[str]:
         for setting in settings:
             if any((table, victim, setting, m) in results for m in metrics):
                 row = [_pct(results.get((table, victim, setting, m))) for m in metrics]
+                if paper:
+                    refs = [PAPER.get((table, victim, setting, m)) for m in metrics]
+                    row = [c + (f" [paper {_pct(r)}]" if r is not None else "")
+                           for c, r in zip(row, refs, strict=True)]  # fmt: skip
                 lines.append("| " + " | ".join([victim, setting, *row]) + " |")
     return lines
 
@@ -180,16 +214,35 @@ FINDINGS = [
 ]  # fmt: skip
 
 
-def write_tables(path: Path, results: Results, paper: bool) -> None:
+def plot_table_rocs(scored: list[Scored], folder: Path) -> dict[str, Path]:
+    """One ROC figure per detection table (`roc_table<table>.png`): a panel per victim and
+    out-of-distribution set the table reports, a curve per detector or baseline in its rows, all
+    scored on the same test images, so the curves compare directly."""
+    panels: dict[str, dict[str, Curves]] = {}
+    loaded: dict[Path, dict] = {}
+    for table, victim, setting, ood_set, path in scored:
+        if path not in loaded:
+            loaded[path] = read_scores(path)
+        scores = loaded[path]
+        if "in" in scores and ood_set in scores:
+            panel = panels.setdefault(table, {}).setdefault(f"{victim}: in vs {ood_set}", {})
+            panel[setting] = (scores["in"], scores[ood_set])
+    return {table: plot_roc(panel, folder / f"roc_table{table}.png", TITLES.get(table, table))
+            for table, panel in panels.items()}  # fmt: skip
+
+
+def write_tables(
+    path: Path, results: Results, paper: bool, figures: dict[str, str] | None = None
+) -> None:
+    """tables.md; `figures` maps a table to a figure (relative to `path`) shown under it."""
     lines = ["# Results", ""]
     for table, title in TITLES.items():
         if not any(k[0] == table for k in results):
             continue
         render = detection_table if table in {"3", "4a", "4b", "4.1"} else attack_table
-        body = (
-            render(results, table) if render is detection_table else render(results, table, paper)
-        )
-        lines += [f"## {title}", "", *body, ""]
+        lines += [f"## {title}", "", *render(results, table, paper), ""]
+        if figure := (figures or {}).get(table):
+            lines += [f"![ROC curves, {title.split(':')[0]}]({figure})", ""]
     lines += ["## The paper's findings, checked on this run", ""]
     for finding in FINDINGS:
         outcome = finding.check(results)
@@ -199,3 +252,38 @@ def write_tables(path: Path, results: Results, paper: bool) -> None:
             verdict = "reproduced" if outcome[0] else "NOT reproduced"
             lines.append(f"- {finding.claim} ({finding.section}): **{verdict}** ({outcome[1]})")
     path.write_text("\n".join(lines) + "\n")
+
+
+def log_to_wandb(output: Path, project: str = "knockoff-lab") -> Path:
+    """Log the report in `output` to one W&B run: results.csv as a table and as summary values,
+    tables.md as text, every figure as an image, and the files as a `report` artifact. Offline
+    (under `output/wandb`) unless logged in or `WANDB_MODE` says otherwise, as
+    `AutoWandbLogger` decides, so a run without network never blocks. Returns the run's folder."""
+    import wandb
+
+    from lightning_modules.loggers import wandb_logged_in
+
+    offline = os.environ.get("WANDB_MODE") is None and not wandb_logged_in()
+    # an absolute dir: W&B's service process resolves paths in its own working directory
+    run = wandb.init(project=project, name=output.name, dir=str(output.resolve()),
+                     job_type="reproduce", mode="offline" if offline else None)  # fmt: skip
+    try:
+        with open(output / "results.csv", newline="") as f:
+            rows = list(csv.reader(f))
+        text = (output / "tables.md").read_text()
+        figures = sorted((output / "figures").glob("*.png"))
+        run.log({
+            "results": wandb.Table(columns=rows[0], data=rows[1:]),
+            "tables": wandb.Html(f"<pre>{html.escape(text)}</pre>"),
+            **{f"figures/{png.stem}": wandb.Image(str(png)) for png in figures},
+        })  # fmt: skip
+        run.summary.update({"/".join(row[:4]): float(row[4]) for row in rows[1:]})
+        artifact = wandb.Artifact(f"report-{output.name}", type="report")
+        for file in [output / "results.csv", output / "tables.md", *figures]:
+            artifact.add_file(str(file), name=str(file.relative_to(output)))
+        run.log_artifact(artifact)
+    finally:
+        run.finish()
+        wandb.teardown()  # stop the service, so that a later run in this process (which may
+        # have changed directory, as tests do) gets a fresh one working where it runs
+    return Path(run.dir).parent

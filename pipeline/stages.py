@@ -7,17 +7,24 @@ the settings applied to it, the keys of the stages it reads from). `result.json`
 atomically: a folder with it is finished and reused; a folder without it is resumed from its
 `last.ckpt`. A changed setting changes the keys of that stage and of the stages downstream of it,
 and nothing else.
+
+The console shows one line per stage event (cached / running / resuming / done / failed); what
+Lightning prints, logs and warns while a stage runs goes to the stage's `stdout.log`, and also
+to the console with `verbose`.
 """
 
 import contextlib
 import hashlib
-import io
 import json
+import logging
 import os
 import shutil
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import yaml
 
@@ -68,11 +75,62 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class Tee:
+    """A text stream writing to several: a stage's log file and, when verbose, the console."""
+
+    def __init__(self, *streams: IO[str]):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+
+
+@contextlib.contextmanager
+def stage_output(log_file: Path, verbose: bool = False) -> Iterator[None]:
+    """Route a stage's prints, warnings and Lightning's log messages ("GPU available", the test
+    table, ...) into `log_file` (line-buffered, so a crash keeps what came before), and also to
+    the console when `verbose`. Lightning's loggers hold their own handle on stderr, so they are
+    re-pointed here and restored afterwards."""
+    with open(log_file, "w", buffering=1) as log:
+        out = Tee(log, sys.stdout) if verbose else log
+        err = Tee(log, sys.stderr) if verbose else log
+        handler = logging.StreamHandler(err)
+        loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+        saved = [(logger.handlers, logger.propagate) for logger in loggers]
+        for logger in loggers:
+            logger.handlers, logger.propagate = [handler], False
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                yield
+        finally:
+            for logger, (handlers, propagate) in zip(loggers, saved, strict=True):
+                logger.handlers, logger.propagate = handlers, propagate
+
+
 class StageRunner:
     """Runs stages in order into `output_dir/stages/<name>-<key>/`, reusing finished ones."""
 
-    def __init__(self, output_dir: Path, settings: dict[str, Any], force: bool = False):
+    def __init__(
+        self,
+        output_dir: Path,
+        settings: dict[str, Any],
+        force: bool = False,
+        verbose: bool = False,
+    ):
         self.output_dir, self.settings, self.force = output_dir, settings, force
+        self.verbose = verbose
         self.done: dict[str, dict] = {}  # stage name -> result
 
     def folder(self, stage: Stage) -> Path:
@@ -117,7 +175,6 @@ class StageRunner:
             print(f"{position} {stage.name}: cached ({folder})", flush=True)
             self.done[stage.name] = json.loads(result_file.read_text())
             return self.done[stage.name]
-        print(f"{position} {stage.name}: running {stage.command} {stage.config}", flush=True)
         folder.mkdir(parents=True, exist_ok=True)
         config_file = folder / "config.yaml"
         write_atomic(config_file, yaml.safe_dump(self.effective_config(stage, folder)))
@@ -126,11 +183,18 @@ class StageRunner:
         if stage.command == "fit" and last.exists():
             print(f"{position} {stage.name}: resuming from {last}", flush=True)
             args += ["--ckpt_path", str(last)]
+        else:
+            print(f"{position} {stage.name}: running {stage.command} {stage.config}", flush=True)
         from main import cli_main
 
-        with contextlib.redirect_stdout(io.StringIO()) as captured:
-            cli = cli_main(args)
-        (folder / "stdout.log").write_text(captured.getvalue())
+        start = time.time()
+        try:
+            with stage_output(folder / "stdout.log", self.verbose):
+                cli = cli_main(args)
+        except BaseException:
+            print(f"{position} {stage.name}: FAILED after {time.time() - start:.1f} s; its "
+                  f"output: {folder / 'stdout.log'}", flush=True)  # fmt: skip
+            raise
         metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
         saved = [folder / "checkpoints" / name for name in ("best.ckpt", "last.ckpt")]
         result = {
@@ -141,6 +205,6 @@ class StageRunner:
         }
         write_atomic(result_file, json.dumps(result, indent=1))
         shown = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if "class" not in k)
-        print(f"{position} {stage.name}: done  {shown}", flush=True)
+        print(f"{position} {stage.name}: done in {time.time() - start:.1f} s  {shown}", flush=True)
         self.done[stage.name] = result
         return result

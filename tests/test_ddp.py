@@ -52,3 +52,31 @@ def test_ddp_surrogate_training_matches_single_process(victim_ckpt, tmp_path):
     assert answers == cached_answers(tmp_path / "ddp")
     assert len(answers) == 3  # 256 + 256 + 88 queries
     assert abs(single["test/acc"] - ddp["test/acc"]) <= 0.05
+
+
+def test_ddp_detection_scores_are_gathered_from_every_process(victim_ckpt, tmp_path):
+    """Each process scores its shard of the in/out test set; `scores.csv` and the metrics cover
+    all of it, as one process's do (DistributedSampler may repeat one image to even the shards)."""
+    from collections import Counter
+
+    from lightning.pytorch import Trainer
+
+    from lightning_modules import OODBaseline
+    from lightning_modules.ood_metrics import read_scores
+    from tests.lightning_modules.conftest import SMALL_IN_OUT, small_in_out
+
+    trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=str(tmp_path / "single"))  # fmt: skip
+    single = trainer.test(OODBaseline(str(victim_ckpt)), small_in_out(), verbose=False)[0]
+    ddp = run(["test", "--config", str(CONFIGS / "ood/digits_msp.yaml"), *SMALL_IN_OUT,
+               "--model.init_args.victim", str(victim_ckpt), "--model.init_args.detector", "null",
+               "--config", str(CONFIGS / "trainer/ddp_cpu.yaml")], tmp_path / "ddp")  # fmt: skip
+    expected = {k: len(v) for k, v in read_scores(tmp_path / "single/scores.csv").items()}
+    (saved,) = (tmp_path / "ddp").rglob("scores.csv")
+    got = {k: len(v) for k, v in read_scores(saved).items()}
+    assert expected == {"in": 359, "out": 40, "out_test": 100}
+    assert Counter(got) - Counter(expected) in (Counter(), *[Counter({k: 1}) for k in expected])
+    assert not Counter(expected) - Counter(got)
+    for name in ("out", "out_test"):
+        key = f"test/tpr_at_tnr95/{name}"
+        assert abs(ddp[key] - single[key]) <= 1 / expected[name] + 1e-6

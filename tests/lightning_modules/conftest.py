@@ -40,3 +40,25 @@ def cv_run(victim_ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def detector_ckpt(cv_run) -> Path:
     return cv_run[1]
+
+
+def check_saved_scores(folder: Path, data, metrics: dict[str, float]) -> None:
+    """`scores.csv` in `folder` holds one row per test image of `data` with the right in/out
+    label, its scores give back the logged TPR at TNR 95%, and `roc.png` is a drawn PNG."""
+    import csv
+    from collections import Counter
+
+    from lightning_modules.ood_metrics import TEST_SETS, read_scores, tpr_at_tnr
+
+    with open(folder / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    sizes = {TEST_SETS[part.test_set]: len(part) for part in data.split("test").dataset.datasets}
+    assert Counter((r["set"], r["label"]) for r in rows) == {
+        (name, "0" if name == "in" else "1"): n for name, n in sizes.items()
+    }
+    scores = read_scores(folder / "scores.csv")
+    for name in ("out", "out_test"):
+        expected = metrics[f"test/tpr_at_tnr95/{name}"]
+        assert tpr_at_tnr(scores["in"], scores[name], 0.95)[0] == pytest.approx(expected)
+    assert (folder / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (folder / "roc.png").stat().st_size > 10_000  # axes, curves and legend drawn

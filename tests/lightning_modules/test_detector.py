@@ -15,7 +15,7 @@ from lightning_modules import Detector, FrozenFeaturesDetector
 from lightning_modules.detector import fit_logistic_head
 from lightning_modules.errors import ConfigError
 from lightning_modules.guard import load_detector
-from tests.lightning_modules.conftest import small_in_out
+from tests.lightning_modules.conftest import check_saved_scores, small_in_out
 
 
 def test_exported_head_gives_the_regressions_probabilities():
@@ -93,6 +93,10 @@ def test_checkpoint_reloads_as_a_guard_with_identical_scores(cv_run, detector_ck
     assert guard.image_shape == (3, 32, 32)
     metrics = cli.trainer.callback_metrics
     assert metrics["test/tnr"] > 0.9 and metrics["test/tpr/out"] > 0.9
+    # a single `main.py fit` run leaves its scores and ROC figure in its log folder
+    log_dir = detector_ckpt.parents[4] / cli.trainer.log_dir  # relative to the run's directory
+    assert log_dir.is_relative_to(detector_ckpt.parents[1])  # runs/detector/digits_cv
+    check_saved_scores(log_dir, data, {k: float(v) for k, v in metrics.items()})
 
 
 def test_scratch_detector_trains_and_records_its_data(tmp_path):
@@ -106,6 +110,7 @@ def test_scratch_detector_trains_and_records_its_data(tmp_path):
     assert {"test/tnr", "test/tpr/out", "test/tpr/out_test", "test/tpr_at_tnr95/out"} <= set(
         metrics
     )
+    check_saved_scores(tmp_path, data, metrics)  # no logger: default_root_dir
     trainer.save_checkpoint(tmp_path / "scratch.ckpt")
     assert load_detector(tmp_path / "scratch.ckpt").trained_on == data.training_record()
 

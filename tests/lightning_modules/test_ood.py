@@ -1,5 +1,8 @@
 """OOD baselines: ODIN and Mahalanobis steps raise the in-distribution score, also inside the
-inference mode of a Lightning test loop; scores under `Trainer.test` equal a direct computation."""
+inference mode of a Lightning test loop; scores under `Trainer.test` equal a direct computation
+and are saved with their ROC figure."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +21,7 @@ from lightning_modules.ood import (
     max_softmax,
     odin_inputs,
 )
-from tests.lightning_modules.conftest import small_in_out
+from tests.lightning_modules.conftest import check_saved_scores, small_in_out
 
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
@@ -80,6 +83,7 @@ def test_trainer_test_scores_equal_a_direct_computation(victim_ckpt, method, lay
     metrics = trainer.test(baseline, data, verbose=False)[0]
     assert set(metrics) == {"test/tpr_at_tnr95/out", "test/tpr_at_tnr95/out_test"}
     assert 0.0 <= metrics["test/tpr_at_tnr95/out"] <= 1.0
+    check_saved_scores(Path(trainer.log_dir), data, metrics)  # no logger: the working directory
     images = next(iter(data.test_dataloader()))[0]
     direct = baseline.score(images)  # outside inference mode
     with torch.inference_mode():

@@ -1,7 +1,9 @@
-"""A reduced `reproduce` run end to end: report structure, stage caching, resume, --force."""
+"""A reduced `reproduce` run end to end: report structure (ROC figures, W&B run included), the
+progress display, stage caching, resume, --force."""
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -9,14 +11,35 @@ import yaml
 
 from main import cli_main  # noqa: F401  (registers the model and data classes)
 from pipeline import reproduce_main
-from pipeline.report import FINDINGS
+from pipeline.report import FINDINGS, PAPER, write_tables
+from pipeline.stages import stage_output
 from tests.conftest import CONFIGS
 
 TINY = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 3, "trainer.limit_val_batches": 2}
 ATTACK = {"acc_victim": "test/acc_victim", "acc_surrogate": "test/acc", "recovery": "test/recovery"}
+# The detectors' in/out data, shrunk: 40 + 100 out-of-distribution test images beside 359 digits.
+IN_OUT = {"data.init_args.out_data.init_args.size": 400,
+          "data.init_args.out_test_data.init_args.size": 100}  # fmt: skip
 
 
-def tiny_config(tmp_path: Path) -> Path:
+def detection_stages() -> list[dict]:
+    """A scratch detector and the MSP baseline (scored by the tiny victim), in Tables 3 and 4a."""
+    tpr = {"tpr": "test/tpr/out", "tnr": "test/tnr"}
+    return [
+        {"name": "detector", "config": str(CONFIGS / "detector/digits_scratch.yaml"),
+         "set": dict(IN_OUT),
+         "rows": [{"table": "3", "victim": "digits-cnn", "setting": "cnn_scratch", "metrics": tpr},
+                  {"table": "4a", "victim": "digits-cnn", "setting": "cnn_scratch",
+                   "metrics": tpr}]},
+        {"name": "msp", "config": str(CONFIGS / "ood/digits_msp.yaml"), "command": "test",
+         "inputs": {"model.init_args.victim": "victim"},
+         "set": {**IN_OUT, "model.init_args.detector": None},
+         "rows": [{"table": "4a", "victim": "digits-cnn", "setting": "msp",
+                   "metrics": {"tpr_at_tnr95": "test/tpr_at_tnr95/out"}}]},
+    ]  # fmt: skip
+
+
+def tiny_config(tmp_path: Path, detection: bool = False) -> Path:
     surrogate = {"data.init_args.budget": 200, "data.init_args.pool.init_args.size": 300}
     config = {
         "output_dir": str(tmp_path / "out"),
@@ -30,6 +53,7 @@ def tiny_config(tmp_path: Path) -> Path:
                  "rows": [{"table": "6", "victim": "digits-cnn", "setting": g, "metrics": ATTACK}]}
                 for g in ("probs", "label")
             ],
+            *(detection_stages() if detection else []),
         ],
     }  # fmt: skip
     path = tmp_path / "tiny.yaml"
@@ -38,8 +62,8 @@ def tiny_config(tmp_path: Path) -> Path:
 
 
 def test_reduced_pipeline_writes_the_report_and_caches_stages(tmp_path, capsys):
-    config = tiny_config(tmp_path)
-    out = reproduce_main(["--config", str(config)])
+    config = tiny_config(tmp_path, detection=True)
+    out = reproduce_main(["--config", str(config), "--wandb", "true"])
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["table", "victim", "setting", "metric", "value"]
@@ -52,7 +76,31 @@ def test_reduced_pipeline_writes_the_report_and_caches_stages(tmp_path, capsys):
     assert "Label-only answers degrade the surrogate (Table 6): **" in tables
     assert len([line for line in tables.splitlines() if line.startswith("- ")]) == len(FINDINGS)
     assert list((out / "figures").glob("knockoff-probs_figure1_transfer_histogram.png"))
-    assert "[3/3" in capsys.readouterr().out  # progress display
+    assert "## Table 4a" in tables and "| digits-cnn | msp |" in tables
+    for table in ("3", "4a"):  # one combined ROC figure per detection table, linked under it
+        assert f"](figures/roc_table{table}.png)" in tables
+        assert (out / "figures" / f"roc_table{table}.png").stat().st_size > 10_000
+    assert {p.name for p in (out / "figures").glob("*_roc.png")} == {"detector_roc.png",
+                                                                    "msp_roc.png"}  # fmt: skip
+    with open(next((out / "stages").glob("msp-*")) / "scores.csv", newline="") as f:
+        labels = Counter((r["set"], r["label"]) for r in csv.DictReader(f))
+    assert labels == {("in", "0"): 359, ("out", "1"): 40, ("out_test", "1"): 100}
+    # the report went to one offline W&B run in the output folder, no network needed
+    (run,) = (out / "wandb").glob("offline-run-*")
+    assert list(run.glob("run-*.wandb"))
+    assert len(list(run.glob("files/media/images/figures/*.png"))) == len(
+        list((out / "figures").glob("*.png"))
+    )
+    # progress: one line per stage event; Lightning's output goes to the stage's stdout.log
+    console = capsys.readouterr()
+    lines = console.out.splitlines()
+    assert [line.split("]")[0] for line in lines if ": done in " in line] == [
+        f"[{n}/5" for n in range(1, 6)
+    ]
+    assert any(line.startswith("[1/5] victim: running fit ") for line in lines)
+    assert "GPU available" not in console.out + console.err
+    victim = next((out / "stages").glob("victim-*"))
+    assert "GPU available" in (victim / "stdout.log").read_text()
 
     stages = sorted((out / "stages").iterdir())
     stamps = {p.name: (p / "result.json").stat().st_mtime_ns for p in stages}
@@ -66,7 +114,7 @@ def test_reduced_pipeline_writes_the_report_and_caches_stages(tmp_path, capsys):
     config.write_text(yaml.safe_dump(changed))
     reproduce_main(["--config", str(config)])
     log = capsys.readouterr().out
-    assert log.count("cached") == 2 and "knockoff-label: running" in log
+    assert log.count("cached") == 4 and "knockoff-label: running" in log
 
 
 def test_unfinished_stage_resumes_from_its_last_checkpoint(tmp_path, capsys):
@@ -115,3 +163,37 @@ def test_reproduce_configs_parse(path: Path):
     for stage in stages:
         assert (Path.cwd() / stage.config).exists() or (CONFIGS.parent / stage.config).exists()
         assert set(stage.inputs.values()) <= set(names[: names.index(stage.name)])
+
+
+def test_stage_output_goes_to_its_log_and_with_verbose_also_to_the_console(tmp_path, capsys):
+    import logging
+
+    lightning = logging.getLogger("lightning.pytorch")
+    handlers = list(lightning.handlers)
+    for verbose in (False, True):
+        log = tmp_path / f"{verbose}.log"
+        with stage_output(log, verbose):
+            print("a print")
+            lightning.info("a log record")
+        console = capsys.readouterr()
+        assert "a print" in log.read_text() and "a log record" in log.read_text()
+        assert ("a print" in console.out) is verbose and ("a log record" in console.err) is verbose
+    assert lightning.handlers == handlers  # restored
+
+
+def test_paper_preset_shows_the_papers_detection_figures_beside_ours(tmp_path):
+    stages = yaml.safe_load((CONFIGS / "reproduce/paper.yaml").read_text())["stages"]
+    detection = [(r["table"], r["victim"], r["setting"], metric) for stage in stages
+                 for r in stage.get("rows", []) if r["table"] in {"3", "4a", "4b"}
+                 for metric in r["metrics"]]  # fmt: skip
+    assert len({k[:3] for k in detection}) == 8 + 2 * 5 * 5  # Table 3; 4a, 4b: 5 victims x 5
+    # every cell of the paper's Tables 3 and 4 has its row (single-layer Mahalanobis is ours)
+    assert {k for k in detection if k[2] != "mahalanobis"} == {
+        k for k in PAPER if k[0] in {"3", "4a", "4b"}
+    }
+    results = {("4a", "cubs200-rn34", "ours", "tpr"): 0.9,
+               ("4a", "cubs200-rn34", "msp", "tpr_at_tnr95"): 0.4}  # fmt: skip
+    write_tables(tmp_path / "tables.md", results, paper=True)
+    tables = (tmp_path / "tables.md").read_text()
+    assert "| cubs200-rn34 | ours | 90.0% [paper 93.0%] | n/a |" in tables
+    assert "| cubs200-rn34 | msp | n/a | 40.0% [paper 39.0%] |" in tables
