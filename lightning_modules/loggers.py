@@ -2,6 +2,7 @@
 
 import netrc
 import os
+from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
 
@@ -20,7 +21,10 @@ class AutoWandbLogger(WandbLogger):
     """`offline=None` (the default) means: offline when not logged in and `WANDB_MODE` is unset,
     so a laptop or an air-gapped node never blocks on a login prompt; `wandb sync` uploads later."""
 
-    def __init__(self, offline: bool | None = None, **kwargs):
+    def __init__(self, offline: bool | None = None, save_dir: str = ".", **kwargs):
         if offline is None:
             offline = os.environ.get("WANDB_MODE") is None and not wandb_logged_in()
-        super().__init__(offline=offline, **kwargs)
+        # absolute: W&B's service process, started once per process, resolves a relative
+        # path in its own working directory, which need not be this run's
+        save_dir = str(Path(save_dir).resolve())
+        super().__init__(offline=offline, save_dir=save_dir, **kwargs)

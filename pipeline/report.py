@@ -265,8 +265,10 @@ def log_to_wandb(output: Path, project: str = "knockoff-lab") -> Path:
 
     offline = os.environ.get("WANDB_MODE") is None and not wandb_logged_in()
     # an absolute dir: W&B's service process resolves paths in its own working directory
+    # a run of its own even when a Lightning WandbLogger's run is still open in this process
     run = wandb.init(project=project, name=output.name, dir=str(output.resolve()),
-                     job_type="reproduce", mode="offline" if offline else None)  # fmt: skip
+                     job_type="reproduce", mode="offline" if offline else None,
+                     reinit="create_new")  # fmt: skip
     try:
         with open(output / "results.csv", newline="") as f:
             rows = list(csv.reader(f))
@@ -284,6 +286,4 @@ def log_to_wandb(output: Path, project: str = "knockoff-lab") -> Path:
         run.log_artifact(artifact)
     finally:
         run.finish()
-        wandb.teardown()  # stop the service, so that a later run in this process (which may
-        # have changed directory, as tests do) gets a fresh one working where it runs
     return Path(run.dir).parent

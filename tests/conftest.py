@@ -1,6 +1,7 @@
 """Shared fixtures. Every test runs in its own temporary directory, so `runs/` never leaks."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # never a warm cache
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+    yield
+    if (wandb := sys.modules.get("wandb")) is not None and wandb.run is not None:
+        wandb.finish()  # Lightning's WandbLogger leaves its run open until the process exits
 
 
 @pytest.fixture(scope="session")
