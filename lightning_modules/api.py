@@ -114,16 +114,14 @@ def victim_architecture(path: str | Path) -> tuple[str, int]:
 
 
 def load_victim(path: str | Path) -> nn.Module:
-    """The victim network from a VictimClassifier checkpoint, in eval mode."""
-    from lightning_modules.networks import build_network, disagreement, load_state_dict_file
+    """The victim network from a VictimClassifier checkpoint, in eval mode. Built on the meta
+    device and given the checkpoint's tensors: no random initialisation to throw away."""
+    from lightning_modules.networks import build_network, load_state_dict_file
 
-    arch, classes = victim_architecture(path)
-    net, state = build_network(arch, classes), load_state_dict_file(Path(path))
-    if problem := disagreement(net, state):
-        raise ConfigError(
-            f"victim checkpoint {path} does not fit {arch} with num_classes={classes} ({problem})"
-        )
-    net.load_state_dict(state)
+    arch, classes = victim_architecture(path)  # also checks that the weights fit `arch`
+    with torch.device("meta"):
+        net = build_network(arch, classes)
+    net.load_state_dict(load_state_dict_file(Path(path)), assign=True)
     return net.eval()
 
 
