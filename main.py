@@ -9,10 +9,8 @@ the model, so no config states it twice.
 import logging
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
-import torch
 from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
@@ -21,7 +19,7 @@ from torch import nn
 import datamodules  # noqa: F401  (registers the DataModules as subclass choices)
 import lightning_modules  # noqa: F401  (registers the LightningModules as subclass choices)
 from lightning_modules.errors import ConfigError
-from lightning_modules.networks import disagreement
+from lightning_modules.networks import disagreement, net_state, read_checkpoint
 
 CKPT_KEYWORDS = ("best", "last", "hpc")  # Lightning resolves these itself
 
@@ -31,26 +29,14 @@ def read_ckpt_path(path: str | None) -> dict[str, Any] | None:
     naming the file (Lightning's own are tracebacks). None for keywords and remote paths."""
     if not path or path in CKPT_KEYWORDS or ":" in str(path).split("/")[0]:
         return None
-    if not Path(path).is_file():
-        raise ConfigError(
-            f"ckpt_path {path} {'is not a file' if Path(path).exists() else 'does not exist'}"
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
-        raise ConfigError(f"ckpt_path {path} is not a readable checkpoint: {reason}") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ConfigError(f"ckpt_path {path} is not a Lightning checkpoint: it has no state_dict")
-    return checkpoint
+    return read_checkpoint(path, "ckpt_path", mmap=True)
 
 
 def check_fits(path: str, checkpoint: dict[str, Any], model: LightningModule) -> None:
     """A one-line error naming `path` if its network (`net.*`) does not fit `model.net`."""
     if not isinstance(net := getattr(model, "net", None), nn.Module):
         return
-    state = {k[4:]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-    if problem := disagreement(net, state):
+    if problem := disagreement(net, net_state(checkpoint)):
         keys = ("arch", "num_classes")
         saved = checkpoint.get("hyper_parameters") or {}
         want = ", ".join(f"{k}={model.hparams[k]}" for k in keys if k in model.hparams)

@@ -79,29 +79,20 @@ def degrade(
     raise ConfigError(f"unknown granularity {granularity!r}")
 
 
-def victim_architecture(path: str | Path) -> tuple[str, int]:
-    """(arch, num_classes) of a VictimClassifier checkpoint, read without unpickling code, once
-    its weights are checked to be an `arch` network (built on the meta device: no cost)."""
-    from lightning_modules.networks import build_network, disagreement
+def read_victim(path: str | Path, mmap: bool = False) -> tuple[str, int, dict[str, torch.Tensor]]:
+    """(arch, num_classes, network state) of a VictimClassifier checkpoint, read once without
+    unpickling code, the weights checked to fit `arch` (built on the meta device: no cost)."""
+    from lightning_modules.networks import build_network, disagreement, net_state, read_checkpoint
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"victim checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
-        raise ConfigError(
-            f"victim checkpoint {path} is not a readable checkpoint: {reason}"
-        ) from None
-    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-    if not {"arch", "num_classes"} <= set(hparams) or "state_dict" not in checkpoint:
+    checkpoint = read_checkpoint(path, "victim checkpoint", mmap=mmap)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if not {"arch", "num_classes"} <= set(hparams):
         raise ConfigError(
             f"victim checkpoint {path} is not a VictimClassifier checkpoint: expected "
             "hyper_parameters arch and num_classes and a state_dict"
         )
     arch, classes = str(hparams["arch"]), int(hparams["num_classes"])
-    state = {k[4:]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    state = net_state(checkpoint)
     head = state["fc.weight"].shape[0] if "fc.weight" in state else classes
     try:
         with torch.device("meta"):
@@ -110,18 +101,23 @@ def victim_architecture(path: str | Path) -> tuple[str, int]:
         raise ConfigError(f"victim checkpoint {path}: {err}") from None
     if problem:
         raise ConfigError(f"victim checkpoint {path} does not fit its arch {arch} ({problem})")
-    return arch, classes
+    return arch, classes, state
+
+
+def victim_architecture(path: str | Path) -> tuple[str, int]:
+    """(arch, num_classes) of a checked VictimClassifier checkpoint, memory-mapped: cheap."""
+    return read_victim(path, mmap=True)[:2]
 
 
 def load_victim(path: str | Path) -> nn.Module:
     """The victim network from a VictimClassifier checkpoint, in eval mode. Built on the meta
     device and given the checkpoint's tensors: no random initialisation to throw away."""
-    from lightning_modules.networks import build_network, load_state_dict_file
+    from lightning_modules.networks import build_network
 
-    arch, classes = victim_architecture(path)  # also checks that the weights fit `arch`
+    arch, classes, state = read_victim(path)  # not memory-mapped: the file may be rewritten
     with torch.device("meta"):
         net = build_network(arch, classes)
-    net.load_state_dict(load_state_dict_file(Path(path)), assign=True)
+    net.load_state_dict(state, assign=True)
     return net.eval()
 
 

@@ -7,3 +7,8 @@ any other exception is a bug and keeps its traceback.
 
 class ConfigError(ValueError):
     """A bad value, file or layout supplied by the user; the message names it."""
+
+
+def first_line(err: BaseException) -> str:
+    """The gist of a library's exception for a one-line message: its first sentence."""
+    return (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_modules.errors import ConfigError
-from lightning_modules.networks import build_network
+from lightning_modules.networks import build_network, net_state, read_checkpoint
 
 
 class OODGuard(nn.Module):
@@ -50,25 +50,16 @@ def shape_text(shape: tuple[int, ...]) -> str:
 
 def load_detector(path: str | Path) -> OODGuard:
     """The detector of a `Detector` or `FrozenFeaturesDetector` checkpoint, in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"detector checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        hparams = checkpoint["hyper_parameters"]
-        arch, classes = str(hparams["arch"]), int(hparams["num_classes"])
-    except Exception as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
-        raise ConfigError(f"detector checkpoint {path} is not readable: {reason}") from None
+    checkpoint = read_checkpoint(path, "detector checkpoint")
+    hparams = checkpoint.get("hyper_parameters") or {}
     trained_on = checkpoint.get("trained_on")
-    if trained_on is None or classes != 2:
+    if trained_on is None or hparams.get("num_classes") != 2 or "arch" not in hparams:
         raise ConfigError(
             f"{path} is not a detector checkpoint (no record of in/out training data); "
             "train one with lightning_modules.Detector or FrozenFeaturesDetector"
         )
-    net = build_network(arch, 2)
-    net.load_state_dict({k[4:]: v for k, v in checkpoint["state_dict"].items()
-                         if k.startswith("net.")})  # fmt: skip
+    net = build_network(str(hparams["arch"]), 2)
+    net.load_state_dict(net_state(checkpoint))
     return OODGuard(net, trained_on).eval()
 
 
