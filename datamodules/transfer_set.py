@@ -22,7 +22,6 @@ uniform answers. `queries_flagged` counts the flagged queries of the budget.
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable
 from functools import cached_property, partial
 from pathlib import Path
@@ -43,30 +42,9 @@ from lightning_modules.api import (
     load_victim,
     victim_architecture,
 )
+from lightning_modules.atomic import atomic_save_npy
 from lightning_modules.errors import ConfigError
 from lightning_modules.guard import load_detector
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """Write `array` to `path` so that a kill never leaves a partial file under that name; a
-    failed write leaves no temporary file, and a full disk is a one-line error naming `path`."""
-    from errno import EDQUOT, ENOSPC
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in (ENOSPC, EDQUOT):
-            raise ConfigError(
-                f"no space left on device for cache file {path}; free space there or point "
-                "the cache directory (cache_dir) at another disk"
-            ) from None
-        raise
 
 
 def file_digest(path: Path) -> str:

@@ -26,6 +26,7 @@ from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
+from lightning_modules.atomic import atomic_save_npy
 from lightning_modules.errors import ConfigError
 from lightning_modules.features import PENULTIMATE, layer_features
 from lightning_modules.figures import plot_roc
@@ -206,7 +207,6 @@ class FrozenFeaturesDetector(Detector):
 
     def training_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         """(features, labels) of the train split, from the cache or computed once into it."""
-        from datamodules.transfer_set import atomic_save_npy  # datamodules import this package
 
         folder = self.cache_folder()
         features_file, labels_file = folder / "train_features.npy", folder / "train_labels.npy"

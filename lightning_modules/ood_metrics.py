@@ -16,7 +16,6 @@ set (DistributedSampler repeats up to world_size - 1 images to even out the shar
 
 import csv
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 import torch.distributed as dist
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from lightning_modules.atomic import atomic_file
 from lightning_modules.errors import ConfigError
 
 # The test sets of an in/out DataModule: the victim's test set, the held-out share of the
@@ -104,16 +104,14 @@ class ScoresBySet:
 
 def write_scores(path: Path, scores: dict[str, torch.Tensor]) -> None:
     """`set,label,score` rows (label 1 = out-of-distribution), for ROC curves drawn later
-    without rerunning the model; written to a temporary file and renamed, so that a reader (the
-    report of a resumed pipeline) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    without rerunning the model; atomic, so the report of a resumed pipeline never reads half a
+    file."""
+    with atomic_file(path) as f:
         writer = csv.writer(f)
         writer.writerow(["set", "label", "score"])
         for name, values in scores.items():
             label = int(name != "in")
             writer.writerows([name, label, f"{v:.9g}"] for v in values.double().tolist())
-    os.replace(tmp, path)
 
 
 def read_scores(path: Path) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from lightning_modules.atomic import atomic_write_text
 from lightning_modules.figures import plot_accuracy_over_epochs
 from lightning_modules.ood_metrics import TEST_SETS
 from pipeline.report import (
@@ -21,7 +22,7 @@ from pipeline.report import (
     write_results,
     write_tables,
 )
-from pipeline.stages import Row, Stage, StageRunner, write_atomic
+from pipeline.stages import Row, Stage, StageRunner
 
 __all__ = ["Row", "Stage", "reproduce", "reproduce_main"]
 
@@ -98,7 +99,7 @@ def reproduce(
     write_tables(output / ".tables.md", results, paper=preset == "paper",
                  figures={table: f"figures/{png.name}" for table, png in rocs.items()})  # fmt: skip
     (output / ".tables.md").replace(output / "tables.md")
-    write_atomic(output / "elapsed.txt", f"{time.time() - start:.1f} s\n")
+    atomic_write_text(output / "elapsed.txt", f"{time.time() - start:.1f} s\n")
     print(f"report: {output / 'tables.md'}, {output / 'results.csv'}, {figures}/ "
           f"({time.time() - start:.0f} s)", flush=True)  # fmt: skip
     if wandb:

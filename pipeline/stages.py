@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import IO, Any, Literal
 
 import yaml
 
+from lightning_modules.atomic import atomic_write_text
 from lightning_modules.errors import ConfigError
 
 
@@ -67,12 +67,6 @@ def stage_key(stage: Stage, settings: dict[str, Any], upstream: dict[str, str]) 
     text = Path(stage.config).read_text()
     blob = json.dumps([text, stage.command, settings, upstream], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class Tee:
@@ -177,7 +171,7 @@ class StageRunner:
             return self.done[stage.name]
         folder.mkdir(parents=True, exist_ok=True)
         config_file = folder / "config.yaml"
-        write_atomic(config_file, yaml.safe_dump(self.effective_config(stage, folder)))
+        atomic_write_text(config_file, yaml.safe_dump(self.effective_config(stage, folder)))
         args = [stage.command, "--config", str(config_file)]
         last = folder / "checkpoints" / "last.ckpt"
         if stage.command == "fit" and last.exists():
@@ -203,7 +197,7 @@ class StageRunner:
             "checkpoint": next((str(p) for p in saved if p.exists()), None),
             "metrics": metrics,
         }
-        write_atomic(result_file, json.dumps(result, indent=1))
+        atomic_write_text(result_file, json.dumps(result, indent=1))
         shown = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if "class" not in k)
         print(f"{position} {stage.name}: done in {time.time() - start:.1f} s  {shown}", flush=True)
         self.done[stage.name] = result

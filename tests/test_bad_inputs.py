@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import datamodules.transfer_set as transfer_set
+import lightning_modules.atomic as atomic
 from lightning_modules.networks import build_network
 from main import main
 from tests.conftest import CONFIGS
@@ -175,7 +175,7 @@ def test_full_disk_while_writing_a_cache_chunk(monkeypatch, capsys):
         opened.append(Path(path))
         return FullDisk(path) if len(opened) == 3 else open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(transfer_set, "open", open_, raising=False)
+    monkeypatch.setattr(atomic, "open", open_, raising=False)
     args = [*SURROGATE, checkpoint(), "--data.init_args.query_batch_size", "32"]
     message = fails(args, monkeypatch, capsys)
     chunk = opened[2].with_name(opened[2].name.removeprefix(".").removesuffix(".tmp"))

@@ -1,0 +1,47 @@
+"""Files that are complete or absent: every cache, score table and stage result is written here.
+
+A kill never leaves a partial file under the final name (the reader of a resumed run trusts what
+it finds), a failed write leaves no temporary file, and a full disk is a one-line user error.
+"""
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from errno import EDQUOT, ENOSPC
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from lightning_modules.errors import ConfigError
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "w", what: str = "file") -> Iterator[IO]:
+    """Open a temporary file beside `path`; when the block ends without error, fsync it and
+    rename it to `path`. `what` names the file in the full-disk message."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, mode, newline=None if "b" in mode else "") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (ENOSPC, EDQUOT):
+            raise ConfigError(
+                f"no space left on device for {what} {path}; free space there or write it to "
+                "another disk"
+            ) from None
+        raise
+
+
+def atomic_save_npy(path: Path, array: np.ndarray, what: str = "cache file") -> None:
+    with atomic_file(path, "wb", what) as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_file(path) as f:
+        f.write(text)
