@@ -19,6 +19,7 @@ from torch import nn
 import datamodules  # noqa: F401  (registers the DataModules as subclass choices)
 import lightning_modules  # noqa: F401  (registers the LightningModules as subclass choices)
 from lightning_modules.errors import ConfigError
+from lightning_modules.loggers import LIGHTNING_LOGGERS
 from lightning_modules.networks import disagreement, net_state, read_checkpoint
 
 CKPT_KEYWORDS = ("best", "last", "hpc")  # Lightning resolves these itself
@@ -135,7 +136,7 @@ def one_line(message: str) -> str:
 def info_to_stdout() -> None:
     """Lightning's progress messages ("Seed set", "GPU available") go to stdout, so stderr holds
     warnings and, after a user mistake, the one error line."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+    for name in LIGHTNING_LOGGERS:
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
                 handler.setStream(sys.stdout)

@@ -36,10 +36,15 @@ def check_granularity(
         raise ConfigError(f"decimals must be an integer >= 0 for rounded answers, got {decimals}")
 
 
+def check_threshold(threshold: float, key: str = "threshold") -> None:
+    """Raise a one-line ConfigError for a detector threshold that is not a probability."""
+    if not 0 <= threshold <= 1:
+        raise ConfigError(f"{key} must be in [0, 1] (a P(OOD)), got {threshold}")
+
+
 def check_guard(threshold: float, on_flag: str) -> None:
     """Raise a one-line ConfigError for a detector threshold or policy out of range."""
-    if not 0 <= threshold <= 1:
-        raise ConfigError(f"threshold must be in [0, 1] (a P(OOD)), got {threshold}")
+    check_threshold(threshold)
     if on_flag not in ("refuse", "decoy"):
         raise ConfigError(f"on_flag must be refuse or decoy, got {on_flag!r}")
 

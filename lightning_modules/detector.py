@@ -26,6 +26,7 @@ from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
+from lightning_modules.api import check_threshold
 from lightning_modules.atomic import atomic_save_npy
 from lightning_modules.errors import ConfigError
 from lightning_modules.features import PENULTIMATE, layer_features
@@ -37,11 +38,6 @@ from lightning_modules.ood_metrics import (
     write_scores,
 )
 from lightning_modules.victim import VictimClassifier
-
-
-def check_threshold(threshold: float) -> None:
-    if not 0 <= threshold <= 1:
-        raise ConfigError(f"threshold must be in [0, 1] (a P(OOD)), got {threshold}")
 
 
 def detection_metrics(scores: dict[str, torch.Tensor], threshold: float) -> dict[str, float]:
@@ -93,6 +89,7 @@ class Detector(VictimClassifier):
         self.trained_on: dict | None = None
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         record = getattr(self.trainer.datamodule, "training_record", None)
         if record is None:
             raise ConfigError("a detector trains on data: datamodules.InOutDataModule")
@@ -218,10 +215,11 @@ class FrozenFeaturesDetector(Detector):
                     labels.append(label)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "data.json").write_text(self.trainer.datamodule.description())
-            atomic_save_npy(labels_file, torch.cat(labels).numpy())
-            atomic_save_npy(features_file, torch.cat(features).numpy())
-        features = np.load(features_file, allow_pickle=False)
-        return features, np.load(labels_file, allow_pickle=False)
+            features, labels = torch.cat(features).numpy(), torch.cat(labels).numpy()
+            atomic_save_npy(labels_file, labels)
+            atomic_save_npy(features_file, features)
+            return features, labels
+        return np.load(features_file, allow_pickle=False), np.load(labels_file, allow_pickle=False)
 
     def on_train_start(self) -> None:
         features, labels = self.training_embeddings()

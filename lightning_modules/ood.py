@@ -30,7 +30,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_modules.api import load_victim
+from lightning_modules.api import check_threshold, load_victim
 from lightning_modules.detector import save_test_scores
 from lightning_modules.errors import ConfigError
 from lightning_modules.features import PENULTIMATE, check_layers, layer_features
@@ -156,8 +156,7 @@ class OODBaseline(LightningModule):
             raise ConfigError(
                 f"need temperature > 0 and epsilon >= 0, got {temperature}, {epsilon}"
             )
-        if not 0 <= detector_threshold <= 1:
-            raise ConfigError(f"detector_threshold must be in [0, 1], got {detector_threshold}")
+        check_threshold(detector_threshold, "detector_threshold")
         from datamodules.base import IMAGENET_STD  # datamodules import this package
 
         self.victim = load_victim(victim).requires_grad_(False)

@@ -9,7 +9,6 @@ drawn from the per-image scores (`scores.csv`) their stages saved.
 
 import csv
 import html
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,9 +260,9 @@ def log_to_wandb(output: Path, project: str = "knockoff-lab") -> Path:
     `AutoWandbLogger` decides, so a run without network never blocks. Returns the run's folder."""
     import wandb
 
-    from lightning_modules.loggers import wandb_logged_in
+    from lightning_modules.loggers import wandb_offline
 
-    offline = os.environ.get("WANDB_MODE") is None and not wandb_logged_in()
+    offline = wandb_offline()
     # an absolute dir: W&B's service process resolves paths in its own working directory
     # a run of its own even when a Lightning WandbLogger's run is still open in this process
     run = wandb.init(project=project, name=output.name, dir=str(output.resolve()),

@@ -29,6 +29,7 @@ import yaml
 
 from lightning_modules.atomic import atomic_write_text
 from lightning_modules.errors import ConfigError
+from lightning_modules.loggers import LIGHTNING_LOGGERS
 
 
 @dataclass
@@ -86,9 +87,6 @@ class Tee:
 
     def isatty(self) -> bool:
         return False
-
-
-LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
 
 
 @contextlib.contextmanager
