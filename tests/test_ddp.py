@@ -45,10 +45,8 @@ def test_ddp_surrogate_training_matches_single_process(victim_ckpt, tmp_path):
     single = run(args, tmp_path / "single")
     ddp = run([*args, "--config", str(CONFIGS / "trainer/ddp_cpu.yaml"),
                "--data.init_args.batch_size", "32"], tmp_path / "ddp")  # fmt: skip
-    assert single["test/acc_victim"] == ddp["test/acc_victim"] or abs(
-        single["test/acc_victim"] - ddp["test/acc_victim"]) <= 1 / 359 + 1e-6  # fmt: skip
+    assert abs(single["test/acc_victim"] - ddp["test/acc_victim"]) <= 1 / 359 + 1e-6
     answers = cached_answers(tmp_path / "single")
-    assert sorted(answers) == sorted(cached_answers(tmp_path / "ddp"))
     assert answers == cached_answers(tmp_path / "ddp")
     assert len(answers) == 3  # 256 + 256 + 88 queries
     assert abs(single["test/acc"] - ddp["test/acc"]) <= 0.05
