@@ -1,6 +1,8 @@
 """The detector as an API filter: refusals and decoys are counted, flagged queries never reach the
 victim, a guarded attack reports its flagged queries, and a detector for other data is refused."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -95,11 +97,15 @@ def half_detector(detector_ckpt, tmp_path_factory) -> str:
     """The CV detector with its logit shifted so that about half of the attacker's crops have
     P(OOD) above 0.5 (the trained one flags nearly all of them)."""
     images = CropsPoolDataModule(size=300).split("pool").labelled.tensors[0]
+    return shifted(detector_ckpt, images, tmp_path_factory.mktemp("half") / "half.ckpt")
+
+
+def shifted(detector_ckpt, images: torch.Tensor, path: Path) -> str:
+    """The detector with its OOD logit shifted so that half of `images` have P(OOD) > 0.5."""
     with torch.no_grad():
         logits = load_detector(detector_ckpt).net(images)
     checkpoint = torch.load(detector_ckpt, weights_only=True)
     checkpoint["state_dict"]["net.fc.bias"][1] -= (logits[:, 1] - logits[:, 0]).median()
-    path = tmp_path_factory.mktemp("half") / "half.ckpt"
     torch.save(checkpoint, path)
     return str(path)
 
@@ -158,3 +164,23 @@ def test_guard_report_logs_flagged_queries_and_false_refusals(victim_ckpt, half_
     trainer = Trainer(logger=False, enable_progress_bar=False, callbacks=[GuardReport()])
     with pytest.raises(ConfigError, match="GuardReport needs"):
         trainer.test(model, unguarded, verbose=False)
+
+
+def test_false_refusal_rate_is_the_share_of_benign_queries_flagged(victim_ckpt, detector_ckpt,
+                                                                    tmp_path):  # fmt: skip
+    """A detector that flags half of the victim's own test images: GuardReport's rate is
+    exactly the share the detector flags, computed here directly."""
+    test = DigitsDataModule().split("test")
+    images = torch.stack([test[i][0] for i in range(len(test))])
+    strict = shifted(detector_ckpt, images, tmp_path / "strict.ckpt")
+    with torch.no_grad():
+        expected = float((load_detector(strict)(images) > 0.5).float().mean())
+    assert 0.3 < expected < 0.7
+    data = guarded(victim_ckpt, strict, 0.5, on_flag="decoy")
+    trainer = Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False,
+                      enable_checkpointing=False, callbacks=[GuardReport()])  # fmt: skip
+    model = Surrogate(num_classes=10)
+    trainer.fit(model, data)
+    metrics = trainer.test(model, data, verbose=False)[0]
+    assert metrics["transfer/false_refusal_rate"] == pytest.approx(expected)
