@@ -18,9 +18,9 @@ from torch import nn
 
 import datamodules  # noqa: F401  (registers the DataModules as subclass choices)
 import lightning_modules  # noqa: F401  (registers the LightningModules as subclass choices)
-from lightning_modules.errors import ConfigError
+from core.checkpoints import disagreement, net_state, read_checkpoint
+from core.errors import ConfigError
 from lightning_modules.loggers import LIGHTNING_LOGGERS
-from lightning_modules.networks import disagreement, net_state, read_checkpoint
 
 CKPT_KEYWORDS = ("best", "last", "hpc")  # Lightning resolves these itself
 

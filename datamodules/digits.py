@@ -12,8 +12,9 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset, TensorDataset
 
-from datamodules.base import ImageDataModule, ImagesOnly, normalize
-from lightning_modules.errors import ConfigError
+from core.errors import ConfigError
+from core.normalization import normalize
+from datamodules.base import ImageDataModule, ImagesOnly
 
 
 def digits_images(image_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

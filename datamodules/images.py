@@ -26,8 +26,8 @@ try:  # deprecated since torchvision 0.29 (for TorchCodec) yet still the fastest
 except ImportError:  # a torchvision without it: PIL decodes every format
     decode_image = None
 
-from datamodules.base import IMAGENET_MEAN, IMAGENET_STD
-from lightning_modules.errors import ConfigError
+from core.errors import ConfigError
+from core.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".gif", ".tif", ".tiff", ".webp"}

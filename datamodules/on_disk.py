@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from core.errors import ConfigError
 from datamodules.base import ImageDataModule, ImagesOnly
 from datamodules.images import (
     IMAGE_SUFFIXES,
@@ -29,7 +30,6 @@ from datamodules.images import (
     list_images,
 )
 from datamodules.overlap import catalog, overlapping
-from lightning_modules.errors import ConfigError
 
 
 def holdout(

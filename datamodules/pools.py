@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from datamodules.base import ImageDataModule, ImagesOnly, normalize
-from lightning_modules.errors import ConfigError
+from core.errors import ConfigError
+from core.normalization import normalize
+from datamodules.base import ImageDataModule, ImagesOnly
 
 PHOTOS: dict[str, tuple[str, ...]] = {
     "natural": ("sklearn:china.jpg", "astronaut", "chelsea", "coffee", "rocket", "camera",

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from core.atomic import atomic_save_npy
+from core.errors import ConfigError
 from datamodules.base import ImageDataModule
 from lightning_modules.api import (
     Granularity,
@@ -42,8 +44,6 @@ from lightning_modules.api import (
     load_victim,
     victim_architecture,
 )
-from lightning_modules.atomic import atomic_save_npy
-from lightning_modules.errors import ConfigError
 from lightning_modules.guard import load_detector
 
 

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lightning_modules.errors import ConfigError
+from core.errors import ConfigError
 
 Granularity = Literal["probs", "top_k", "rounded", "label"]
 GRANULARITIES: tuple[str, ...] = ("probs", "top_k", "rounded", "label")
@@ -87,7 +87,8 @@ def degrade(
 def read_victim(path: str | Path, mmap: bool = False) -> tuple[str, int, dict[str, torch.Tensor]]:
     """(arch, num_classes, network state) of a VictimClassifier checkpoint, read once without
     unpickling code, the weights checked to fit `arch` (built on the meta device: no cost)."""
-    from lightning_modules.networks import build_network, disagreement, net_state, read_checkpoint
+    from core.checkpoints import disagreement, net_state, read_checkpoint
+    from lightning_modules.networks import build_network
 
     checkpoint = read_checkpoint(path, "victim checkpoint", mmap=mmap)
     hparams = checkpoint.get("hyper_parameters") or {}

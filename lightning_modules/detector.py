@@ -26,9 +26,9 @@ from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
+from core.atomic import atomic_save_npy
+from core.errors import ConfigError
 from lightning_modules.api import check_threshold
-from lightning_modules.atomic import atomic_save_npy
-from lightning_modules.errors import ConfigError
 from lightning_modules.features import PENULTIMATE, layer_features
 from lightning_modules.figures import plot_roc
 from lightning_modules.ood_metrics import (

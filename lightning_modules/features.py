@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from lightning_modules.errors import ConfigError
+from core.errors import ConfigError
 
 PENULTIMATE = "penultimate"
 

@@ -14,8 +14,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_modules.errors import ConfigError
-from lightning_modules.networks import build_network, net_state, read_checkpoint
+from core.checkpoints import net_state, read_checkpoint
+from core.errors import ConfigError
+from lightning_modules.networks import build_network
 
 
 class OODGuard(nn.Module):

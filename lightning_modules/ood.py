@@ -30,9 +30,10 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader
 
+from core.errors import ConfigError
+from core.normalization import IMAGENET_STD
 from lightning_modules.api import check_threshold, load_victim
 from lightning_modules.detector import save_test_scores
-from lightning_modules.errors import ConfigError
 from lightning_modules.features import PENULTIMATE, check_layers, layer_features
 from lightning_modules.guard import load_detector
 from lightning_modules.ood_metrics import ScoresBySet, tpr_at_tnr, tpr_tnr_at_threshold
@@ -157,8 +158,6 @@ class OODBaseline(LightningModule):
                 f"need temperature > 0 and epsilon >= 0, got {temperature}, {epsilon}"
             )
         check_threshold(detector_threshold, "detector_threshold")
-        from datamodules.base import IMAGENET_STD  # datamodules import this package
-
         self.victim = load_victim(victim).requires_grad_(False)
         self.layers: Sequence[str] = layers or [PENULTIMATE]
         check_layers(self.victim, self.layers)

@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from lightning_modules.atomic import atomic_file
-from lightning_modules.errors import ConfigError
+from core.atomic import atomic_file
+from core.errors import ConfigError
 
 # The test sets of an in/out DataModule: the victim's test set, the held-out share of the
 # attacker's pool (ImageNet in the paper) and a second out-of-distribution set (OpenImages).

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_modules.errors import ConfigError
+from core.errors import ConfigError
 from lightning_modules.figures import plot_transfer_histogram
 from lightning_modules.victim import VictimClassifier
 

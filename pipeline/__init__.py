@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from lightning_modules.atomic import atomic_write_text
+from core.atomic import atomic_write_text
 from lightning_modules.figures import plot_accuracy_over_epochs
 from lightning_modules.ood_metrics import TEST_SETS
 from pipeline.report import (

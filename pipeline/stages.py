@@ -27,8 +27,8 @@ from typing import IO, Any, Literal
 
 import yaml
 
-from lightning_modules.atomic import atomic_write_text
-from lightning_modules.errors import ConfigError
+from core.atomic import atomic_write_text
+from core.errors import ConfigError
 from lightning_modules.loggers import LIGHTNING_LOGGERS
 
 

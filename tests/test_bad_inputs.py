@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import lightning_modules.atomic as atomic
+import core.atomic as atomic
 from lightning_modules.networks import build_network
 from main import main
 from tests.conftest import CONFIGS

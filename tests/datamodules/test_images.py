@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import ConfigError
 from datamodules.images import (
     ImageFiles,
     check_readable,
@@ -16,7 +17,6 @@ from datamodules.images import (
     readable,
 )
 from datamodules.on_disk import holdout, share
-from lightning_modules.errors import ConfigError
 from tests.datamodules.layouts import add_quirks, truncate, write_image
 
 FORMATS = [

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from core.errors import ConfigError
 from datamodules import CropsPoolDataModule, DigitsDataModule, InOutDataModule
 from datamodules.in_out import labels_of
-from lightning_modules.errors import ConfigError
 from lightning_modules.ood_metrics import TEST_SETS
 
 

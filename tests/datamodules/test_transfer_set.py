@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import ConfigError
 from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
 from datamodules.transfer_set import PosteriorCache
 from lightning_modules.api import PredictionAPI
-from lightning_modules.errors import ConfigError
 
 
 @pytest.fixture

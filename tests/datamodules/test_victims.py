@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.errors import ConfigError
 from datamodules import (
     Caltech256DataModule,
     CIFAR10DataModule,
@@ -20,7 +21,6 @@ from datamodules import (
 from datamodules.base import ImagesOnly
 from datamodules.on_disk import VictimDataModule
 from datamodules.overlap import overlapping
-from lightning_modules.errors import ConfigError
 from tests.datamodules.layouts import truncate
 
 Layout = Callable[[str], Path]

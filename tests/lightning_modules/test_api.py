@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from core.errors import ConfigError
 from lightning_modules.api import PredictionAPI, degrade
-from lightning_modules.errors import ConfigError
 
 P = torch.tensor([[0.52, 0.31, 0.12, 0.05], [0.05, 0.10, 0.25, 0.60]])
 

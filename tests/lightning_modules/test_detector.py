@@ -11,9 +11,9 @@ from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
+from core.errors import ConfigError
 from lightning_modules import Detector, FrozenFeaturesDetector
 from lightning_modules.detector import fit_logistic_head
-from lightning_modules.errors import ConfigError
 from lightning_modules.guard import load_detector
 from tests.lightning_modules.conftest import check_saved_scores, small_in_out
 

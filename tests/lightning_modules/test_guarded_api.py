@@ -8,10 +8,10 @@ import torch
 from lightning.pytorch import Trainer
 from torch import nn
 
+from core.errors import ConfigError
 from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
 from lightning_modules import GuardReport, Surrogate
 from lightning_modules.api import PredictionAPI
-from lightning_modules.errors import ConfigError
 from lightning_modules.guard import load_detector
 
 

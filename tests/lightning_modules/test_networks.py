@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from lightning_modules.errors import ConfigError
+from core.errors import ConfigError
 from lightning_modules.networks import NETWORKS, build_network, list_networks
 
 

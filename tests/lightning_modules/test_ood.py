@@ -8,10 +8,10 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from core.errors import ConfigError
+from core.normalization import IMAGENET_STD
 from datamodules import DigitsDataModule
-from datamodules.base import IMAGENET_STD
 from lightning_modules.api import load_victim
-from lightning_modules.errors import ConfigError
 from lightning_modules.features import layer_features
 from lightning_modules.ood import (
     ClassGaussians,

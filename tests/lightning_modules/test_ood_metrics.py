@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_curve
 
-from lightning_modules.errors import ConfigError
+from core.errors import ConfigError
 from lightning_modules.ood_metrics import (
     ScoresBySet,
     threshold_at_tnr,

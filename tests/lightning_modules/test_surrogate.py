@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+from core.errors import ConfigError
 from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
 from lightning_modules import Surrogate
-from lightning_modules.errors import ConfigError
 from lightning_modules.surrogate import soft_cross_entropy
 
 

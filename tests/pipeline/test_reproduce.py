@@ -140,7 +140,7 @@ def test_stage_reading_a_later_stage_is_a_clear_error(tmp_path):
     config["stages"] = config["stages"][1:]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
-    from lightning_modules.errors import ConfigError
+    from core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="stage 'knockoff-probs' reads \\['victim'\\]"):
         reproduce_main(["--config", str(path)])

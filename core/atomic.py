@@ -13,7 +13,7 @@ from typing import IO
 
 import numpy as np
 
-from lightning_modules.errors import ConfigError
+from core.errors import ConfigError
 
 
 @contextmanager
