@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import shutil
 import sys
 import time
@@ -55,13 +56,24 @@ class Stage:
     )  # dotted key -> upstream stage's checkpoint
     rows: list[Row] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        """Checked when the preset is read: a stage's name is a folder under `output_dir`
+        (never outside it: `--force` deletes there)."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) or ".." in self.name:
+            raise ConfigError(f"stage name {self.name!r} must be letters, digits, '-', '_' or "
+                              "'.' (it names a folder under output_dir)")  # fmt: skip
+
 
 def set_dotted(config: dict, key: str, value: Any) -> None:
+    """Set `key` (dotted; a number indexes a list, as in `defences.0.init_args.detector`)."""
     node = config
     *parents, last = key.split(".")
     for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
 
 
 def stage_key(stage: Stage, settings: dict[str, Any], upstream: dict[str, str]) -> str:
@@ -177,7 +189,7 @@ class StageRunner:
             args += ["--ckpt_path", str(last)]
         else:
             print(f"{position} {stage.name}: running {stage.command} {stage.config}", flush=True)
-        from main import cli_main
+        from pipeline.cli import cli_main
 
         start = time.time()
         try:

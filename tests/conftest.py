@@ -15,6 +15,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("KNOCKOFF_TRUSTED_MODULES", "tests")  # the toy plugins live there
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # never a warm cache
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     yield

@@ -1,0 +1,119 @@
+"""`python main.py reproduce --config configs/reproduce/<preset>.yaml`: every experiment of the
+paper, in order, cached stage by stage, then the report (results.csv, tables.md, figures),
+optionally logged to W&B (`--wandb true`)."""
+
+import csv
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from core.atomic import atomic_write_text
+from core.errors import ConfigError
+from lightning_modules.figures import plot_accuracy_over_epochs
+from lightning_modules.ood_metrics import TEST_SETS
+from pipeline.report import (
+    Results,
+    Scored,
+    log_to_wandb,
+    plot_table_rocs,
+    write_results,
+    write_tables,
+)
+from pipeline.stages import Stage, StageRunner
+
+
+def curve_metrics(folder: Path) -> dict[str, float]:
+    """From a surrogate's metrics.csv: the epoch of best victim-test accuracy (analysis only),
+    the epoch selected by the transfer set's val/acc, and the epochs run."""
+    path = folder / "metrics.csv"
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("analysis/test_acc")]
+    if not rows:
+        return {}
+    epochs = [int(r["epoch"]) for r in rows]
+    test = [float(r["analysis/test_acc"]) for r in rows]
+    val = [float(r.get("val/acc") or "nan") for r in rows]
+    best = max(range(len(rows)), key=test.__getitem__)
+    selected = max(range(len(rows)), key=lambda i: (val[i] == val[i], val[i]))
+    return {
+        "curve/best_test_epoch": epochs[best],
+        "curve/best_test_acc": test[best],
+        "curve/selected_epoch": epochs[selected],
+        "curve/epochs_run": epochs[-1] + 1,
+    }
+
+
+def reproduce(
+    stages: list[Stage],
+    output_dir: str = "runs/reproduce",
+    set: dict[str, Any] | None = None,
+    preset: Literal["embedded", "paper"] = "embedded",
+    force: bool = False,
+    verbose: bool = False,
+    wandb: bool = False,
+    wandb_project: str = "knockoff-lab",
+) -> Path:
+    """Run `stages` in order into `output_dir` and write the report there.
+
+    `set` applies dotted-key settings to every stage (e.g. `trainer.accelerator: gpu`);
+    `force` redoes every stage instead of reusing finished ones; `verbose` shows Lightning's
+    output of each stage on the console (it always goes to the stage's `stdout.log`); `wandb`
+    logs the report to one W&B run in `wandb_project` (offline under `output_dir/wandb` unless
+    logged in to W&B: `wandb sync` uploads it later).
+    """
+    for stage in stages:  # before any stage runs
+        if not Path(stage.config).is_file():
+            raise ConfigError(f"stage {stage.name}: config {stage.config} does not exist")
+    output = Path(output_dir)
+    runner = StageRunner(output, set or {}, force, verbose)
+    results: Results = {}
+    scored: list[Scored] = []
+    figures = output / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    width = len(str(len(stages)))
+    for number, stage in enumerate(stages, 1):
+        result = runner.run(stage, f"[{number:>{width}}/{len(stages)}]")
+        folder = Path(result["folder"])
+        result["metrics"].update(curve_metrics(folder))
+        for row in stage.rows:
+            for name, logged in row.metrics.items():
+                if logged in result["metrics"]:
+                    results[(row.table, row.victim, row.setting, name)] = result["metrics"][logged]
+            if (folder / "scores.csv").exists():  # a detector's or an OOD baseline's
+                ood_sets = {logged.rsplit("/", 1)[-1] for logged in row.metrics.values()}
+                scored += [(row.table, row.victim, row.setting, ood_set, folder / "scores.csv")
+                           for ood_set in TEST_SETS[1:] if ood_set in ood_sets]  # fmt: skip
+        for png in [*folder.glob("figure*.png"), *folder.glob("roc.png")]:
+            shutil.copy(png, figures / f"{stage.name}_{png.name}")
+        if "curve/epochs_run" in result["metrics"]:
+            plot_accuracy_over_epochs(folder / "metrics.csv", figures / f"{stage.name}_figure2.png",
+                                      title=stage.name)  # fmt: skip
+    write_results(output / ".results.csv", results)
+    (output / ".results.csv").replace(output / "results.csv")
+    rocs = plot_table_rocs(scored, figures)
+    write_tables(output / ".tables.md", results, paper=preset == "paper",
+                 figures={table: f"figures/{png.name}" for table, png in rocs.items()})  # fmt: skip
+    (output / ".tables.md").replace(output / "tables.md")
+    atomic_write_text(output / "elapsed.txt", f"{time.time() - start:.1f} s\n")
+    print(f"report: {output / 'tables.md'}, {output / 'results.csv'}, {figures}/ "
+          f"({time.time() - start:.0f} s)", flush=True)  # fmt: skip
+    if wandb:
+        print(f"W&B: {log_to_wandb(output, wandb_project)}", flush=True)
+    return output
+
+
+def reproduce_main(args: list[str] | None = None) -> Path:
+    parser = ArgumentParser(prog="main.py reproduce", description=__doc__, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_function_arguments(reproduce)
+    config = parser.parse_args(sys.argv[2:] if args is None else args)
+    config = parser.instantiate(config)
+    config.pop("config", None)
+    return reproduce(**config)
