@@ -5,10 +5,13 @@ Split names mean the same everywhere:
   pool              images an attacker may query with; yielded without labels.
 """
 
+import inspect
+import json
 from abc import ABC, abstractmethod
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core.errors import ConfigError
@@ -60,8 +63,18 @@ class ImageDataModule(LightningDataModule, ABC):
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0):
         super().__init__()
-        # the subclass's init arguments, collected up the call stack: what built these images
-        self.save_hyperparameters(ignore=list(self.not_hparams))
+        # the subclass's init arguments, collected up the call stack: what built these images.
+        # LightningCLI hands every module built inside its instantiation the *outer* config
+        # (a nested pool would record the transfer set's settings, and two pools that differ
+        # only in `source` would look alike): a nested module reads its own arguments instead.
+        given = _given_hyperparameters.get() or {}
+        mine = given.get("_class_path") in (f"{type(self).__module__}.{type(self).__qualname__}",
+                                            f"datamodules.{type(self).__qualname__}")  # fmt: skip
+        token = _given_hyperparameters.set(given if mine else None)
+        try:
+            self.save_hyperparameters(ignore=list(self.not_hparams))
+        finally:
+            _given_hyperparameters.reset(token)
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -108,3 +121,17 @@ class ImageDataModule(LightningDataModule, ABC):
 
     def predict_dataloader(self) -> DataLoader:
         return self.loader("pool" if "pool" in self.splits else "test")
+
+
+def describe(datamodule: ImageDataModule) -> str:
+    """The settings that determine a DataModule's images (not how they are batched), as JSON:
+    the init parameters of its class and its parents, nothing Lightning collected from the
+    calling frames (a pool built inside a transfer set must not carry the set's budget)."""
+    own = set()
+    for cls in type(datamodule).__mro__:
+        if "__init__" in vars(cls):
+            own |= set(inspect.signature(cls.__init__).parameters)
+    skip = {"self", "batch_size", "num_workers", *datamodule.not_hparams}
+    settings = {k: v for k, v in datamodule.hparams.items() if k in own and k not in skip}
+    return json.dumps({"class": type(datamodule).__qualname__, **settings}, sort_keys=True,
+                      default=str)  # fmt: skip
