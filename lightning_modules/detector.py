@@ -1,4 +1,4 @@
-"""The Knockoff detectors of section 4: binary in/out classifiers on an `InOutDataModule`.
+"""The Knockoff detectors of section 4: two ways to learn a `BinaryDetector`'s head.
 
   Detector                a registry network trained from scratch (RN18, RN34, RN18*, RN34* of
                           Table 3; Adam 1e-3 then 5e-4 is a YAML recipe);
@@ -9,10 +9,7 @@
 
 Both checkpoint the same thing, a registry network with a two-class head plus the record of
 the in-distribution data it was trained for, so either loads as an API filter
-(`guard.load_detector`). Test metrics, out-of-distribution = positive (`ood_metrics`):
-`test/tnr` and `test/tpr/<set>` at `threshold` on P(OOD), and `test/tpr_at_tnr95/<set>`.
-The per-image scores go to `scores.csv` and their ROC curves to `roc.png` in the run's log
-folder (`save_test_scores`, shared with the OOD baselines).
+(`guard.load_detector`); validation, test metrics and saved scores are `BinaryDetector`'s.
 """
 
 import hashlib
@@ -20,54 +17,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.pytorch import Trainer
+import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
+from torchmetrics.classification import MulticlassAccuracy
 
 from core.atomic import atomic_save_npy
 from core.errors import ConfigError
-from lightning_modules.api import check_threshold
+from lightning_modules.binary_detector import BinaryDetector
 from lightning_modules.features import PENULTIMATE, layer_features
-from lightning_modules.figures import plot_roc
-from lightning_modules.ood_metrics import (
-    ScoresBySet,
-    tpr_at_tnr,
-    tpr_tnr_at_threshold,
-    write_scores,
-)
-from lightning_modules.victim import VictimClassifier
+from lightning_modules.victim import configure
 
 
-def detection_metrics(scores: dict[str, torch.Tensor], threshold: float) -> dict[str, float]:
-    """TNR and per-set TPR at `threshold`, and per-set TPR at TNR = 95%."""
-    metrics = {}
-    for name, out in scores.items():
-        if name != "in":
-            tpr, metrics["test/tnr"] = tpr_tnr_at_threshold(scores["in"], out, threshold)
-            metrics[f"test/tpr/{name}"] = tpr
-            metrics[f"test/tpr_at_tnr95/{name}"] = tpr_at_tnr(scores["in"], out, 0.95)[0]
-    return metrics
-
-
-def save_test_scores(trainer: Trainer, scores: dict[str, torch.Tensor], title: str) -> None:
-    """`scores.csv` and `roc.png` (one curve per out-of-distribution set) in the run's log
-    folder, on global rank 0, from the scores gathered over all ranks; the report of
-    `reproduce` combines the stages' `scores.csv` into one ROC figure per table."""
-    folder = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP
-    if not trainer.is_global_zero:
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    write_scores(folder / "scores.csv", scores)
-    curves = {name: (scores["in"], out) for name, out in scores.items() if name != "in"}
-    figure = plot_roc({f"in vs {', '.join(curves)}": curves}, folder / "roc.png", title)
-    if hasattr(trainer.logger, "log_image"):  # W&B
-        trainer.logger.log_image("roc", [str(figure)])
-
-
-class Detector(VictimClassifier):
-    """Binary in/out classifier (0 = victim's data, 1 = attack query) trained from scratch."""
+class Detector(BinaryDetector):
+    """Binary in/out classifier (0 = victim's data, 1 = attack query) trained from scratch with
+    cross-entropy by `optimizer` (and `lr_scheduler`); logs `train/loss` and `train/acc`."""
 
     def __init__(
         self,
@@ -78,37 +44,22 @@ class Detector(VictimClassifier):
         lr_scheduler: LRSchedulerCallable | None = None,
         threshold: float = 0.5,
     ):
-        if num_classes != 2:
-            raise ConfigError(
-                f"a detector is a binary in/out classifier (num_classes 2, from an "
-                f"InOutDataModule), got num_classes={num_classes}"
-            )
-        check_threshold(threshold)
-        super().__init__(arch, num_classes, weights, optimizer, lr_scheduler)
-        self.scores = ScoresBySet()
-        self.trained_on: dict | None = None
+        super().__init__(arch, num_classes, weights, threshold)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
 
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        record = getattr(self.trainer.datamodule, "training_record", None)
-        if record is None:
-            raise ConfigError("a detector trains on data: datamodules.InOutDataModule")
-        self.trained_on = record()
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["trained_on"] = self.trained_on
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.trained_on = checkpoint.get("trained_on")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        images, _, test_sets = batch
-        self.scores.add(test_sets, self(images).float().softmax(dim=-1)[:, 1])
-
-    def on_test_epoch_end(self) -> None:
-        scores = self.scores.pop()
-        self.log_dict(detection_metrics(scores, self.hparams.threshold))
-        save_test_scores(self.trainer, scores, f"{type(self).__name__} {self.hparams.arch}")
+    def configure_optimizers(self):
+        return configure(self, self.optimizer, self.lr_scheduler)
 
 
 def fit_logistic_head(
@@ -149,15 +100,17 @@ def fit_logistic_head(
     return weight, bias, cv_score, float(regression.C_)
 
 
-class FrozenFeaturesDetector(Detector):
+class FrozenFeaturesDetector(BinaryDetector):
     """A frozen pretrained `arch` + a logistic-regression head fitted on cached embeddings.
 
     `fit` makes one pass: at the start of training the penultimate embeddings of the whole
     `train` split are read from the cache under `cache_dir` (keyed by the backbone's weights and
     every data setting) or computed once and cached; the regression is fitted and written into
     `net.fc`; then Lightning's single epoch (one batch, nothing to optimise) runs validation,
-    and testing works as for any model. With no optimiser step taken, Lightning's
-    `ModelCheckpoint` writes only `last.ckpt` (`save_last: true`): that file is the detector.
+    and testing works as for any model. Nothing here is optimised by gradient steps: the module
+    declares manual optimisation and configures no optimiser, so no step is ever taken, and
+    Lightning's `ModelCheckpoint` writes only `last.ckpt` (`save_last: true`): that file is the
+    detector.
     """
 
     def __init__(
@@ -173,8 +126,9 @@ class FrozenFeaturesDetector(Detector):
         n_jobs: int | None = None,
         cache_dir: str = "runs/embeddings",
     ):
-        super().__init__(arch, num_classes, weights, threshold=threshold)
-        self.automatic_optimization = False
+        super().__init__(arch, num_classes, weights, threshold)
+        self.save_hyperparameters()
+        self.automatic_optimization = False  # the head is fitted in closed form, not stepped
         self.net.requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> "FrozenFeaturesDetector":
@@ -232,7 +186,8 @@ class FrozenFeaturesDetector(Detector):
         self.log_dict({"train/cv_score": cv_score, "train/C": c})
 
     def training_step(self, batch, batch_idx: int) -> None:
-        """Nothing to optimise: the head was fitted in `on_train_start`."""
+        """Lightning's fit loop needs one; the head was fitted in `on_train_start`."""
 
     def configure_optimizers(self) -> None:
+        """Lightning's fit loop asks; there is no optimiser."""
         return None

@@ -1,5 +1,6 @@
 """Detectors: the exported logistic head equals scikit-learn's, embeddings are computed once and
-cached, the frozen backbone stays untouched, and the checkpoint reloads with identical scores."""
+cached, the frozen backbone stays untouched, the checkpoint reloads with identical scores, and the
+frozen detector shares the scratch one's base, not its training loop."""
 
 from pathlib import Path
 
@@ -13,8 +14,10 @@ from sklearn.preprocessing import StandardScaler
 
 from core.errors import ConfigError
 from lightning_modules import Detector, FrozenFeaturesDetector
+from lightning_modules.binary_detector import BinaryDetector
 from lightning_modules.detector import fit_logistic_head
 from lightning_modules.guard import load_detector
+from lightning_modules.victim import VictimClassifier
 from tests.lightning_modules.conftest import check_saved_scores, small_in_out
 
 
@@ -113,6 +116,20 @@ def test_scratch_detector_trains_and_records_its_data(tmp_path):
     check_saved_scores(tmp_path, data, metrics)  # no logger: default_root_dir
     trainer.save_checkpoint(tmp_path / "scratch.ckpt")
     assert load_detector(tmp_path / "scratch.ckpt").trained_on == data.training_record()
+
+
+def test_both_detectors_are_binary_detectors_and_only_one_trains(victim_ckpt):
+    scratch = Detector("digits_cnn")
+    frozen = FrozenFeaturesDetector("digits_cnn", weights=str(victim_ckpt))
+    assert isinstance(scratch, BinaryDetector) and isinstance(frozen, BinaryDetector)
+    assert not isinstance(frozen, Detector | VictimClassifier)
+    assert not isinstance(scratch, VictimClassifier)
+    assert scratch.automatic_optimization and not frozen.automatic_optimization
+    assert hasattr(scratch, "optimizer") and not hasattr(frozen, "optimizer")
+    assert "train_acc" not in dict(frozen.named_children())
+    for model in (scratch, frozen):  # what guard.load_detector reads from a checkpoint
+        assert model.hparams.arch == "digits_cnn" and model.hparams.num_classes == 2
+        assert all(name.startswith("net.") for name in model.state_dict())
 
 
 @pytest.mark.parametrize(

@@ -1,22 +1,32 @@
-"""OOD baselines: ODIN and Mahalanobis steps raise the in-distribution score, also inside the
-inference mode of a Lightning test loop; scores under `Trainer.test` equal a direct computation
-and are saved with their ROC figure."""
+"""OOD baselines: every registered scorer runs under `Trainer.test` with the scores of a direct
+computation, saved with their ROC figure; each scorer's sign is pinned on hand-made cases (an
+in-distribution-like input scores lower than a flat or far one); ODIN and Mahalanobis steps raise
+the in-distribution score, also inside the inference mode of a Lightning test loop."""
 
+import importlib
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from torch import nn
 
+from api.victim import load_victim
 from core.errors import ConfigError
 from core.normalization import IMAGENET_STD
 from datamodules import DigitsDataModule
-from lightning_modules.api import load_victim
 from lightning_modules.features import layer_features
 from lightning_modules.ood import (
+    MSP,
+    ODIN,
+    OOD_SCORERS,
     ClassGaussians,
+    Mahalanobis,
     OODBaseline,
+    OODScorer,
     closest_distance,
+    list_ood_scorers,
     mahalanobis_inputs,
     max_softmax,
     odin_inputs,
@@ -24,6 +34,7 @@ from lightning_modules.ood import (
 from tests.lightning_modules.conftest import check_saved_scores, small_in_out
 
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+QUIET = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +42,130 @@ def digits() -> DigitsDataModule:
     data = DigitsDataModule()
     data.setup()
     return data
+
+
+# -- every registered scorer, end to end -------------------------------------------------------
+
+
+def test_registry_lists_the_three_baselines():
+    assert list_ood_scorers() == ["mahalanobis", "msp", "odin"]
+    assert {OOD_SCORERS[n] for n in list_ood_scorers()} == {MSP, ODIN, Mahalanobis}
+
+
+@pytest.mark.parametrize("name", list_ood_scorers())
+def test_every_scorer_tests_with_the_scores_of_a_direct_computation(victim_ckpt, name):
+    scorer = OOD_SCORERS[name]()  # every scorer has defaults that run
+    assert isinstance(scorer, OODScorer) and scorer.name == name
+    data = small_in_out()
+    baseline = OODBaseline(str(victim_ckpt), scorer)
+    trainer = Trainer(**QUIET)
+    metrics = trainer.test(baseline, data, verbose=False)[0]
+    assert set(metrics) == {"test/tpr_at_tnr95/out", "test/tpr_at_tnr95/out_test"}
+    assert 0.0 <= metrics["test/tpr_at_tnr95/out"] <= 1.0
+    check_saved_scores(Path(trainer.log_dir), data, metrics)  # no logger: the working directory
+    images, _, test_sets = next(iter(data.test_dataloader()))
+    direct = scorer.score(load_victim(victim_ckpt), images)  # outside inference mode
+    with torch.inference_mode():
+        in_loop = baseline.score(images.clone())
+    assert torch.allclose(direct, in_loop, atol=1e-5)
+    assert not torch.equal(direct, torch.full_like(direct, direct[0]))  # not a constant
+    # the hyper-parameters name the scorer so that it can be built again
+    recorded = baseline.hparams["scorer"]
+    module, cls = recorded["class_path"].rsplit(".", 1)
+    assert getattr(importlib.import_module(module), cls)(**recorded["init_args"]).settings() == (
+        scorer.settings()
+    )
+
+
+def test_multi_layer_mahalanobis_combines_the_layers_on_validation(victim_ckpt):
+    scorer = Mahalanobis(layers=["features.2", "penultimate"])
+    baseline = OODBaseline(str(victim_ckpt), scorer)
+    metrics = Trainer(**QUIET).test(baseline, small_in_out(), verbose=False)[0]
+    assert metrics["test/tpr_at_tnr95/out"] > 0.5
+    images = next(iter(small_in_out().test_dataloader()))[0]
+    distances = scorer.layer_distances(baseline.victim, images)
+    weight, bias = scorer._combination
+    assert distances.shape == (len(images), 2) and weight.shape == (2,)
+    assert torch.allclose(baseline.score(images), distances @ weight + bias)
+
+
+# -- signs, on hand-made cases ----------------------------------------------------------------
+
+
+class TinyLinear(nn.Module):
+    """A victim as small as it gets: (N, 3, 1, 1) images, flattened (`features`, also the
+    penultimate layer), then a bias-free linear head."""
+
+    def __init__(self, weight: list[list[float]]):
+        super().__init__()
+        self.features = nn.Flatten()
+        self.fc = nn.Linear(3, len(weight), bias=False)
+        self.fc.weight.data = torch.tensor(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+def pixels(*rows: tuple[float, float, float]) -> torch.Tensor:
+    return torch.tensor(rows).view(-1, 3, 1, 1)
+
+
+# logits (3, -3): confident, as on the victim's own data; logits (0, 0): flat
+TWO_CLASSES = TinyLinear([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+CONFIDENT_AND_FLAT = pixels((3.0, 0.0, 0.0), (0.0, 0.5, 0.0))
+
+
+def test_msp_scores_a_confident_input_lower_than_a_flat_one():
+    scores = MSP().score(TWO_CLASSES, CONFIDENT_AND_FLAT)
+    sigmoid6 = 1 / (1 + math.exp(-6.0))  # softmax of (3, -3)
+    assert scores.tolist() == pytest.approx([-sigmoid6, -0.5])
+    assert scores[0] < scores[1]
+
+
+def test_odin_scores_a_confident_input_lower_than_a_flat_one():
+    scores = ODIN(temperature=1000.0, epsilon=0.0014).score(TWO_CLASSES, CONFIDENT_AND_FLAT)
+    # the step moves the first pixel by +0.0014 / std towards the predicted class 0
+    moved = 3.0 + 0.0014 / IMAGENET_STD[0]
+    expected = 1 / (1 + math.exp(-2 * moved / 1000.0))
+    assert scores[0].item() == pytest.approx(-expected, abs=5e-7)
+    assert scores[0] < scores[1] < -0.5  # the flat input is nudged off 0.5 too, barely
+
+
+def clusters(n: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two classes of hand-made training 'images': around (0, 0, 0) and (10, 0, 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    centres = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]])[labels]
+    return (centres + torch.randn(n, 3, generator=gen)).view(n, 3, 1, 1), labels
+
+
+def test_mahalanobis_scores_a_class_mean_lower_than_a_far_point():
+    images, labels = clusters()
+    scorer = Mahalanobis(epsilon=0.0014)
+    scorer.fit_statistics(TWO_CLASSES, [(images, labels)])
+    means = scorer._gaussians[0].means
+    assert torch.allclose(means, torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]]), atol=0.6)
+    scores = scorer.score(TWO_CLASSES, torch.cat([means.view(2, 3, 1, 1), pixels((5, 30, -30))]))
+    assert scores[0] < 0.1 and scores[1] < 0.1  # a class mean: (nearly) no distance
+    assert scores[2] > 100 * scores[:2].max() + 100
+
+
+def test_multi_layer_combination_scores_far_points_higher():
+    images, labels = clusters()
+    scorer = Mahalanobis(layers=["features", "penultimate"])
+    scorer.fit_statistics(TWO_CLASSES, [(images, labels)])
+    near, _ = clusters(seed=1)  # in-distribution validation images, label 0
+    far = near + pixels((0.0, 12.0, -12.0))  # out-of-distribution ones, label 1
+    validation = [(torch.cat([near, far]), torch.cat([torch.zeros(40), torch.ones(40)]).long())]
+    scorer.fit_combination(TWO_CLASSES, validation)
+    weight, _ = scorer._combination
+    assert (weight > 0).all()  # a larger distance means more out-of-distribution
+    tests_near, _ = clusters(seed=2)
+    scores = scorer.score(TWO_CLASSES, torch.cat([tests_near, tests_near + pixels((0, 12, -12))]))
+    assert scores[:40].max() < scores[40:].min()
+
+
+# -- the input steps on the trained victim ------------------------------------------------------
 
 
 def test_odin_step_raises_the_tempered_softmax_even_in_inference_mode(victim_ckpt, digits):
@@ -72,29 +207,12 @@ def test_shared_covariance_and_distances_by_hand():
     assert gaussians.distances(point)[0, 0] == pytest.approx(torch.linalg.inv(covariance)[1, 1])
 
 
-@pytest.mark.parametrize(
-    "method, layers",
-    [("msp", None), ("odin", None), ("mahalanobis", ["features.2", "penultimate"])],
-)
-def test_trainer_test_scores_equal_a_direct_computation(victim_ckpt, method, layers):
-    data = small_in_out()
-    baseline = OODBaseline(str(victim_ckpt), method, layers=layers)
-    trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
-    metrics = trainer.test(baseline, data, verbose=False)[0]
-    assert set(metrics) == {"test/tpr_at_tnr95/out", "test/tpr_at_tnr95/out_test"}
-    assert 0.0 <= metrics["test/tpr_at_tnr95/out"] <= 1.0
-    check_saved_scores(Path(trainer.log_dir), data, metrics)  # no logger: the working directory
-    images = next(iter(data.test_dataloader()))[0]
-    direct = baseline.score(images)  # outside inference mode
-    with torch.inference_mode():
-        in_loop = baseline.score(images.clone())
-    assert torch.allclose(direct, in_loop, atol=1e-5)
+# -- with our detector, and settings that cannot work -------------------------------------------
 
 
 def test_reports_tpr_at_our_detectors_tnr(victim_ckpt, detector_ckpt):
-    baseline = OODBaseline(str(victim_ckpt), "msp", detector=str(detector_ckpt))
-    trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
-    metrics = trainer.test(baseline, small_in_out(), verbose=False)[0]
+    baseline = OODBaseline(str(victim_ckpt), MSP(), detector=str(detector_ckpt))
+    metrics = Trainer(**QUIET).test(baseline, small_in_out(), verbose=False)[0]
     expected = {"test/ours/tnr", "test/ours/tpr/out", "test/ours/tpr/out_test",
                 "test/tpr_at_tnr_ours/out", "test/tpr_at_tnr_ours/out_test"}  # fmt: skip
     assert expected <= set(metrics)
@@ -102,22 +220,35 @@ def test_reports_tpr_at_our_detectors_tnr(victim_ckpt, detector_ckpt):
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "build, message",
     [
-        ({"method": "energy"}, "method must be one of msp, odin, mahalanobis"),
-        ({"layers": ["layer9"]}, "unknown layer 'layer9'; layers are submodule names"),
-        ({"temperature": 0.0}, "need temperature > 0"),
-        ({"num_classes": 10}, "OOD baselines test on an InOutDataModule"),
-        ({"detector": "none.ckpt"}, "detector checkpoint none.ckpt does not exist"),
+        (lambda: ODIN(temperature=0.0), "need temperature > 0"),
+        (lambda: ODIN(epsilon=-0.1), "need epsilon >= 0"),
+        (lambda: Mahalanobis(epsilon=-0.1), "need epsilon >= 0"),
+        (lambda: Mahalanobis().score(TWO_CLASSES, CONFIDENT_AND_FLAT), "call fit first"),
     ],
 )
-def test_bad_settings(victim_ckpt, kwargs, message):
+def test_bad_scorer_settings(build, message):
     with pytest.raises(ConfigError, match=message):
-        OODBaseline(str(victim_ckpt), **kwargs)
+        build()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"scorer": "msp"}, "scorer must be an OODScorer"),
+        ({"scorer": Mahalanobis(["layer9"])}, "unknown layer 'layer9'; layers are submodule"),
+        ({"num_classes": 10}, "OOD baselines test on an InOutDataModule"),
+        ({"detector": "none.ckpt"}, "detector checkpoint none.ckpt does not exist"),
+        ({"detector_threshold": 2.0}, r"detector_threshold must be in \[0, 1\]"),
+    ],
+)
+def test_bad_baseline_settings(victim_ckpt, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        OODBaseline(str(victim_ckpt), **{"scorer": MSP(), **kwargs})
 
 
 def test_multi_layer_needs_out_of_distribution_validation_images(victim_ckpt):
-    baseline = OODBaseline(str(victim_ckpt), "mahalanobis", layers=["features.2", "penultimate"])
-    trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    baseline = OODBaseline(str(victim_ckpt), Mahalanobis(layers=["features.2", "penultimate"]))
     with pytest.raises(ConfigError, match="needs out-of-distribution validation images"):
-        trainer.test(baseline, small_in_out(out_val_fraction=0.0), verbose=False)
+        Trainer(**QUIET).test(baseline, small_in_out(out_val_fraction=0.0), verbose=False)
