@@ -23,8 +23,7 @@ import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 from core.errors import ConfigError
-from datamodules.base import ImageDataModule
-from datamodules.transfer_set import describe
+from datamodules.base import ImageDataModule, describe
 from lightning_modules.ood_metrics import TEST_SETS
 
 IN, OUT = 0, 1

@@ -1,191 +1,65 @@
-"""The transfer set {D_A, F_V(D_A)} of the Knockoff attack, and the DataModule that trains on it.
+"""The transfer set {D_A, F_V(D_A)} of a model-extraction attack, and the DataModule that grows
+it round by round and trains the surrogate on it.
 
-Querying (paper 3.1.2): a seeded random order of the query pool is sent to the prediction API
-up to `budget` queries; the victim's full posterior of each query is stored once, as float16
-(100,000 x 256 answers take 51 MB), and the API's granularity is applied offline, so A_p and A_c
-of Table 6 come from one pass. The cache is keyed by what determines the answers (the victim
-checkpoint's bytes, the pool's settings, the seed), not by the budget: the order is fixed, so a
-budget of 10k reads a prefix of the 100k answers, and a larger budget only asks the missing
-queries. Each API batch is written as its own file, atomically, so a killed run resumes at the
-first unanswered query.
+Before training (round 0), and then every `epochs_per_round` epochs, the attack's query
+strategy proposes the round's queries from what the attacker has (its pool, the answers so far,
+the current surrogate); they go through the prediction API, the only door to the victim, as
+`client`; the answers are stored (`datamodules.rounds`) and the transfer set grows. Knockoff's
+random policy is one round of a seeded random order of the pool.
 
-Under DDP every process queries: the unanswered positions are cut into API batches, and batch i
-goes to rank i % world_size, so no query is answered twice or lost. The batches are the ones a
-single process would send, so the transfer set is bitwise the same for any number of processes.
+Storage holds only what the API returned, under `cache_dir/<key>/`. The key covers what decides
+the answers and the queries: the API (victim bytes, defences), the pool, the attack, the seed,
+the client; for an adaptive or several-round attack also the budget and the surrogate's
+training settings. A one-round non-adaptive attack's order does not depend on the budget, so a
+smaller budget reads a prefix and a larger one asks only the new queries. Each API batch is
+written as its own file, atomically: a killed run resumes at the first unanswered query.
 
-Behind a detector (`detector`, `threshold`: the API filter of paper 4.1), a flagged query is
-stored as a NaN row, the refusal; the detector's bytes and the threshold join the cache key.
-`on_flag` is applied offline like the granularity: refused rows are dropped, decoys become
-uniform answers. `queries_flagged` counts the flagged queries of the budget.
+Under DDP every process queries: rank 0 proposes (written before anything is asked), the
+round's unanswered positions are cut into API batches, and batch i goes to rank i % world_size,
+so no query is answered twice or lost and the set is bitwise the same for any world size.
+
+Splits: `train` and `val` (a seeded `val_fraction` of each round, the attacker's only
+model-selection data; refused queries are dropped from both), and `test`, the victim's test set
+with its labels and the victim's own predictions (owner-side, for Acc(F_A), recovery and
+fidelity; the surrogate also scores it every epoch for analysis, never for selection).
 """
 
-import hashlib
 import json
 import math
-from collections.abc import Callable
-from functools import cached_property, partial
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from core.atomic import atomic_save_npy
+from api.prediction import PredictionAPI
+from attacks.base import Queries, QueryStrategy, Seen
+from attacks.random_sampling import RandomSampling
+from core.digests import digest
 from core.errors import ConfigError
-from datamodules.base import ImageDataModule
-from lightning_modules.api import (
-    Granularity,
-    OnFlag,
-    PredictionAPI,
-    check_granularity,
-    check_guard,
-    degrade,
-    flagged_answers,
-    load_victim,
-    victim_architecture,
-)
-from lightning_modules.guard import load_detector
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def describe(datamodule: ImageDataModule) -> str:
-    """The settings that determine a DataModule's images (not how they are batched), as JSON."""
-    skip = {"batch_size", "num_workers"}
-    settings = {k: v for k, v in datamodule.hparams.items() if k not in skip}
-    return json.dumps({"class": type(datamodule).__qualname__, **settings}, sort_keys=True)
-
-
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-class PosteriorCache:
-    """Victim posteriors for a fixed query order, stored as contiguous chunk files
-    `q<start>-<end>.npy` in one folder."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-
-    def chunks(self) -> list[tuple[int, int, Path]]:
-        found = []
-        for path in self.folder.glob("q*-*.npy"):
-            start, end = (int(part) for part in path.stem[1:].split("-"))
-            found.append((start, end, path))
-        return sorted(found)
-
-    def missing(self, count: int, piece: int) -> list[tuple[int, int]]:
-        """The unanswered positions of [0, count), as pieces of at most `piece` queries cut from
-        the start of each gap: the units of work, in a fixed order."""
-        pieces, done = [], 0
-        for start, end, _ in [*self.chunks(), (count, count, None)]:
-            gap_end = min(start, count)
-            pieces += [(s, min(s + piece, gap_end)) for s in range(done, gap_end, piece)]
-            done = max(done, end)
-        return pieces
-
-    def write(self, start: int, posteriors: np.ndarray) -> None:
-        end = start + len(posteriors)
-        atomic_save_npy(self.folder / f"q{start:09d}-{end:09d}.npy", posteriors)
-
-    def read(self, count: int) -> np.ndarray:
-        """The first `count` answers, (count, C) float16, read into one array (no copies)."""
-        out, done = None, 0
-        for start, end, path in self.chunks():
-            if start == done and done < count:
-                chunk = np.load(path, allow_pickle=False)
-                if out is None:
-                    out = np.empty((count, chunk.shape[1]), chunk.dtype)
-                out[start : min(end, count)] = chunk[: count - start]
-                done = end
-        if done < count:
-            raise ConfigError(f"transfer-set cache {self.folder} holds {done} of {count} answers")
-        return out
-
-
-def api_answers(
-    posteriors: torch.Tensor, granularity: Granularity, top_k: int | None, decimals: int | None
-) -> torch.Tensor:
-    """The attacker's answers (N, C) float32 for stored posteriors: a refused row (NaN) that is
-    served becomes the uniform decoy, then the API's granularity applies."""
-    posteriors = posteriors.float()
-    flagged = posteriors.isnan().any(dim=-1)
-    return degrade(flagged_answers(posteriors, flagged, "decoy"), granularity, top_k, decimals)
-
-
-class TransferDataset(Dataset):
-    """(query image, API answer) pairs. Images are read from the pool by index; answers are
-    made from the shared float16 posteriors when served, so the set costs no more memory than
-    its cache (a float32 copy per split would be 2 x 4 GB for 1M queries x 1000 classes)."""
-
-    def __init__(
-        self,
-        pool: Dataset,
-        indices: np.ndarray,
-        posteriors: torch.Tensor,
-        rows: np.ndarray,
-        answer: Callable[[torch.Tensor], torch.Tensor],
-    ):
-        self.pool, self.indices, self.posteriors = pool, indices, posteriors
-        self.rows, self.answer = torch.from_numpy(rows), answer
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.pool[int(self.indices[i])], self.answer(self.posteriors[self.rows[i]][None])[0]
-
-    @property
-    def answers(self) -> torch.Tensor:
-        """Every answer of the split, (N, C) float32: for analysis and class balancing."""
-        return self.answer(self.posteriors[self.rows])
-
-
-class VictimLabelled(Dataset):
-    """The victim's test set with the victim's own prediction: (image, label, victim label)."""
-
-    def __init__(self, test: Dataset, victim_labels: torch.Tensor):
-        self.test, self.victim_labels = test, victim_labels
-
-    def __len__(self) -> int:
-        return len(self.test)
-
-    def __getitem__(self, i: int):
-        image, label = self.test[i]
-        return image, label, self.victim_labels[i]
+from datamodules.base import ImageDataModule, describe
+from datamodules.rounds import Round
+from datamodules.transfer_datasets import TransferDataset, VictimLabelled
 
 
 class TransferSetDataModule(ImageDataModule):
-    """Builds (in `prepare_data`) and serves the transfer set of a Knockoff attack.
+    """`api`: the prediction API (`api.PredictionAPI`); `attack`: the query strategy (default
+    `attacks.RandomSampling`, one round); `budget`: the queries the attacker sends in all."""
 
-    Splits: `train` and `val` (a seeded `val_fraction` of the transfer set, answered by the API
-    like the rest: the attacker's only model-selection data), and `test`, the victim's test
-    set with labels and the victim's predictions, for Acc(F_A), recovery and fidelity. The
-    surrogate also sees `test` once per epoch for analysis (Figure 2), never for selection.
-    """
-
-    not_hparams = ("pool", "victim_data")
+    not_hparams = ("api", "pool", "victim_data", "attack")
 
     def __init__(
         self,
-        victim: str,
+        api: PredictionAPI,
         pool: ImageDataModule,
         victim_data: ImageDataModule,
         budget: int,
-        granularity: Granularity = "probs",
-        top_k: int | None = None,
-        decimals: int | None = None,
+        attack: QueryStrategy | None = None,
+        epochs_per_round: int | None = None,
         val_fraction: float = 0.1,
         balance: bool = False,
-        detector: str | None = None,
-        threshold: float = 0.5,
-        on_flag: OnFlag = "refuse",
+        client: str | None = None,
         cache_dir: str = "runs/transfer_sets",
         query_batch_size: int = 256,
         batch_size: int = 64,
@@ -193,164 +67,246 @@ class TransferSetDataModule(ImageDataModule):
         seed: int = 0,
     ):
         super().__init__(batch_size, num_workers, seed)
-        self.victim_path = Path(victim)
-        self.pool, self.victim_data = pool, victim_data
+        self.api, self.pool, self.victim_data = api, pool, victim_data
+        self.attack = attack or RandomSampling()
         self.num_classes = victim_data.num_classes
-        check_granularity(granularity, self.num_classes, top_k, decimals)
+        if api.num_classes != self.num_classes:
+            raise ConfigError(
+                f"the API's victim {api.victim_name} has num_classes={api.num_classes} but "
+                f"data.victim_data has {self.num_classes}"
+            )
         if not 0 <= val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         if budget < 1:
             raise ConfigError(f"data.budget must be >= 1 query, got {budget}")
-        self._check_victim()
-        check_guard(threshold, on_flag)
-        self.detector_path = None if detector is None else Path(detector)
-        self.threshold, self.on_flag, self.queries_flagged = threshold, on_flag, 0
-        if detector is not None:  # before any query: the detector must fit the victim's data
-            image_shape = tuple(victim_data.split("test")[0][0].shape)
-            load_detector(detector).check_data(type(victim_data).__name__, image_shape, detector)
-        self.budget, self.granularity = budget, granularity
-        self.top_k, self.decimals = top_k, decimals
-        self.val_fraction, self.balance = val_fraction, balance
-        self.cache_dir, self.query_batch_size = Path(cache_dir), query_batch_size
-        self.prepare_data_per_node = False  # one process queries the API, for all nodes
-        self.posteriors: torch.Tensor | None = None
+        if epochs_per_round is not None and epochs_per_round < 1:
+            raise ConfigError(f"data.epochs_per_round must be >= 1, got {epochs_per_round}")
+        api.check_data(type(victim_data).__name__)  # a detector for other data: fail now
+        self.budget, self.sizes = budget, self.attack.round_sizes(budget)
+        self.epochs_per_round, self.val_fraction = epochs_per_round, val_fraction
+        self.balance = balance
+        self.client_name, self.cache_dir = client, Path(cache_dir)
+        self.query_batch_size = query_batch_size
+        self.rounds_done = 0
+        self.indices = np.empty(0, np.int64)
+        self.images: torch.Tensor | None = None
+        self.answers: torch.Tensor | None = None
 
-    def _check_victim(self) -> None:
-        """Fail before any query on a missing, corrupt or mismatched victim checkpoint."""
-        _, classes = victim_architecture(self.victim_path)
-        if classes != self.num_classes:
-            raise ConfigError(
-                f"victim checkpoint {self.victim_path} has num_classes={classes} but "
-                f"data.victim_data has {self.num_classes}"
-            )
+    # -- where the rounds live ---------------------------------------------------------------
 
-    # -- querying -------------------------------------------------------------------------
+    @property
+    def shares_prefixes(self) -> bool:
+        """A one-round attack that ignores answers and surrogate: its order does not depend on
+        the budget, so every budget shares one cache."""
+        return not self.attack.adaptive and len(self.sizes) == 1
 
-    @cached_property  # hashes the victim's (and detector's) bytes: once per DataModule
+    @cached_property  # hashes the victim once per DataModule
     def folder(self) -> Path:
-        key = [file_digest(self.victim_path), describe(self.pool), self.seed]
-        if self.detector_path is not None:
-            key += [file_digest(self.detector_path), self.threshold]
-        key = json.dumps(key)
-        return self.cache_dir / digest(key)
+        key = [self.api.describe(), describe(self.pool), self.attack.describe(), self.seed,
+               self.client_name]  # fmt: skip
+        if not self.shares_prefixes:
+            key += [self.budget, self.training_settings()]
+        return self.cache_dir / digest(json.dumps(key, default=str))
 
-    def query_order(self) -> np.ndarray:
-        """The seeded order in which pool images are sent; any budget takes a prefix of it."""
-        size = len(self.pool.split("pool"))
-        if self.budget > size:
-            raise ConfigError(f"data.budget {self.budget} exceeds the pool's {size} images")
-        return np.random.default_rng(self.seed).permutation(size)
-
-    def _device(self) -> torch.device:
+    def training_settings(self) -> str | None:
+        """What shapes the surrogate between rounds (an adaptive attack's proposals depend on
+        it): the model's hyperparameters, the schedule and the batch size."""
         trainer = getattr(self, "trainer", None)
-        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        if not self.attack.adaptive or trainer is None or trainer.lightning_module is None:
+            return None
+        hparams = dict(trainer.lightning_module.hparams)
+        return json.dumps([hparams, trainer.max_epochs, self.epochs_per_round, self.batch_size],
+                          sort_keys=True, default=str)  # fmt: skip
+
+    @property
+    def client(self) -> str:
+        return self.client_name or f"transfer-{self.folder.name}"
+
+    def round(self, r: int) -> Round:
+        return Round(self.folder / f"round-{r:03d}", self.num_classes)
+
+    # -- the rounds ------------------------------------------------------------------------
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def prepare_data(self) -> None:
-        """One process: answer every missing query. Under DDP, `setup` shares the work out."""
-        if self._rank_and_world()[1] == 1:
-            self.answer(self.unanswered())
-            self._finish()
+    def _barrier(self, name: str) -> None:
+        if self._rank_and_world()[1] > 1:
+            self.trainer.strategy.barrier(name)
+
+    def _device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def setup(self, stage: str | None = None) -> None:
+        if self.rounds_done == 0:
+            self.attack.check_budget(self.budget, len(self.pool.split("pool")))
+            trainer = getattr(self, "trainer", None)
+            if trainer is not None and len(self.sizes) > 1:
+                schedule = self.epochs_per_round or max(1, trainer.max_epochs // len(self.sizes))
+                if trainer.max_epochs <= schedule * (len(self.sizes) - 1):
+                    raise ConfigError(
+                        f"trainer.max_epochs {trainer.max_epochs} leaves no training after the "
+                        f"last of {len(self.sizes)} rounds of {schedule} epochs "
+                        "(data.epochs_per_round)"
+                    )
+                self.epochs_per_round = schedule
+                trainer.reload_dataloaders_every_n_epochs = 1  # each epoch asks for its round
+            self._check_monitors(trainer)
+            self.api.to(self._device())
+            self.grow_to(0)
+
+    def _check_monitors(self, trainer) -> None:
+        """With `val_fraction: 0` there is no validation split: a callback selecting on it
+        fails here, before any query, not after training."""
+        for callback in getattr(trainer, "callbacks", []) if self.val_fraction == 0 else []:
+            monitor = getattr(callback, "monitor", None) or ""
+            if monitor.startswith("val/"):
+                raise ConfigError(
+                    f"{type(callback).__name__} monitors {monitor!r}, but data.val_fraction is "
+                    "0 (no validation split): set val_fraction > 0 or the monitor to null"
+                )
+
+    def grow_to(self, last: int) -> None:
+        """Run (or read back) rounds up to `last`, then rebuild the splits."""
+        while self.rounds_done <= min(last, len(self.sizes) - 1):
+            self._run_round(self.rounds_done)
+            self.rounds_done += 1
+            self.splits = {}
+        if not self.splits:
+            self.splits = self.build_splits()
+
+    def seen(self, r: int) -> Seen:
+        trainer = getattr(self, "trainer", None)
+        surrogate = trainer.lightning_module if trainer is not None else None
+        answers = self.answers if self.answers is not None else torch.empty(0, self.num_classes)
+        return Seen(self.pool.split("pool"), self.indices, self.images, answers, surrogate,
+                    self._device(), r, self.seed)  # fmt: skip
+
+    def _propose(self, r: int) -> Queries:
+        """The round's queries: stored (a resumed or repeated attack), else from the strategy,
+        saved before any is asked. A prefix-sharing attack checks the stored order agrees."""
+        current = self.round(r)
+        stored = current.proposal()
+        size = self.sizes[r]
+        if stored is not None and not self.shares_prefixes:
+            queries, state = stored
+            self.attack.load_state_dict(state)
+            return queries
+        surrogate = self.seen(r).surrogate
+        was_training = surrogate.training if surrogate is not None else False
+        if surrogate is not None:
+            surrogate.eval()
+        try:
+            fresh = self.attack.propose(self.seen(r), size)
+        finally:
+            if surrogate is not None:
+                surrogate.train(was_training)
+        if len(fresh) != size:
+            raise ConfigError(f"attack {type(self.attack).__name__} proposed {len(fresh)} "
+                              f"queries for a round of {size}")  # fmt: skip
+        if stored is not None:
+            known = stored[0].indices
+            common = min(len(known), size)
+            if not np.array_equal(known[:common], fresh.indices[:common]):
+                raise ConfigError(f"transfer-set cache {current.folder} holds another query order "
+                                  "than this attack proposes; delete the folder")  # fmt: skip
+            if len(known) >= size:
+                return Queries(indices=known[:size])
+        current.save_proposal(fresh, self.attack.state_dict())
+        return fresh
+
+    def _run_round(self, r: int) -> None:
         rank, world = self._rank_and_world()
-        if world > 1 and not self.splits:
-            pieces = self.unanswered()
-            self.trainer.strategy.barrier("transfer set planned")  # one plan, before any write
-            self.answer(pieces[rank::world])
-            self.trainer.strategy.barrier("transfer set answered")
-            if rank == 0:
-                self._finish()
-            self.trainer.strategy.barrier("transfer set complete")
-        super().setup(stage)
+        if rank == 0:
+            self._propose(r)
+        self._barrier(f"round {r} proposed")
+        queries, state = self.round(r).proposal()
+        size = self.sizes[r]
+        queries = (
+            Queries(indices=queries.indices[:size]) if queries.indices is not None else queries
+        )
+        self.attack.load_state_dict(state)
+        pieces = self.round(r).missing(size, self.query_batch_size)
+        self._barrier(f"round {r} planned")  # every rank plans from the same cache state
+        self.ask(r, queries, pieces[rank::world])
+        self._barrier(f"round {r} answered")
+        answers = torch.from_numpy(self.round(r).read(size))
+        indices = queries.indices if queries.indices is not None else np.full(size, -1)
+        self.indices = np.concatenate([self.indices, indices])
+        self.answers = answers if self.answers is None else torch.cat(
+            [self.answers, answers.to(torch.promote_types(self.answers.dtype, answers.dtype))]
+        )  # fmt: skip
+        if queries.images is not None:
+            previous = [] if self.images is None else [self.images]
+            self.images = torch.cat([*previous, queries.images.float()])
 
-    def unanswered(self) -> list[tuple[int, int]]:
-        """The API batches (start, end) still to send, in order: the units of work."""
-        self.query_order()  # a budget beyond the pool fails before anything is written
-        self.folder.mkdir(parents=True, exist_ok=True)
-        return PosteriorCache(self.folder).missing(self.budget, self.query_batch_size)
-
-    def answer(self, pieces: list[tuple[int, int]]) -> int:
-        """Send these API batches of the query order and store the answers; return how many
-        queries were answered."""
+    def ask(self, r: int, queries: Queries, pieces: list[tuple[int, int]]) -> int:
+        """Send these API batches of round `r` and store the answers; return how many queries
+        were sent."""
         if not pieces:
             return 0
-        order = self.query_order()
-        guard = None if self.detector_path is None else load_detector(self.detector_path)
-        api = PredictionAPI.from_checkpoint(
-            self.victim_path, batch_size=self.query_batch_size, device=self._device(),
-            detector=guard, threshold=self.threshold,
-        )  # fmt: skip
-        batches = [order[start:end].tolist() for start, end in pieces]
-        loader = DataLoader(
-            self.pool.split("pool"), batch_sampler=batches, num_workers=self.num_workers
-        )
-        cache = PosteriorCache(self.folder)
+        if queries.indices is not None:
+            batches = [queries.indices[start:end].tolist() for start, end in pieces]
+            loader = DataLoader(self.pool.split("pool"), batch_sampler=batches,
+                                num_workers=self.num_workers)  # fmt: skip
+        else:
+            loader = [queries.images[start:end] for start, end in pieces]
+        current = self.round(r)
         for (start, _), images in zip(pieces, loader, strict=True):
-            cache.write(start, api.posteriors(images).numpy().astype(np.float16))
-        return api.queries_answered
+            current.write(start, self.api.answer(images, self.client).numpy())
+        return sum(end - start for start, end in pieces)
 
-    def _finish(self) -> None:
-        """After every query is answered: the cache's description and the victim's test labels."""
-        meta = {"victim": str(self.victim_path), "pool": describe(self.pool), "seed": self.seed,
-                "answered": self.budget}  # fmt: skip
-        (self.folder / "meta.json").write_text(json.dumps(meta, indent=1))
-        self._victim_test_labels(self.folder)
+    # -- serving ---------------------------------------------------------------------------
 
-    def _victim_test_labels(self, folder: Path) -> torch.Tensor:
-        """F_V's predictions on its test set (evaluation only; not part of the attack)."""
-        path = folder / f"victim_test_{digest(describe(self.victim_data))}.npy"
-        if not path.exists():
-            victim = load_victim(self.victim_path).to(self._device())
-            preds = []
-            loader = DataLoader(self.victim_data.split("test"), batch_size=self.query_batch_size)
-            with torch.inference_mode():
-                for images, _ in loader:
-                    preds.append(victim(images.to(self._device())).argmax(-1).cpu())
-            atomic_save_npy(path, torch.cat(preds).numpy())
-        return torch.from_numpy(np.load(path, allow_pickle=False))
-
-    # -- serving --------------------------------------------------------------------------
+    @cached_property
+    def victim_labels(self) -> torch.Tensor:
+        """F_V's predictions on its test set (owner-side evaluation, not part of the attack)."""
+        loader = DataLoader(self.victim_data.split("test"), batch_size=self.query_batch_size)
+        return torch.cat([self.api.victim_labels(images) for images, _ in loader])
 
     def build_splits(self) -> dict[str, Dataset]:
-        folder = self.folder
-        order = self.query_order()[: self.budget]
-        self.posteriors = torch.from_numpy(PosteriorCache(folder).read(self.budget))
-        flagged = self.posteriors[:, 0].isnan()  # a refusal is a whole row of NaN
-        self.queries_flagged = int(flagged.sum())
-        shuffled = np.random.default_rng(self.seed + 1).permutation(self.budget)
-        if self.on_flag == "refuse":  # the attacker got no answer: nothing to train on
-            shuffled = shuffled[~flagged.numpy()[shuffled]]
-        n_val = math.floor(self.val_fraction * len(shuffled))
-        if len(shuffled) == n_val or (self.val_fraction > 0 and n_val == 0):
+        generator = np.random.default_rng(self.seed + 1)  # one permutation per round, in order
+        refused = self.answers.isnan().any(dim=-1).numpy()
+        train, val, offset = [], [], 0
+        for size in self.sizes[: self.rounds_done]:
+            shuffled = offset + generator.permutation(size)
+            shuffled = shuffled[~refused[shuffled]]  # the attacker got no answer: nothing to learn
+            n_val = math.floor(self.val_fraction * len(shuffled))
+            val.append(shuffled[:n_val])
+            train.append(shuffled[n_val:])
+            offset += size
+        train, val = np.concatenate(train), np.concatenate(val)
+        if len(train) == 0 or (self.val_fraction > 0 and len(val) == 0):
             raise ConfigError(
-                f"the detector refused {self.queries_flagged} of {self.budget} queries: "
-                f"{len(shuffled)} answers are too few to train and validate a surrogate on"
+                f"the API refused {int(refused.sum())} of {len(refused)} queries: "
+                f"{len(refused) - int(refused.sum())} answers are too few to train and validate "
+                "a surrogate on"
             )
-        val, train = shuffled[:n_val], shuffled[n_val:]
         pool = self.pool.split("pool")
-        answer = partial(api_answers, granularity=self.granularity, top_k=self.top_k,
-                         decimals=self.decimals)  # fmt: skip
         splits = {
-            "train": TransferDataset(pool, order[train], self.posteriors, train, answer),
-            "test": VictimLabelled(
-                self.victim_data.split("test"), self._victim_test_labels(folder)
-            ),
+            "train": TransferDataset(pool, self.indices, self.images, self.answers, train),
+            "test": VictimLabelled(self.victim_data.split("test"), self.victim_labels),
         }
-        if n_val:
-            splits["val"] = TransferDataset(pool, order[val], self.posteriors, val, answer)
+        if len(val):
+            splits["val"] = TransferDataset(pool, self.indices, self.images, self.answers, val)
         return splits
 
     def class_histogram(self) -> torch.Tensor:
-        """How many transfer-set queries the victim assigned to each class (Figure 1, left)."""
+        """How many answered queries name each class as the most likely (Figure 1, left)."""
         self.setup()
-        answered = self.posteriors[~self.posteriors.isnan().any(dim=-1)]
+        answered = self.answers[~self.answers.isnan().any(dim=-1)].float()
         return torch.bincount(answered.argmax(-1), minlength=self.num_classes)
 
+    def current_round(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or len(self.sizes) == 1:
+            return 0
+        return min(trainer.current_epoch // self.epochs_per_round, len(self.sizes) - 1)
+
     def train_dataloader(self) -> DataLoader:
+        self.grow_to(self.current_round())
         if not self.balance:
             return super().train_dataloader()
         train = self.split("train")

@@ -14,6 +14,26 @@ from torchmetrics.classification import MulticlassAccuracy
 from lightning_modules.networks import build_network
 
 
+def log_global_batch_size(module: LightningModule) -> None:
+    """Log the effective global batch size of a fit: `data.batch_size` is per device."""
+    data = module.trainer.datamodule
+    if module.logger is not None and hasattr(data, "batch_size"):
+        trainer = module.trainer
+        total = data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        module.logger.log_hyperparams({"global_batch_size": total})
+
+
+def configure(
+    module: LightningModule, optimizer: OptimizerCallable, lr_scheduler: LRSchedulerCallable | None
+):
+    """What `configure_optimizers` returns for `module`'s parameters: the optimizer, with its
+    scheduler if there is one."""
+    built = optimizer(module.parameters())
+    if lr_scheduler is None:
+        return built
+    return {"optimizer": built, "lr_scheduler": lr_scheduler(built)}
+
+
 class VictimClassifier(LightningModule):
     """Classifier over `num_classes`; logs `train/loss`, `val/acc`, `test/acc` and per-class
     test accuracy `test/acc_class/<i>`.
@@ -49,12 +69,7 @@ class VictimClassifier(LightningModule):
         return self.net(x.contiguous(memory_format=self.memory_format))
 
     def on_fit_start(self) -> None:
-        """Log the effective global batch size: `data.batch_size` is per device."""
-        data = self.trainer.datamodule
-        if self.logger is not None and hasattr(data, "batch_size"):
-            trainer = self.trainer
-            total = data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-            self.logger.log_hyperparams({"global_batch_size": total})
+        log_global_batch_size(self)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
@@ -89,7 +104,4 @@ class VictimClassifier(LightningModule):
         return self(x).softmax(dim=-1)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameters())
-        if self.lr_scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
+        return configure(self, self.optimizer, self.lr_scheduler)

@@ -16,7 +16,7 @@ import torch
 
 import core.atomic as atomic
 from lightning_modules.networks import build_network
-from main import main
+from pipeline.cli import main
 from tests.conftest import CONFIGS
 from tests.datamodules import layouts
 
@@ -24,7 +24,8 @@ GTSRB = ["fit", "--config", str(CONFIGS / "victim/gtsrb_5l.yaml"), "--data.init_
 DIGITS = str(CONFIGS / "victim/digits_cnn.yaml")
 SURROGATE = ["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
              "--data.init_args.pool.init_args.size", "300", "--data.init_args.budget", "100",
-             "--data.init_args.victim"]  # fmt: skip
+             "--data.init_args.api.init_args.victim"]  # fmt: skip
+DEFENCES = ["--data.init_args.api.init_args.defences"]
 TRAIN = Path("data/gtsrb/GTSRB/Training")
 
 
@@ -98,20 +99,25 @@ CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
                                            checkpoint("gtsrb_5l", hparams=False)],
                                   "v.ckpt does not fit the model (arch=digits_cnn, num_classes=10)"
                                   ": saved with no arch recorded (missing: features."),
-    "top_k above classes": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.granularity",
-                                     "top_k", "--data.init_args.top_k", "11"],
-                            "top_k must be in 1..10 (num_classes), got 11"),
-    "negative decimals": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.granularity",
-                                   "rounded", "--data.init_args.decimals", "-1"],
-                          "decimals must be an integer >= 0 for rounded answers, got -1"),
+    "top_k above classes": (lambda: [*SURROGATE, checkpoint(), *DEFENCES,
+                                     '[{"class_path": "defences.TopK", "init_args": {"k": 11}}]'],
+                            "TopK: k must be in 1..10 (num_classes), got 11"),
+    "negative decimals": (lambda: [*SURROGATE, checkpoint(), *DEFENCES,
+                                   '[{"class_path": "defences.Rounded", "init_args": '
+                                   '{"decimals": -1}}]'],
+                          "Rounded: decimals must be an integer >= 0, got -1"),
+    "val_fraction 0 with a val/ monitor": (lambda: [*SURROGATE, checkpoint(),
+                                                    "--data.init_args.val_fraction", "0"],
+                                           "ModelCheckpoint monitors 'val/acc', but "
+                                           "data.val_fraction is 0 (no validation split)"),
     "budget 0": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "0"],
                  "data.budget must be >= 1 query, got 0"),
     "budget above pool": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "301"],
                           "data.budget 301 exceeds the pool's 300 images"),
-    "unknown granularity": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.granularity",
-                                     "soft"],
-                            "data.init_args.granularity: Expected a typing.Literal['probs', "
-                            "'top_k', 'rounded', 'label']. Got value: soft"),
+    "unknown defence": (lambda: [*SURROGATE, checkpoint(), *DEFENCES,
+                                 '[{"class_path": "defences.Soft"}]'],
+                        "data.init_args.api.init_args.defences.init_args: module 'defences' has "
+                        "no attribute 'Soft'"),
     "unknown key": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.budgett", "5"],
                     "data.init_args: Option 'budgett' is not accepted"),
     "unknown key in a file": (lambda: ["fit", "--config", DIGITS, "--config",
@@ -133,7 +139,8 @@ def fails(args: list[str], monkeypatch, capsys) -> str:
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
     runs = Path("runs")
-    assert not [p for p in runs.rglob("*") if p.is_file() and "transfer_sets" not in p.parts]
+    kept = {"transfer_sets", "victim_posteriors", "api"}  # answered queries: the books and caches
+    assert not [p for p in runs.rglob("*") if p.is_file() and not kept & set(p.parts)]
     assert not list(runs.rglob(".*.tmp"))
     return err.removeprefix("error: ").strip()
 
@@ -143,6 +150,18 @@ def test_bad_input_is_one_line_naming_the_culprit(case: str, monkeypatch, capsys
     args, expected = CASES[case]
     assert expected in fails(args(), monkeypatch, capsys)
     assert not list(Path("runs").rglob("*.npy"))  # not one query asked
+
+
+def test_a_class_path_outside_the_trusted_packages_is_refused(monkeypatch, capsys):
+    """A config is code: a class from an untrusted package is never instantiated, unless the
+    user widens the list for the run (the toy plugins under tests/ need it)."""
+    toy = '[{"class_path": "tests.toy_defence.RefuseAfter", "init_args": {"limit": 5}}]'
+    monkeypatch.delenv("KNOCKOFF_TRUSTED_MODULES")
+    assert fails([*SURROGATE, checkpoint(), *DEFENCES, toy], monkeypatch, capsys).startswith(
+        "data.init_args.api.init_args.defences.0.class_path: 'tests.toy_defence.RefuseAfter' is "
+        "outside the trusted packages (torch, "
+    )
+    assert not Path("runs").exists()
 
 
 class FullDisk(io.BytesIO):
@@ -169,8 +188,8 @@ class FullDisk(io.BytesIO):
 def test_full_disk_while_writing_a_cache_chunk(monkeypatch, capsys):
     opened: list[Path] = []
 
-    def open_(path, mode="r", *args, **kwargs):  # the third chunk file hits a full disk
-        if "w" not in mode:
+    def open_(path, mode="r", *args, **kwargs):  # the third answer file hits a full disk
+        if "w" not in mode or not Path(path).name.startswith(".a"):
             return open(path, mode, *args, **kwargs)
         opened.append(Path(path))
         return FullDisk(path) if len(opened) == 3 else open(path, mode, *args, **kwargs)
@@ -178,8 +197,9 @@ def test_full_disk_while_writing_a_cache_chunk(monkeypatch, capsys):
     monkeypatch.setattr(atomic, "open", open_, raising=False)
     args = [*SURROGATE, checkpoint(), "--data.init_args.query_batch_size", "32"]
     message = fails(args, monkeypatch, capsys)
-    chunk = opened[2].with_name(opened[2].name.removeprefix(".").removesuffix(".tmp"))
+    chunk = opened[2].with_name(opened[2].name.removeprefix(".").rsplit(".", 2)[0])
     assert message.startswith(f"no space left on device for cache file {chunk}")
-    kept = sorted(p.name for p in chunk.parent.iterdir())
-    assert kept == ["q000000000-000000032.npy", "q000000032-000000064.npy"]  # complete ones
+    kept = sorted(p.name for p in chunk.parent.glob("a*"))
+    assert kept == ["a000000000-000000032.npy", "a000000032-000000064.npy"]  # complete ones
+    assert not list(chunk.parent.glob(".*"))  # and no temporary file
     assert [np.load(chunk.parent / name).shape for name in kept] == [(32, 10), (32, 10)]

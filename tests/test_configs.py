@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from main import cli_main
+from pipeline.cli import cli_main
 from tests.conftest import CONFIGS
 
 BASE = CONFIGS / "victim/digits_cnn.yaml"
@@ -51,7 +51,7 @@ EMBEDDED_ATTACKS = sorted(
 
 @pytest.mark.parametrize("path", EMBEDDED_ATTACKS, ids=lambda p: p.name)
 def test_embedded_attack_config_runs(path: Path, victim_ckpt: Path):
-    cli = cli_main(["fit", "--config", str(path), *SHORT, "--data.init_args.victim",
+    cli = cli_main(["fit", "--config", str(path), *SHORT, "--data.init_args.api.init_args.victim",
                     str(victim_ckpt), "--data.init_args.budget", "150"])  # fmt: skip
     metrics = cli.trainer.callback_metrics
     assert {"test/acc", "test/recovery", "test/fidelity"} <= set(metrics)

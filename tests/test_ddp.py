@@ -5,6 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from tests.conftest import CONFIGS, REPO
 
 
@@ -31,16 +34,16 @@ def test_ddp_test_metrics_cover_the_whole_test_set(victim_ckpt, tmp_path):
 
 
 def cached_answers(run_dir: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in run_dir.glob("runs/transfer_sets/*/q*.npy")}
+    return {p.name: p.read_bytes() for p in run_dir.glob("runs/transfer_sets/*/round-*/a*.npy")}
 
 
 def test_ddp_surrogate_training_matches_single_process(victim_ckpt, tmp_path):
     """The 2 processes share the querying (API batches 0 and 2 vs 1 of 600 queries) and build
-    bitwise the single process's transfer set. Same seed, same global batch (2 x 32 vs 64): test
-    accuracies within 5 points (the processes shuffle with DistributedSampler, so the batches
-    differ)."""
+    bitwise the single process's transfer set; both test on the whole test set. (Their surrogates
+    differ: DistributedSampler shuffles other batches, so no accuracy is compared.)"""
     args = ["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
-            "--data.init_args.victim", str(victim_ckpt), "--data.init_args.budget", "600",
+            "--data.init_args.api.init_args.victim", str(victim_ckpt),
+            "--data.init_args.budget", "600",
             "--trainer.max_epochs", "3"]  # fmt: skip
     single = run(args, tmp_path / "single")
     ddp = run([*args, "--config", str(CONFIGS / "trainer/ddp_cpu.yaml"),
@@ -49,32 +52,32 @@ def test_ddp_surrogate_training_matches_single_process(victim_ckpt, tmp_path):
     answers = cached_answers(tmp_path / "single")
     assert answers == cached_answers(tmp_path / "ddp")
     assert len(answers) == 3  # 256 + 256 + 88 queries
-    assert abs(single["test/acc"] - ddp["test/acc"]) <= 0.05
 
 
 def test_ddp_detection_scores_are_gathered_from_every_process(victim_ckpt, tmp_path):
     """Each process scores its shard of the in/out test set; `scores.csv` and the metrics cover
-    all of it, as one process's do (DistributedSampler may repeat one image to even the shards)."""
-    from collections import Counter
+    all of it, as one process's do (DistributedSampler may repeat one image to even the shards),
+    and the logged metrics are those of the gathered scores."""
 
     from lightning.pytorch import Trainer
 
-    from lightning_modules import OODBaseline
-    from lightning_modules.ood_metrics import read_scores
+    from lightning_modules.ood import MSP, OODBaseline
+    from lightning_modules.ood_metrics import read_scores, tpr_at_tnr
     from tests.lightning_modules.conftest import SMALL_IN_OUT, small_in_out
 
     trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
                       default_root_dir=str(tmp_path / "single"))  # fmt: skip
-    single = trainer.test(OODBaseline(str(victim_ckpt)), small_in_out(), verbose=False)[0]
+    trainer.test(OODBaseline(str(victim_ckpt), MSP()), small_in_out(), verbose=False)[0]
     ddp = run(["test", "--config", str(CONFIGS / "ood/digits_msp.yaml"), *SMALL_IN_OUT,
                "--model.init_args.victim", str(victim_ckpt), "--model.init_args.detector", "null",
                "--config", str(CONFIGS / "trainer/ddp_cpu.yaml")], tmp_path / "ddp")  # fmt: skip
-    expected = {k: len(v) for k, v in read_scores(tmp_path / "single/scores.csv").items()}
+    expected = read_scores(tmp_path / "single/scores.csv")
     (saved,) = (tmp_path / "ddp").rglob("scores.csv")
-    got = {k: len(v) for k, v in read_scores(saved).items()}
-    assert expected == {"in": 359, "out": 40, "out_test": 100}
-    assert Counter(got) - Counter(expected) in (Counter(), *[Counter({k: 1}) for k in expected])
-    assert not Counter(expected) - Counter(got)
+    got = read_scores(saved)
+    assert {k: len(v) for k, v in expected.items()} == {"in": 359, "out": 40, "out_test": 100}
+    assert sum(len(got[k]) - len(v) for k, v in expected.items()) in (0, 1)
+    for name, scores in expected.items():  # every image scored, by either process
+        assert torch.isclose(scores[:, None], got[name][None, :], atol=1e-6).any(1).all()
     for name in ("out", "out_test"):
-        key = f"test/tpr_at_tnr95/{name}"
-        assert abs(ddp[key] - single[key]) <= 1 / expected[name] + 1e-6
+        gathered = tpr_at_tnr(got["in"], got[name], 0.95)[0]
+        assert ddp[f"test/tpr_at_tnr95/{name}"] == pytest.approx(gathered, abs=1e-4)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from jsonargparse import ArgumentError
 
-from main import cli_main
+from pipeline.cli import cli_main
 from tests.conftest import CONFIGS, REPO
 
 SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",

@@ -16,24 +16,24 @@ from tests.conftest import CONFIGS, REPO
 
 BUILD = textwrap.dedent("""
     import sys, time
+    from api import PredictionAPI
     from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
-    from lightning_modules.api import PredictionAPI
 
     victim, cache, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
-    original = PredictionAPI.posteriors
+    original = PredictionAPI.answer
 
-    def posteriors(self, images):  # slowed down, and every answered query is logged
+    def answer(self, images, client="default"):  # slowed down, and every answer is logged
         time.sleep(delay)
-        answers = original(self, images)
+        answers = original(self, images, client)
         with open(cache + ".answered", "a") as log:
             log.write(f"{len(images)}\\n")
         return answers
 
-    PredictionAPI.posteriors = posteriors
-    data = TransferSetDataModule(victim=victim, pool=CropsPoolDataModule(size=400),
+    PredictionAPI.answer = answer
+    api = PredictionAPI(victim, posterior_cache=None, ledger=None)
+    data = TransferSetDataModule(api=api, pool=CropsPoolDataModule(size=400),
                                  victim_data=DigitsDataModule(), budget=320, cache_dir=cache,
                                  query_batch_size=32)
-    data.prepare_data()
     data.setup()
     print(data.folder)
 """)
@@ -48,13 +48,13 @@ def test_sigkill_during_transfer_set_build_then_rerun(victim_ckpt, tmp_path):
     cache = str(tmp_path / "killed")
     proc = run_build(victim_ckpt, cache, delay=0.3)
     deadline = time.time() + 120
-    while len(list(Path(cache).rglob("q*.npy"))) < 3 and time.time() < deadline:
+    while len(list(Path(cache).rglob("a*-*.npy"))) < 3 and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert len(list(Path(cache).rglob("q*.npy"))) < 10  # killed half-way
-    assert not [p for p in Path(cache).rglob("q*.npy") if p.stat().st_size == 0]
+    assert len(list(Path(cache).rglob("a*-*.npy"))) < 10  # killed half-way
+    assert not [p for p in Path(cache).rglob("a*-*.npy") if p.stat().st_size == 0]
 
     resumed = run_build(victim_ckpt, cache)
     folder = Path(resumed.communicate(timeout=300)[0].strip().splitlines()[-1])
@@ -63,9 +63,9 @@ def test_sigkill_during_transfer_set_build_then_rerun(victim_ckpt, tmp_path):
 
     answered = sum(int(n) for n in Path(cache + ".answered").read_text().split())
     assert 320 <= answered <= 320 + 32  # at most the one batch in flight at the kill is re-asked
-    chunks = lambda f: np.concatenate([np.load(p) for p in sorted(f.glob("q*.npy"))])  # noqa: E731
+    chunks = lambda f: np.concatenate([np.load(p) for p in sorted(f.rglob("a*-*.npy"))])  # noqa: E731
     assert np.array_equal(chunks(folder), chunks(clean_folder))  # bitwise the same transfer set
-    assert not list(folder.glob(".*.tmp"))
+    assert not list(folder.rglob(".*.tmp"))
 
 
 def fit(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -73,7 +73,8 @@ def fit(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
             str(CONFIGS / "victim/digits_cnn.yaml"), "--trainer.max_epochs", "3",
             "--trainer.enable_progress_bar", "false"]  # fmt: skip
     cwd.mkdir(exist_ok=True)
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "WANDB_MODE": "offline"}
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "WANDB_MODE": "offline",
+           "KNOCKOFF_TRUSTED_MODULES": "tests"}  # fmt: skip
     return subprocess.run([*base, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
                           env=env)  # fmt: skip
 
@@ -174,7 +175,7 @@ def test_sigkill_while_writing_cached_embeddings_then_rerun(tmp_path, one_thread
                             cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not list(cache.rglob("train_features.npy"))  # nothing taken for complete
-    [partial] = cache.rglob(".train_features.npy.tmp")  # the features file, cut half-way
+    [partial] = cache.rglob(".train_features.npy.*.tmp")  # the features file, cut half-way
     cut = partial.read_bytes()
     assert cut
 
@@ -198,7 +199,7 @@ def test_sigkill_mid_stage_of_reproduce_then_rerun(
     import yaml
 
     from lightning_modules import Surrogate
-    from pipeline import reproduce_main
+    from pipeline.reproduce import reproduce_main
 
     config = yaml.safe_load((CONFIGS / "surrogate/digits_natural_probs.yaml").read_text())
     config["trainer"]["callbacks"].append({
@@ -206,7 +207,7 @@ def test_sigkill_mid_stage_of_reproduce_then_rerun(
         "init_args": {"epoch": 1, "batch": 1, "once": str(tmp_path / "killed.once")},
     })  # fmt: skip
     (tmp_path / "killed.yaml").write_text(yaml.safe_dump(config))
-    small = {"data.init_args.victim": str(victim_ckpt), "data.init_args.budget": 100,
+    small = {"data.init_args.api.init_args.victim": str(victim_ckpt), "data.init_args.budget": 100,
              "data.init_args.pool.init_args.size": 150, "data.init_args.batch_size": 16,
              "trainer.max_epochs": 2, "model.init_args.lr_scheduler.init_args.T_max": 2,
              "trainer.limit_val_batches": 1, "trainer.limit_test_batches": 2,
@@ -219,7 +220,7 @@ def test_sigkill_mid_stage_of_reproduce_then_rerun(
 
     command = [sys.executable, str(REPO / "main.py"), "reproduce", "--config", "preset.yaml"]
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "WANDB_MODE": "offline",
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
+           "OMP_NUM_THREADS": "1", "KNOCKOFF_TRUSTED_MODULES": "tests"}  # fmt: skip
     first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                            env=env)  # fmt: skip
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]

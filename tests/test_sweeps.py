@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from main import cli_main
+from pipeline.cli import cli_main
 from tests.conftest import CONFIGS, REPO
 
 SWEEPS = sorted((CONFIGS / "sweeps").glob("*.yaml"))
@@ -33,7 +33,7 @@ def test_sweep_command_parses_and_runs(path: Path, victim_ckpt: Path):
     cli = cli_main([
         "fit", *args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
         "--trainer.limit_val_batches=2", "--data.init_args.budget=150",
-        f"--data.init_args.victim={victim_ckpt}",
+        f"--data.init_args.api.init_args.victim={victim_ckpt}",
     ])  # fmt: skip
     assert "test/acc" in cli.trainer.callback_metrics
     assert list(Path("runs/wandb").glob("offline-run-*"))

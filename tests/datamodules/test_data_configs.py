@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import main
-from main import cli_main
+from pipeline.cli import cli_main, main
 from tests.conftest import CONFIGS, REPO
 from tests.datamodules.layouts import WRITERS
 
@@ -140,7 +139,7 @@ def test_missing_data_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path: Path
     ]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exit_info:
-        main.main()
+        main()
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert exit_info.value.code == 2 and len(errors) == 1
     assert (

@@ -26,7 +26,7 @@ def small_in_out(**kwargs):
 def cv_run(victim_ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
     """configs/detector/digits_cv.yaml run end to end on the small in/out data (3 folds, 4 Cs),
     with the test victim as frozen backbone: (the CLI after fit + test, the exported detector)."""
-    from main import cli_main
+    from pipeline.cli import cli_main
 
     folder = tmp_path_factory.mktemp("cv_detector")
     with contextlib.chdir(folder):

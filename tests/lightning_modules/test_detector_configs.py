@@ -1,13 +1,17 @@
-"""Every detector, baseline and guarded-attack YAML parses; the embedded ones run end to end."""
+"""Every detector, baseline and guarded-attack YAML parses (so do the paper preset's baseline
+stages, their settings applied); the embedded ones run end to end."""
 
 import contextlib
 import io
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
-from main import cli_main
-from tests.conftest import CONFIGS
+from pipeline.cli import cli_main
+from pipeline.stages import set_dotted
+from tests.conftest import CONFIGS, REPO
 from tests.lightning_modules.conftest import QUIET, SMALL_IN_OUT
 
 OURS = sorted([*CONFIGS.glob("detector/*.yaml"), *CONFIGS.glob("ood/*.yaml"),
@@ -27,6 +31,38 @@ def test_config_parses(path: Path):
         cli_main([subcommand(path), "--config", str(path), "--print_config"])
     assert exit_info.value.code in (0, None)
     assert "class_path: datamodules." in out.getvalue()
+
+
+def one_per_setting(stages: list[dict]) -> list[dict]:
+    """The paper preset's `ood-<victim>-<baseline>` stages, the first of each baseline."""
+    first: dict[str, dict] = {}
+    for stage in stages:
+        if stage["name"].startswith("ood-"):
+            first.setdefault(stage["name"].split("-", 2)[2], stage)
+    return list(first.values())
+
+
+PAPER_BASELINES = one_per_setting(
+    yaml.safe_load((CONFIGS / "reproduce/paper.yaml").read_text())["stages"]
+)
+SCORERS = {"msp": ("MSP", None), "odin": ("ODIN", None), "mahalanobis": ("Mahalanobis", None),
+           "mahalanobis-multi": ("Mahalanobis", [f"layer{i}" for i in range(1, 5)])}  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", PAPER_BASELINES, ids=lambda s: s["name"])
+def test_paper_baseline_stage_parses_with_its_scorer(stage: dict, tmp_path: Path):
+    config = yaml.safe_load((REPO / stage["config"]).read_text())
+    for key, value in stage["set"].items():
+        set_dotted(config, key, value)
+    (path := tmp_path / "stage.yaml").write_text(yaml.safe_dump(config))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        cli_main(["test", "--config", str(path), "--print_config"])
+    scorer = yaml.safe_load(out.getvalue())["model"]["init_args"]["scorer"]
+    name, layers = SCORERS[stage["name"].split("-", 2)[2]]
+    assert scorer["class_path"] == f"lightning_modules.ood.{name}"
+    assert scorer.get("init_args", {}).get("layers") == layers
+    assert len(PAPER_BASELINES) == len(SCORERS)
 
 
 def test_scratch_detector_runs():
@@ -58,9 +94,12 @@ def test_baseline_runs(method, victim_ckpt, detector_ckpt):
 def test_guarded_attack_runs(name, victim_ckpt, detector_ckpt):
     natural = name == "digits_guarded_probs"
     pool = ["--data.init_args.pool.init_args.size", "300"] if natural else []
-    cli = cli_main(["fit", "--config", str(CONFIGS / f"surrogate/{name}.yaml"),
-                    "--data.init_args.victim", str(victim_ckpt),
-                    "--data.init_args.detector", str(detector_ckpt),
+    path = CONFIGS / f"surrogate/{name}.yaml"
+    defences = yaml.safe_load(path.read_text())["data"]["init_args"]["api"]["init_args"]["defences"]
+    defences[0]["init_args"]["detector"] = str(detector_ckpt)  # a list is given whole
+    cli = cli_main(["fit", "--config", str(path),
+                    "--data.init_args.api.init_args.victim", str(victim_ckpt),
+                    "--data.init_args.api.init_args.defences", json.dumps(defences),
                     "--data.init_args.budget", "150", *pool, *TINY, *QUIET])  # fmt: skip
     metrics = cli.trainer.callback_metrics
     assert {"transfer/queries_flagged", "transfer/false_refusal_rate", "test/acc"} <= set(metrics)

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from lightning_modules.loggers import AutoWandbLogger
-from main import cli_main
+from pipeline.cli import cli_main
 from tests.conftest import CONFIGS
 
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+from api import PredictionAPI
 from core.errors import ConfigError
 from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
 from lightning_modules import Surrogate
@@ -27,8 +28,9 @@ def test_soft_cross_entropy_normalises_and_skips_empty_answers():
 
 
 def transfer_data(victim_ckpt, tmp_path, **kwargs) -> TransferSetDataModule:
+    api = PredictionAPI(str(victim_ckpt), posterior_cache=None, ledger=None)
     return TransferSetDataModule(
-        victim=str(victim_ckpt), pool=CropsPoolDataModule(size=200), victim_data=DigitsDataModule(),
+        api=api, pool=CropsPoolDataModule(size=200), victim_data=DigitsDataModule(),
         budget=120, cache_dir=str(tmp_path / "cache"), **kwargs,
     )  # fmt: skip
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from main import cli_main  # noqa: F401  (registers the model and data classes)
-from pipeline import reproduce_main
+from pipeline.cli import cli_main  # noqa: F401  (registers the model and data classes)
 from pipeline.report import FINDINGS, PAPER, write_tables
+from pipeline.reproduce import reproduce_main
 from pipeline.stages import stage_output
 from tests.conftest import CONFIGS
 
@@ -49,7 +49,8 @@ def tiny_config(tmp_path: Path, detection: bool = False) -> Path:
             *[
                 {"name": f"knockoff-{g}",
                  "config": str(CONFIGS / f"surrogate/digits_natural_{g}.yaml"),
-                 "inputs": {"data.init_args.victim": "victim"}, "set": dict(surrogate),
+                 "inputs": {"data.init_args.api.init_args.victim": "victim"},
+                 "set": dict(surrogate),
                  "rows": [{"table": "6", "victim": "digits-cnn", "setting": g, "metrics": ATTACK}]}
                 for g in ("probs", "label")
             ],
@@ -152,7 +153,7 @@ def test_stage_reading_a_later_stage_is_a_clear_error(tmp_path):
 def test_reproduce_configs_parse(path: Path):
     from jsonargparse import ArgumentParser
 
-    from pipeline import reproduce
+    from pipeline.reproduce import reproduce
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_function_arguments(reproduce)
@@ -197,3 +198,21 @@ def test_paper_preset_shows_the_papers_detection_figures_beside_ours(tmp_path):
     tables = (tmp_path / "tables.md").read_text()
     assert "| cubs200-rn34 | ours | 90.0% [paper 93.0%] | n/a |" in tables
     assert "| cubs200-rn34 | msp | n/a | 40.0% [paper 39.0%] |" in tables
+
+
+@pytest.mark.parametrize(
+    "stage, message",
+    [({"name": "../../x"}, r"stage name '../../x' must be letters, digits"),
+     ({"name": "/tmp/x"}, r"stage name '/tmp/x' must be letters"),
+     ({"config": "missing.yaml"}, "stage victim: config missing.yaml does not exist")],
+)  # fmt: skip
+def test_bad_stages_fail_before_any_stage_runs(tmp_path, stage, message):
+    from core.errors import ConfigError
+
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    config["stages"][0].update(stage)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=message):
+        reproduce_main(["--config", str(path)])
+    assert not list(tmp_path.rglob("result.json")) and not (tmp_path / "x").exists()

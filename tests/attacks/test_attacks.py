@@ -1,0 +1,107 @@
+"""Every registered query strategy keeps the transfer set's contract; random sampling is one
+seeded order; the toy adaptive strategy (tests/toy_strategy.py) runs in rounds from its YAML,
+asks no query twice, and a rerun asks nothing."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import tests.toy_strategy  # noqa: F401  (a user's strategy: registered when imported)
+from attacks import ATTACKS, QueryStrategy, RandomSampling, Seen, list_attacks
+from core.errors import ConfigError
+from tests.conftest import CONFIGS
+from tests.toy_strategy import LeastConfident
+
+POOL = [torch.full((3, 4, 4), i / 40) + 0.1 * torch.randn(3, 4, 4) for i in range(40)]
+
+
+def surrogate() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(48, 5)).eval()
+
+
+def seen(indices, r: int, seed: int = 0) -> Seen:
+    answers = torch.full((len(indices), 5), 0.2)
+    return Seen(POOL, np.asarray(indices, np.int64), None, answers, surrogate(),
+                torch.device("cpu"), r, seed)  # fmt: skip
+
+
+def test_registry_lists_random_sampling_and_a_users_own():
+    assert {"LeastConfident", "RandomSampling"} <= set(list_attacks())
+
+
+@pytest.mark.parametrize("name", list_attacks())
+def test_strategy_contract(name):
+    """Rounds of the promised sizes summing to the budget, fresh in-pool queries, the same
+    proposals from the same state, and a JSON-able state to resume from."""
+    strategy: QueryStrategy = ATTACKS[name]()  # every strategy has defaults that run
+    sizes = strategy.round_sizes(24)
+    assert sum(sizes) == 24 and len(sizes) == strategy.rounds
+    asked = np.empty(0, np.int64)
+    for r, size in enumerate(sizes):
+        queries = strategy.propose(seen(asked, r), size)
+        again = ATTACKS[name]()
+        again.load_state_dict(json.loads(json.dumps(strategy.state_dict())))
+        if not strategy.synthetic:
+            assert len(queries.indices) == size == len(set(queries.indices.tolist()))
+            assert ((0 <= queries.indices) & (queries.indices < len(POOL))).all()
+            assert not np.isin(queries.indices, asked).any()
+            asked = np.concatenate([asked, queries.indices])
+    assert name in strategy.describe()
+
+
+def test_random_sampling_is_one_seeded_order_any_budget_a_prefix():
+    order = np.random.default_rng(3).permutation(40)
+    assert np.array_equal(RandomSampling().propose(seen([], 0, seed=3), 10).indices, order[:10])
+    rest = RandomSampling().propose(seen(order[:10], 0, seed=3), 30).indices
+    assert np.array_equal(rest, order[10:])
+    assert not np.array_equal(RandomSampling().propose(seen([], 0, seed=4), 10).indices, order[:10])
+
+
+def test_least_confident_asks_what_the_surrogate_is_least_sure_of():
+    asked = np.arange(0, 40, 2)
+    chosen = LeastConfident().propose(seen(asked, 1), 5).indices
+    unasked = np.arange(1, 40, 2)
+    with torch.no_grad():
+        confidence = surrogate()(torch.stack([POOL[i] for i in unasked])).softmax(-1).max(-1).values
+    assert np.array_equal(chosen, unasked[confidence.argsort()[:5].numpy()])
+
+
+def test_bad_rounds():
+    with pytest.raises(ConfigError, match="attack rounds must be >= 1, got 0"):
+        LeastConfident(rounds=0)
+    with pytest.raises(ConfigError, match="data.budget 2 is smaller than the attack's 3 rounds"):
+        LeastConfident(rounds=3).round_sizes(2)
+
+
+def test_toy_strategy_runs_in_rounds_from_yaml(victim_ckpt, tmp_path):
+    from pathlib import Path
+
+    from pipeline.cli import cli_main
+
+    args = ["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
+            "--config", str(Path(tests.toy_strategy.__file__).with_suffix(".yaml")),
+            "--data.init_args.api.init_args.victim", str(victim_ckpt),
+            "--data.init_args.budget", "150", "--data.init_args.pool.init_args.size", "300",
+            "--trainer.max_epochs", "6", "--model.init_args.lr_scheduler.init_args.T_max", "6",
+            "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "2"]  # fmt: skip
+    cli = cli_main(args)
+    data = cli.datamodule
+    assert data.rounds_done == 3 and data.sizes == [50, 50, 50]
+    rounds = sorted(data.folder.glob("round-*"))
+    assert [p.name for p in rounds] == ["round-000", "round-001", "round-002"]
+    asked = np.concatenate([np.load(p / "queries.npy") for p in rounds])
+    assert len(asked) == len(set(asked.tolist())) == 150  # no query asked twice
+    random_order = np.random.default_rng(0).permutation(300)
+    assert np.array_equal(asked[:50], random_order[:50])
+    assert not np.array_equal(asked[50:100], random_order[50:100])  # round 1 is adaptive
+    assert len(data.split("train")) + len(data.split("val")) == 150  # trained on every round
+    record = data.api.record(data.client)
+    assert (record.asked, record.answered) == (150, 150)  # the API's books: exact budget
+    answers = data.answers.clone()
+    rerun = cli_main(args).datamodule  # everything from the attacker's cache: nothing asked
+    assert data.api.record(data.client).asked == 150 == rerun.api.record(rerun.client).asked
+    assert torch.equal(rerun.answers, answers)
