@@ -1,0 +1,93 @@
+"""ActiveThief (Pal et al., AAAI 2020): pool-based active learning against the API.
+
+A random seed round (`seed_fraction` of the budget), then `rounds - 1` rounds each choosing
+from the unasked pool with the current surrogate:
+  entropy  the images whose surrogate softmax has the highest entropy (most uncertain);
+  kcenter  greedy k-center (farthest-point) on the surrogate's softmax outputs, the space the
+           paper uses: each pick is the unasked image farthest from everything asked or picked
+           so far, so the round covers the pool instead of piling onto one uncertain region;
+  random   the seeded random order (the baseline inside the same schedule).
+DFAL (adversarial-distance selection) is not implemented.
+"""
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+from attacks.base import Queries, QueryStrategy, Seen, register_attack
+from attacks.pool_views import pool_images, unasked
+from core.errors import ConfigError
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of softmax(logits), per row."""
+    log_p = logits.float().log_softmax(-1)
+    return -(log_p.exp() * log_p).sum(-1)
+
+
+def kcenter_greedy(
+    candidates: torch.Tensor, centers: torch.Tensor, count: int, chunk: int = 4096
+) -> np.ndarray:
+    """Greedy k-center: `count` rows of `candidates` (N, D), each the one farthest from its
+    nearest center so far, the pick then joining the centers. A running min-distance keeps it
+    O(N * (M + count)) with one cdist per pick; with no centers the first pick is row 0."""
+    centers = centers.to(candidates.dtype)
+    if len(centers):
+        nearest = torch.cat([torch.cdist(part, centers).min(-1).values
+                             for part in candidates.split(chunk)])  # fmt: skip
+    else:
+        nearest = torch.full((len(candidates),), float("inf"))
+    picks: list[int] = []
+    for _ in range(count):
+        pick = int(nearest.argmax()) if len(centers) or picks else 0
+        picks.append(pick)
+        distance = torch.cdist(candidates, candidates[pick : pick + 1]).squeeze(-1)
+        nearest = torch.minimum(nearest, distance)
+        nearest[pick] = -1.0  # never picked twice, even where points coincide
+    return np.asarray(picks, np.int64)
+
+
+@register_attack
+class ActiveThief(QueryStrategy):
+    """`selection`: entropy, kcenter or random; `seed_fraction`: the random first round's share
+    of the budget (the paper's initial seed set, 10%)."""
+
+    def __init__(
+        self,
+        rounds: int = 5,
+        selection: Literal["entropy", "kcenter", "random"] = "kcenter",
+        seed_fraction: float = 0.1,
+    ):
+        super().__init__(rounds)
+        if selection not in ("entropy", "kcenter", "random"):
+            raise ConfigError(f"ActiveThief selection must be entropy, kcenter or random, "
+                              f"got {selection!r}")  # fmt: skip
+        if not 0 < seed_fraction <= 1:
+            raise ConfigError(f"ActiveThief seed_fraction must be in (0, 1], got {seed_fraction}")
+        self.selection, self.seed_fraction = selection, seed_fraction
+
+    def round_sizes(self, budget: int) -> list[int]:
+        """A seed round of `seed_fraction` of the budget, the rest split evenly."""
+        if self.rounds == 1:
+            return super().round_sizes(budget)
+        super().round_sizes(budget)  # budget >= rounds, else the usual error
+        first = min(max(1, round(budget * self.seed_fraction)), budget - (self.rounds - 1))
+        base, extra = divmod(budget - first, self.rounds - 1)
+        return [first] + [base + (r < extra) for r in range(self.rounds - 1)]
+
+    def propose(self, seen: Seen, count: int) -> Queries:
+        candidates = unasked(seen)
+        if seen.round == 0 or seen.surrogate is None or self.selection == "random":
+            order = np.random.default_rng([seen.seed, seen.round]).permutation(candidates)
+            return Queries(indices=order[:count])
+        logits = seen.surrogate_outputs(pool_images(seen.pool, candidates))
+        if self.selection == "entropy":
+            # stable sort on -entropy: ties go to the lower pool index
+            order = np.argsort(-entropy(logits).numpy(), kind="stable")
+            return Queries(indices=candidates[order[:count]])
+        asked = seen.indices[seen.indices >= 0]
+        centers = seen.surrogate_outputs(pool_images(seen.pool, asked)) if len(asked) else None
+        centers = centers.softmax(-1) if centers is not None else torch.empty(0, logits.shape[1])
+        picks = kcenter_greedy(logits.softmax(-1), centers, count)
+        return Queries(indices=candidates[picks])

@@ -1,0 +1,93 @@
+"""Knockoff's adaptive bandit: on a pool of two clearly separated clusters where one yields the
+higher reward, the policy concentrates on that cluster; an exhausted arm is masked and every
+available arm keeps the exploration floor; a resumed attack continues exactly."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from attacks import KnockoffAdaptive, Seen
+
+HALF = 50  # images [0, 50) form cluster A (dark), [50, 100) cluster B (bright)
+
+
+def pool(half: int = HALF) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return [torch.full((3, 4, 4), -1.0 if i < half else 1.0) + 0.05 * torch.randn(3, 4, 4,
+            generator=gen) for i in range(2 * half)]  # fmt: skip
+
+
+def surrogate() -> nn.Module:
+    """Sure of class 0 everywhere: an answer of class 1 is a high loss, of class 0 a low one."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(48, 5))
+    nn.init.zeros_(net[1].weight)
+    with torch.no_grad():
+        net[1].bias.copy_(torch.tensor([5.0, 0, 0, 0, 0]))
+    return net.eval()
+
+
+def api(indices: np.ndarray, reward: str) -> torch.Tensor:
+    """Cluster A earns the higher reward: for certainty a one-hot answer against B's uniform
+    one; for loss (and all) a class-1 answer, which the surrogate gets wrong, against class 0."""
+    in_a = torch.from_numpy(indices < HALF)
+    if reward == "certainty":
+        sure, unsure = torch.eye(5)[1], torch.full((5,), 0.2)
+    else:
+        sure, unsure = torch.eye(5)[1], torch.eye(5)[0]
+    return torch.where(in_a[:, None], sure, unsure)
+
+
+def seen(images, indices, answers, r: int) -> Seen:
+    return Seen(images, indices, None, answers, surrogate(), torch.device("cpu"), r, seed=0)
+
+
+def run(strategy: KnockoffAdaptive, reward: str, rounds: int, count: int, start=None):
+    images = pool()
+    indices, answers, picked = start or (np.empty(0, np.int64), torch.empty(0, 5), [])
+    for r in range(len(picked), rounds):
+        queries = strategy.propose(seen(images, indices, answers, r), count).indices
+        picked.append(queries)
+        indices = np.concatenate([indices, queries])
+        answers = torch.cat([answers, api(queries, reward)])
+    return indices, answers, picked
+
+
+@pytest.mark.parametrize("reward", ["certainty", "loss", "all"])
+def test_bandit_concentrates_on_the_rewarding_cluster(reward):
+    strategy = KnockoffAdaptive(arms=2, reward=reward, lr=2.0, explore=0.1)
+    _, _, picked = run(strategy, reward, rounds=10, count=5)
+    share_a = [float((p < HALF).mean()) for p in picked]
+    assert np.mean(share_a[-3:]) >= 0.8, share_a  # late rounds mostly ask cluster A
+    arm_a = int(strategy.clusters(seen(pool(), np.empty(0), torch.empty(0, 5), 0))[0])
+    assert strategy.h[arm_a] > strategy.h[1 - arm_a]
+    assert strategy.counts[arm_a] > strategy.counts[1 - arm_a]
+    assert sum(strategy.counts) == 50
+    assert strategy.entropy[-1] < strategy.entropy[0] == pytest.approx(np.log(2))
+
+
+def test_no_query_twice_exhausted_arm_masked_and_exploration_floor():
+    strategy = KnockoffAdaptive(arms=2, reward="certainty", lr=5.0, explore=0.2)
+    indices, _, picked = run(strategy, "certainty", rounds=4, count=20)
+    assert len(set(indices.tolist())) == 80  # without replacement, across and within rounds
+    assert np.isin(np.arange(HALF), indices).all()  # A is exhausted (50 images of 80 asked)
+    strategy.h = [100.0, 0.0]
+    pi = strategy.policy(np.array([True, True]))
+    assert pi[1] == pytest.approx(0.1)  # the floor: explore / K
+    assert np.array_equal(strategy.policy(np.array([False, True])), [0.0, 1.0])
+
+
+def test_state_dict_round_trips_and_a_resumed_attack_continues():
+    whole = KnockoffAdaptive(arms=2, reward="all", lr=2.0)
+    full = run(whole, "all", rounds=6, count=5)
+    first = KnockoffAdaptive(arms=2, reward="all", lr=2.0)
+    indices, answers, picked = run(first, "all", rounds=3, count=5)
+    resumed = KnockoffAdaptive(arms=2, reward="all", lr=2.0)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert resumed.state_dict() == first.state_dict()
+    rest = run(resumed, "all", rounds=6, count=5, start=(indices, answers, picked))
+    assert np.array_equal(rest[0], full[0])
+    assert resumed.state_dict() == whole.state_dict()
+    assert len(whole.entropy) == 6 and "h" not in whole.describe()  # policy is state only
