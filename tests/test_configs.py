@@ -1,5 +1,6 @@
 """Every LightningCLI YAML under configs/ parses; the embedded ones run end to end (one short
-epoch). Fragments (trainer, logger, data, callbacks) are composed with a complete experiment."""
+epoch). Fragments (trainer, logger, data, callbacks) are composed with a complete experiment;
+attack and defence overlays with the embedded Knockoff attack."""
 
 import contextlib
 import io
@@ -13,7 +14,11 @@ from tests.conftest import CONFIGS
 BASE = CONFIGS / "victim/digits_cnn.yaml"
 EXPERIMENT_DIRS = {"victim", "surrogate", "detector", "ood"}
 FRAGMENT_DIRS = {"trainer", "logger", "data", "callbacks"}
+ATTACK = CONFIGS / "surrogate/digits_natural_probs.yaml"
+OVERLAY_DIRS = {"attacks", "defences"}  # composed with ATTACK
+OVERLAYS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name in OVERLAY_DIRS)
 ALL = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name in EXPERIMENT_DIRS | FRAGMENT_DIRS)
+ALL += OVERLAYS
 SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
          "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2"]  # fmt: skip
 
@@ -21,12 +26,13 @@ SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
 def config_args(path: Path) -> list[str]:
     if path.parent.name in EXPERIMENT_DIRS:
         return ["--config", str(path)]
-    return ["--config", str(BASE), "--config", str(path)]
+    base = ATTACK if path.parent.name in OVERLAY_DIRS else BASE
+    return ["--config", str(base), "--config", str(path)]
 
 
 def test_every_config_folder_is_covered():
     folders = {p.parent.name for p in CONFIGS.rglob("*.yaml")}
-    assert folders <= EXPERIMENT_DIRS | FRAGMENT_DIRS | {"reproduce", "sweeps"}
+    assert folders <= EXPERIMENT_DIRS | FRAGMENT_DIRS | OVERLAY_DIRS | {"reproduce", "sweeps"}
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(CONFIGS)))
@@ -55,3 +61,26 @@ def test_embedded_attack_config_runs(path: Path, victim_ckpt: Path):
                     str(victim_ckpt), "--data.init_args.budget", "150"])  # fmt: skip
     metrics = cli.trainer.callback_metrics
     assert {"test/acc", "test/recovery", "test/fidelity"} <= set(metrics)
+
+
+@pytest.mark.parametrize("path", OVERLAYS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_attack_and_defence_overlays_run(path: Path, victim_ckpt: Path):
+    """Each overlay composes with the embedded attack and runs (two rounds of one epoch for a
+    strategy, so the run stays short)."""
+    rounds = (
+        [
+            "--data.init_args.attack.init_args.rounds",
+            "2",
+            "--trainer.max_epochs",
+            "2",
+            "--data.init_args.epochs_per_round",
+            "1",
+        ]
+        if path.parent.name == "attacks"
+        else []
+    )
+    cli = cli_main(["fit", *config_args(path), *SHORT, *rounds, "--data.init_args.budget", "150",
+                    "--data.init_args.api.init_args.victim", str(victim_ckpt)])  # fmt: skip
+    assert {"test/acc", "test/recovery", "test/fidelity"} <= set(cli.trainer.callback_metrics)
+    data = cli.datamodule
+    assert data.api.record(data.client).asked == 150  # the budget, exactly, through the API
