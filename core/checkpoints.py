@@ -1,12 +1,41 @@
 """Reading checkpoints and state dicts without unpickling code, with one-line errors naming the
-file, and checking that a state dict fits a network."""
+file, checking that a state dict fits a network, and writing checkpoints atomically."""
 
 from pathlib import Path
+from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
+from core.atomic import atomic_file
 from core.errors import ConfigError, first_line
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, complete or absent on a local disk: the checkpoint goes to a
+    temporary file beside its final name, is fsynced and renamed (`core.atomic`), so a kill or a
+    full disk while `last.ckpt` is written leaves the previous `last.ckpt` whole (Lightning's own
+    writer copies a temporary file from /tmp into the final name). A full disk is a one-line
+    error ("no space left on device for checkpoint ..."). Remote paths keep Lightning's writer."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path, "wb", "checkpoint") as file:
+            torch.save(checkpoint, file)
+
+
+def atomic_checkpoints(trainer) -> None:
+    """Make `trainer` write checkpoints with `AtomicCheckpointIO`, unless a config chose its own
+    checkpoint plugin. Called by every LightningModule's `on_fit_start`, before any save."""
+    strategy = getattr(trainer, "strategy", None)
+    if strategy is not None and type(strategy.checkpoint_io) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
 
 
 def read_checkpoint(path: str | Path, what: str, mmap: bool = False) -> dict:

@@ -13,6 +13,8 @@ the in-distribution data it was trained for, so either loads as an API filter
 """
 
 import hashlib
+import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +26,20 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from torchmetrics.classification import MulticlassAccuracy
 
-from core.atomic import atomic_save_npy
+from core.atomic import atomic_save_npy, atomic_write_text
+from core.checkpoints import atomic_checkpoints
 from core.errors import ConfigError
 from lightning_modules.binary_detector import BinaryDetector
 from lightning_modules.features import PENULTIMATE, layer_features
 from lightning_modules.victim import configure
+
+FEATURES, LABELS, RECORD = "train_features.npy", "train_labels.npy", "embeddings.json"
+
+
+def describe_array(array: np.ndarray) -> dict:
+    """What the embeddings record keeps of a cached array: shape, dtype and SHA-256 of its bytes."""
+    digest = hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
+    return {"shape": list(array.shape), "dtype": array.dtype.str, "sha256": digest}
 
 
 class Detector(BinaryDetector):
@@ -48,6 +59,10 @@ class Detector(BinaryDetector):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def on_fit_start(self) -> None:
+        atomic_checkpoints(self.trainer)  # a full disk never truncates last.ckpt
+        super().on_fit_start()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
@@ -138,6 +153,10 @@ class FrozenFeaturesDetector(BinaryDetector):
         self.net.eval()
         return self
 
+    def on_fit_start(self) -> None:
+        atomic_checkpoints(self.trainer)  # a full disk never truncates last.ckpt
+        super().on_fit_start()
+
     def setup(self, stage: str) -> None:
         if stage == "fit":
             if self.trainer.max_epochs != 1:
@@ -157,23 +176,71 @@ class FrozenFeaturesDetector(BinaryDetector):
         return Path(self.hparams.cache_dir) / digest.hexdigest()[:16]
 
     def training_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
-        """(features, labels) of the train split, from the cache or computed once into it."""
+        """(features, labels) of the train split, from the cache or computed once into it.
 
+        The cache is `train_labels.npy`, `train_features.npy` and, written last (its presence
+        marks the cache complete), `embeddings.json`: the data's description and each array's
+        shape, dtype and SHA-256. Every read checks all of it, the count and the label range;
+        a cache that fails (truncated, another shape, dtype or count, labels outside 0..K-1, a
+        changed byte) is ignored with one warning naming it and computed again. A complete cache
+        is only read, never written: it can live on a read-only disk."""
         folder = self.cache_folder()
-        features_file, labels_file = folder / "train_features.npy", folder / "train_labels.npy"
-        if not features_file.is_file():  # written last, atomically: its presence means complete
-            features, labels = [], []
-            with torch.no_grad():
-                for images, label in self.trainer.datamodule.loader("train"):
-                    features.append(self.embed(images.to(self.device)).float().cpu())
-                    labels.append(label)
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "data.json").write_text(self.trainer.datamodule.description())
-            features, labels = torch.cat(features).numpy(), torch.cat(labels).numpy()
-            atomic_save_npy(labels_file, labels)
-            atomic_save_npy(features_file, features)
-            return features, labels
-        return np.load(features_file, allow_pickle=False), np.load(labels_file, allow_pickle=False)
+        if (cached := self.cached_embeddings(folder)) is not None:
+            return cached
+        features, labels = [], []
+        with torch.no_grad():
+            for images, label in self.trainer.datamodule.loader("train"):
+                features.append(self.embed(images.to(self.device)).float().cpu())
+                labels.append(label)
+        features, labels = torch.cat(features).numpy(), torch.cat(labels).numpy()
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_save_npy(folder / LABELS, labels, "cached-embeddings file")
+        atomic_save_npy(folder / FEATURES, features, "cached-embeddings file")
+        arrays = {FEATURES: describe_array(features), LABELS: describe_array(labels)}
+        record = {"data": self.trainer.datamodule.description(), "arrays": arrays}
+        atomic_write_text(folder / RECORD, json.dumps(record, indent=1))
+        return features, labels
+
+    def cached_embeddings(self, folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
+        """The cached (features, labels) under `folder` if they pass every check, else None (a
+        warning names a cache that exists but fails)."""
+        record_file = folder / RECORD
+        if not record_file.is_file():
+            if (folder / FEATURES).is_file():
+                warnings.warn(f"ignoring cached embeddings {folder}: no {RECORD} (an older or "
+                              "unfinished cache); computing them again", stacklevel=2)  # fmt: skip
+            return None
+        count, classes = len(self.trainer.datamodule.split("train")), self.hparams.num_classes
+        arrays, problem = {}, None
+        try:
+            record = json.loads(record_file.read_text())
+            for name in (FEATURES, LABELS):
+                arrays[name] = np.load(folder / name, allow_pickle=False)
+                if describe_array(arrays[name]) != record["arrays"][name]:
+                    problem = f"{folder / name} differs from its record in {RECORD} (shape, "
+                    problem += "dtype or SHA-256)"
+                    break
+        except (OSError, ValueError, EOFError, KeyError, TypeError) as err:
+            problem = f"unreadable ({type(err).__name__}: {' '.join(str(err).split())})"
+        if problem is None:
+            features, labels = arrays[FEATURES], arrays[LABELS]
+            if features.ndim != 2 or features.dtype != np.float32 or len(features) != count:
+                problem = f"{FEATURES} is {features.dtype} {features.shape}, expected float32 "
+                problem += f"({count}, D) for the {count} training images"
+            elif labels.shape != (count,) or labels.dtype.kind not in "iu":
+                problem = f"{LABELS} is {labels.dtype} {labels.shape}, expected ({count},) ints"
+            elif count and not 0 <= labels.min() <= labels.max() < classes:
+                problem = f"{LABELS} holds labels {labels.min()}..{labels.max()}, expected "
+                problem += f"0..{classes - 1}"
+            elif not np.isfinite(features).all():
+                problem = f"{FEATURES} holds NaN or infinite values"
+            elif record.get("data") != self.trainer.datamodule.description():
+                problem = f"{RECORD} records other data"
+        if problem is not None:
+            warnings.warn(f"ignoring cached embeddings {folder}: {problem}; computing them again",
+                          stacklevel=2)  # fmt: skip
+            return None
+        return arrays[FEATURES], arrays[LABELS]
 
     def on_train_start(self) -> None:
         features, labels = self.training_embeddings()

@@ -11,6 +11,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
 
+from core.checkpoints import atomic_checkpoints
 from lightning_modules.networks import build_network
 
 
@@ -69,6 +70,7 @@ class VictimClassifier(LightningModule):
         return self.net(x.contiguous(memory_format=self.memory_format))
 
     def on_fit_start(self) -> None:
+        atomic_checkpoints(self.trainer)
         log_global_batch_size(self)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):

@@ -74,6 +74,13 @@ CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
                         f"unreadable image {BAD} (1 unreadable in"),
     "not an image": (lambda: [*GTSRB, gtsrb(lambda: BAD.write_text("<html>404</html>"))],
                      f"unreadable image {BAD} (1 unreadable in"),
+    "decompression bomb": (lambda: [*GTSRB, gtsrb(lambda: layouts.bomb(BAD))],
+                           f"unreadable image {BAD} (1 unreadable in {TRAIN}): over the limit of "
+                           "89,478,485 pixels (datamodules.images.MAX_PIXELS): Image size "
+                           "(400000000 pixels)"),
+    "symlink loop": (lambda: [*GTSRB, gtsrb(lambda: (BAD.unlink(), BAD.symlink_to(BAD.name)))],
+                     f"unreadable image {BAD} (1 unreadable in {TRAIN}): Too many levels of "
+                     "symbolic links"),
     "empty class": (lambda: [*GTSRB, gtsrb(empty_class)],
                     f"class folder {TRAIN}/00007 holds no images; every class needs"),
     "victim missing": (lambda: [*SURROGATE, "nope.ckpt"],
@@ -203,3 +210,29 @@ def test_full_disk_while_writing_a_cache_chunk(monkeypatch, capsys):
     assert kept == ["a000000000-000000032.npy", "a000000032-000000064.npy"]  # complete ones
     assert not list(chunk.parent.glob(".*"))  # and no temporary file
     assert [np.load(chunk.parent / name).shape for name in kept] == [(32, 10), (32, 10)]
+
+
+def test_full_disk_while_saving_a_checkpoint_keeps_the_last_one(monkeypatch, capsys):
+    """Epoch 1's last.ckpt hits a full disk half-way: the run stops with one line, and epoch 0's
+    last.ckpt (the resume point) is whole, with no temporary file beside it."""
+    saves: list[Path] = []
+
+    def open_(path, mode="r", *args, **kwargs):
+        if "w" in mode and Path(path).name.startswith(".last.ckpt."):
+            saves.append(Path(path))
+            if len(saves) == 2:
+                return FullDisk(path)
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "open", open_, raising=False)
+    monkeypatch.setattr(sys, "argv", ["main.py", "fit", "--config", DIGITS,
+                                      "--trainer.max_epochs", "3"])  # fmt: skip
+    with pytest.raises(SystemExit) as exit:
+        main()
+    err = capsys.readouterr().err
+    last = Path("runs/victim/digits_cnn/checkpoints/last.ckpt")
+    assert exit.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: no space left on device for checkpoint {last.resolve()}"), err
+    assert len(saves) == 2
+    assert torch.load(last, weights_only=True)["epoch"] == 0  # epoch 0's, complete
+    assert not list(Path("runs").rglob(".*.tmp"))

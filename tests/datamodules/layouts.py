@@ -7,6 +7,8 @@ both), a palette PNG, and stray non-image files (Thumbs.db, a .txt, Caltech's RE
 
 import csv
 import pickle
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,51 @@ def truncate(path: Path) -> None:
     """Cut a file in half, as an interrupted download does."""
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+
+
+def png_bytes(width: int, height: int, depth: int, colour: int, rows: bytes | None = None) -> bytes:
+    """A PNG written by hand (PIL writes no 16-bit RGB): `rows` are the raw scanlines, each
+    led by its filter byte; None: all-zero rows, compressed as a stream (a 20000 x 20000 1-bit
+    image, a decompression bomb, takes 48 KB)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    if rows is None:
+        compressor = zlib.compressobj(9)
+        row = bytes(1 + (width * depth + 7) // 8)
+        data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    else:
+        data = zlib.compress(rows, 9)
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
+
+
+def bomb(path: Path) -> None:
+    """A few KB that claim 20000 x 20000 pixels, in the format of the suffix: a real PNG, or the
+    header of a PPM, TIFF or JPEG rewritten (PIL refuses those from the header alone)."""
+    side = 20000
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        path.write_bytes(png_bytes(side, side, 1, 0))
+    elif suffix == ".ppm":
+        path.write_bytes(f"P6\n{side} {side}\n255\n".encode() + bytes(4096))
+    elif suffix in (".tif", ".tiff"):
+        Image.new("L", (3, 2)).save(path)
+        data = bytearray(path.read_bytes())  # little-endian IFD at 8; tags 256, 257 come first
+        assert data[:4] == b"II*\x00" and struct.unpack("<HH", data[10:14]) == (256, 4)
+        struct.pack_into("<I", data, 18, side)
+        struct.pack_into("<I", data, 30, side)
+        path.write_bytes(bytes(data))
+    else:  # JPEG: rewrite the frame header's height and width
+        write_image(path, 0)
+        data = bytearray(path.read_bytes())
+        frame = data.index(b"\xff\xc0")
+        struct.pack_into(">HH", data, frame + 5, side, side)
+        path.write_bytes(bytes(data))
 
 
 def caltech256(root: Path, per_class: int = 3) -> Path:

@@ -1,5 +1,6 @@
 """The shared loading path: decoding quirks, the readability check, listings, splits."""
 
+import os
 import warnings
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import datamodules.images as images
 from core.errors import ConfigError
 from datamodules.images import (
     ImageFiles,
@@ -14,10 +16,11 @@ from datamodules.images import (
     decode,
     image_transform,
     list_images,
+    problem,
     readable,
 )
 from datamodules.on_disk import holdout, share
-from tests.datamodules.layouts import add_quirks, truncate, write_image
+from tests.datamodules.layouts import add_quirks, bomb, png_bytes, truncate, write_image
 
 FORMATS = [
     (".jpg", "RGB"),
@@ -49,6 +52,68 @@ def test_cmyk_and_grayscale_match_pil_conversion(tmp_path: Path):
         write_image(path, 1, mode)
         expected = np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1)
         assert np.array_equal(decode(str(path)).numpy(), expected)
+
+
+def test_16_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path: Path):
+    """16-bit gray PNG (torchvision gives uint16), TIFF (PIL's I;16), PGM (PIL's I) and RGB PNG
+    give each pixel's top byte, as PIL does for 16-bit RGB; PIL's own L/RGB conversion clips."""
+    from PIL import Image
+
+    gray = (np.arange(120).reshape(10, 12) * 500).astype(np.uint16)  # up to 59500
+    for suffix in (".png", ".tif", ".pgm"):
+        Image.fromarray(gray).save(tmp_path / f"gray{suffix}")
+        image = decode(str(tmp_path / f"gray{suffix}"))
+        assert image.dtype == torch.uint8 and image.shape == (3, 10, 12), suffix
+        assert np.array_equal(image.numpy(), np.broadcast_to(gray >> 8, (3, 10, 12))), suffix
+    rgb = (np.arange(4 * 3 * 3).reshape(3, 4, 3) * 1800).astype(">u2")
+    rows = b"".join(b"\x00" + row.tobytes() for row in rgb)
+    (tmp_path / "rgb.png").write_bytes(png_bytes(4, 3, 16, 2, rows))
+    image = decode(str(tmp_path / "rgb.png"))
+    assert np.array_equal(image.numpy(), (rgb >> 8).transpose(2, 0, 1))
+    assert np.array_equal(
+        image.numpy(), np.asarray(Image.open(tmp_path / "rgb.png")).transpose(2, 0, 1)
+    )
+    floats = tmp_path / "float.tif"
+    Image.fromarray(gray.astype(np.float32) / 65535).save(floats)
+    assert decode(str(floats))[0].max() == round(59500 / 65535 * 255)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif", ".ppm"])
+def test_a_decompression_bomb_is_unreadable_and_never_decoded(tmp_path: Path, monkeypatch, suffix):
+    path = tmp_path / f"bomb{suffix}"
+    bomb(path)
+    assert path.stat().st_size < 64_000
+    never = lambda *args, **kwargs: pytest.fail("a bomb was decoded")  # noqa: E731
+    monkeypatch.setattr(images, "decode_image", never)
+    monkeypatch.setattr(images, "pil_rgb", never)
+    assert "over the limit of 89,478,485" in problem(str(path))
+    with pytest.raises(ConfigError, match=rf"unreadable image {path}: .*over the limit of 89,4"):
+        decode(str(path))
+    good = tmp_path / "good.jpg"
+    write_image(good, 0)
+    with pytest.raises(ConfigError, match=rf"unreadable image {path} \(1 unreadable in here\): "):
+        check_readable([str(good), str(path)], skip=False, where="here")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert check_readable([str(good), str(path)], skip=True, where="here") == [True, False]
+    assert [str(w.message) for w in caught if w.category is UserWarning] == [
+        f"skipped 1 unreadable images in here, e.g. {path}"
+    ]
+
+
+def test_a_symlink_loop_in_a_class_folder_is_an_unreadable_image(tmp_path: Path):
+    write_image(tmp_path / "good.jpg", 0)
+    os.symlink("b.jpg", tmp_path / "a.jpg")
+    os.symlink("a.jpg", tmp_path / "b.jpg")
+    os.symlink(".", tmp_path / "self")  # a folder loop: not an image, ignored
+    files = list_images(tmp_path)
+    assert [Path(f).name for f in files] == ["a.jpg", "b.jpg", "good.jpg"]
+    assert len(list_images(tmp_path, recursive=True)) == 3
+    with pytest.raises(ConfigError, match="a.jpg \\(2 unreadable in here\\): Too many levels"):
+        check_readable(files, skip=False, where="here")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert check_readable(files, skip=True, where="here") == [False, False, True]
 
 
 def test_readable_rejects_broken_files_and_accepts_odd_valid_ones(tmp_path: Path):

@@ -18,6 +18,7 @@ from lightning_modules.binary_detector import BinaryDetector
 from lightning_modules.detector import fit_logistic_head
 from lightning_modules.guard import load_detector
 from lightning_modules.victim import VictimClassifier
+from tests.datamodules import layouts
 from tests.lightning_modules.conftest import check_saved_scores, small_in_out
 
 
@@ -73,6 +74,69 @@ def test_embeddings_are_computed_once_and_reused(victim_ckpt, tmp_path, monkeypa
     with pytest.raises(ConfigError, match="500-fold cross-validation needs 500 training images"):
         fit_frozen(victim_ckpt, tmp_path / "cache", folds=500)
     assert calls["images"] == train_size
+
+
+def rewrite(folder: Path, name: str, array: np.ndarray) -> None:
+    """Replace a cached array and its record too: only the content checks can tell."""
+    import json
+
+    from lightning_modules.detector import RECORD, describe_array
+
+    np.save(folder / name, array)
+    record = json.loads((folder / RECORD).read_text())
+    record["arrays"][name] = describe_array(array)
+    (folder / RECORD).write_text(json.dumps(record))
+
+
+def flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+CORRUPTIONS = {  # what is wrong: (how, the warning's gist)
+    "labels out of range": (lambda f: rewrite(f, "train_labels.npy",
+                                              np.load(f / "train_labels.npy") + 2),
+                            "train_labels.npy holds labels 2..3, expected 0..1"),
+    "one image short": (lambda f: (rewrite(f, "train_features.npy",
+                                           np.load(f / "train_features.npy")[:-1]),
+                                   rewrite(f, "train_labels.npy",
+                                           np.load(f / "train_labels.npy")[:-1])),
+                        "train_features.npy is float32 (1222, 128), expected float32 (1223, D)"),
+    "float64 features": (lambda f: rewrite(f, "train_features.npy",
+                                           np.load(f / "train_features.npy").astype(np.float64)),
+                         "train_features.npy is float64 (1223, 128), expected float32"),
+    "truncated features": (lambda f: layouts.truncate(f / "train_features.npy"),
+                           "unreadable (ValueError"),
+    "a changed byte": (lambda f: flip_last_byte(f / "train_features.npy"),
+                       "train_features.npy differs from its record in embeddings.json"),
+    "no record": (lambda f: (f / "embeddings.json").unlink(),
+                  "no embeddings.json (an older or unfinished cache)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_a_bad_embeddings_cache_is_ignored_with_one_warning_and_recomputed(
+    victim_ckpt, tmp_path, monkeypatch, corruption
+):
+    calls = {"images": 0}
+    embed = FrozenFeaturesDetector.embed
+    monkeypatch.setattr(FrozenFeaturesDetector, "embed", lambda self, images: calls.update(
+        images=calls["images"] + len(images)) or embed(self, images))  # fmt: skip
+    first, _ = fit_frozen(victim_ckpt, tmp_path / "cache")
+    computed = calls["images"]
+    (folder,) = (tmp_path / "cache").iterdir()
+    how, gist = CORRUPTIONS[corruption]
+    how(folder)
+    with pytest.warns(UserWarning, match="ignoring cached embeddings") as caught:
+        second, trainer = fit_frozen(victim_ckpt, tmp_path / "cache")
+    [message] = [str(w.message) for w in caught if "cached embeddings" in str(w.message)]
+    assert message.startswith(f"ignoring cached embeddings {folder}: ") and gist in message
+    assert message.endswith("; computing them again")
+    assert calls["images"] == 2 * computed  # computed again, not read
+    assert torch.equal(first.net.fc.weight, second.net.fc.weight)
+    third, _ = fit_frozen(victim_ckpt, tmp_path / "cache")  # the rewritten cache is read
+    assert calls["images"] == 2 * computed
 
 
 def test_backbone_is_frozen_in_eval_mode(victim_ckpt, tmp_path):
