@@ -9,14 +9,12 @@ drawn from the per-image scores (`scores.csv`) their stages saved.
 
 import csv
 import html
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from lightning_modules.figures import Curves, plot_roc
 from lightning_modules.ood_metrics import read_scores
+from pipeline.findings import Results, findings_lines, mean
 
-Results = dict[tuple[str, str, str, str], float]  # (table, victim, setting, metric) -> value
 # A detector's or baseline's saved scores in a table: (table, victim, setting, OOD set, scores.csv)
 Scored = tuple[str, str, str, str, Path]
 
@@ -36,7 +34,7 @@ TITLES = {
 
 # The paper's own figures, shown beside ours when the preset is the paper's.
 BASELINES = ("msp", "odin", "mahalanobis_multi")  # Table 4's Baseline / ODIN / Mahal. columns
-PAPER: Results = {
+PAPER: dict[tuple[str, str, str, str], float] = {
     **{("2", v, "probs", "acc_victim"): a for v, a in [
         ("caltech256-rn34", 0.746), ("cubs200-rn34", 0.772), ("diabetic5-rn34", 0.711),
         ("gtsrb-rn34", 0.981), ("cifar10-rn34", 0.946)]},
@@ -74,21 +72,38 @@ PAPER: Results = {
 
 
 def write_results(path: Path, results: Results) -> None:
+    """One row per seed (`seed` 0, 1, ...), then, for a metric measured on several seeds, its
+    `mean`, `min` and `max` rows."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["table", "victim", "setting", "metric", "value"])
-        for (table, victim, setting, metric), value in results.items():
-            writer.writerow([table, victim, setting, metric, f"{value:.4f}"])
+        writer.writerow(["table", "victim", "setting", "metric", "seed", "value"])
+        for key, values in results.items():
+            for seed, value in enumerate(values):
+                writer.writerow([*key, seed, f"{value:.4f}"])
+            if len(values) > 1:
+                for name, value in (("mean", mean(values)), ("min", min(values)),
+                                    ("max", max(values))):  # fmt: skip
+                    writer.writerow([*key, name, f"{value:.4f}"])
 
 
 def read_results(path: Path) -> Results:
+    """The per-seed values of a results.csv (aggregate rows are recomputed, not read)."""
+    results: Results = {}
     with open(path, newline="") as f:
-        return {(r["table"], r["victim"], r["setting"], r["metric"]): float(r["value"])
-                for r in csv.DictReader(f)}  # fmt: skip
+        for r in csv.DictReader(f):
+            if r["seed"].isdigit():
+                key = (r["table"], r["victim"], r["setting"], r["metric"])
+                results.setdefault(key, []).append(float(r["value"]))
+    return results
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
+def _pct(values: list[float] | None) -> str:
+    """A cell: the mean over seeds, and the range [min, max] when there are several."""
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}%"
+    return f"{100 * mean(values):.1f}% [{100 * min(values):.1f}, {100 * max(values):.1f}]"
 
 
 def _values(results: Results, table: str) -> tuple[list[str], list[str]]:
@@ -105,16 +120,16 @@ def attack_table(results: Results, table: str, paper: bool) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for victim in victims:
 
-        def get(setting: str, metric: str, victim: str = victim) -> float | None:
+        def get(setting: str, metric: str, victim: str = victim) -> list[float] | None:
             return results.get((table, victim, setting, metric))
 
         acc_v = next((get(s, "acc_victim") for s in settings if get(s, "acc_victim")), None)
-        cells = [victim, _pct(acc_v)]
+        cells = [victim, _pct(acc_v[:1] if acc_v else None)]  # one victim for every seed
         for setting in settings:
             acc, rec = get(setting, "acc_surrogate"), get(setting, "recovery")
-            cell = _pct(acc) + (f" ({rec:.2f}x)" if rec is not None else "")
+            cell = _pct(acc) + (f" ({mean(rec):.2f}x)" if rec else "")
             if paper and (ref := PAPER.get((table, victim, setting, "acc_surrogate"))):
-                cell += f" [paper {_pct(ref)}]"
+                cell += f" [paper {_pct([ref])}]"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -131,86 +146,10 @@ def detection_table(results: Results, table: str, paper: bool = False) -> list[s
                 row = [_pct(results.get((table, victim, setting, m))) for m in metrics]
                 if paper:
                     refs = [PAPER.get((table, victim, setting, m)) for m in metrics]
-                    row = [c + (f" [paper {_pct(r)}]" if r is not None else "")
+                    row = [c + (f" [paper {_pct([r])}]" if r is not None else "")
                            for c, r in zip(row, refs, strict=True)]  # fmt: skip
                 lines.append("| " + " | ".join([victim, setting, *row]) + " |")
     return lines
-
-
-@dataclass
-class Finding:
-    claim: str
-    section: str
-    check: Callable[[Results], tuple[bool, str] | None]  # None: not measured in this run
-
-
-def _first(results: Results, table: str, setting: str, metric: str) -> tuple[str, float] | None:
-    for (t, victim, s, m), value in results.items():
-        if (t, s, m) == (table, setting, metric):
-            return victim, value
-    return None
-
-
-def _compare(table_a, set_a, table_b, set_b, metric, lower: bool):
-    def check(results: Results):
-        a, b = _first(results, table_a, set_a, metric), _first(results, table_b, set_b, metric)
-        if a is None or b is None:
-            return None
-        holds = a[1] < b[1] if lower else a[1] > b[1]
-        return holds, f"{metric} {set_a} {a[1]:.3f} vs {set_b} {b[1]:.3f}"
-
-    return check
-
-
-def _batch_size_spread(results: Results):
-    accs = {s: v for (t, _, s, m), v in results.items() if t == "7" and m == "acc_surrogate"}
-    if len(accs) < 2:
-        return None
-    spread = max(accs.values()) - min(accs.values())
-    return spread >= 0.02, "acc by batch size " + ", ".join(f"{s} {v:.3f}" for s, v in accs.items())
-
-
-def _early_best(results: Results):
-    entry = _first(results, "5.2.1", "early_stopping", "best_test_epoch")
-    last = _first(results, "5.2.1", "early_stopping", "epochs_run")
-    if entry is None or last is None:
-        return None
-    return entry[1] < last[1] - 1, f"best test epoch {entry[1]:.0f} of {last[1]:.0f} run"
-
-
-def _detector_flags(results: Results):
-    tpr, tnr = _first(results, "4a", "ours", "tpr"), _first(results, "4a", "ours", "tnr")
-    if tpr is None or tnr is None:
-        return None
-    return tpr[1] >= 0.9 and tnr[1] >= 0.9, f"TPR {tpr[1]:.3f}, TNR {tnr[1]:.3f}"
-
-
-def _indist_evades(results: Results):
-    flagged = _first(results, "4.1", "in_distribution", "flagged_fraction")
-    ood = _first(results, "4.1", "natural", "flagged_fraction")
-    if flagged is None or ood is None:
-        return None
-    return flagged[1] < 0.2 <= ood[1], f"flagged {flagged[1]:.3f} in-dist vs {ood[1]:.3f} natural"
-
-
-FINDINGS = [
-    Finding("Label-only answers degrade the surrogate", "Table 6",
-            _compare("6", "label", "6", "probs", "acc_surrogate", lower=True)),
-    Finding("A victim of a different architecture is harder to steal", "Table 5",
-            _compare("5", "different_arch", "5", "same_arch", "recovery", lower=True)),
-    Finding("Batch size changes surrogate accuracy noticeably (spread >= 2 points)", "Table 7",
-            _batch_size_spread),
-    Finding("A low-diversity query set degrades the attack", "5.1.3",
-            _compare("5.1.3", "narrow", "5.1.3", "natural", "acc_surrogate", lower=True)),
-    Finding("Surrogates overfit: test accuracy peaks before training ends", "5.2.1, Figure 2",
-            _early_best),
-    Finding("In-distribution queries give a better surrogate", "5.2.2",
-            _compare("5.2.2", "in_distribution", "5.2.2", "natural", "acc_surrogate",
-                     lower=False)),
-    Finding("The detector flags Knockoff queries (TPR and TNR >= 90%)", "Tables 3-4",
-            _detector_flags),
-    Finding("In-distribution queries evade the detector", "5.2.2", _indist_evades),
-]  # fmt: skip
 
 
 def plot_table_rocs(scored: list[Scored], folder: Path) -> dict[str, Path]:
@@ -242,14 +181,10 @@ def write_tables(
         lines += [f"## {title}", "", *render(results, table, paper), ""]
         if figure := (figures or {}).get(table):
             lines += [f"![ROC curves, {title.split(':')[0]}]({figure})", ""]
-    lines += ["## The paper's findings, checked on this run", ""]
-    for finding in FINDINGS:
-        outcome = finding.check(results)
-        if outcome is None:
-            lines.append(f"- {finding.claim} ({finding.section}): not measured in this run")
-        else:
-            verdict = "reproduced" if outcome[0] else "NOT reproduced"
-            lines.append(f"- {finding.claim} ({finding.section}): **{verdict}** ({outcome[1]})")
+    lines += ["## The paper's findings, checked on this run", "",
+              "Decided by the spread over seeds (`pipeline/findings.py`): a paired 95% interval "
+              "of the difference must lie wholly on one side.", "",
+              *findings_lines(results)]  # fmt: skip
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -278,7 +213,7 @@ def log_to_wandb(output: Path, project: str = "knockoff-lab") -> Path:
             "tables": wandb.Html(f"<pre>{html.escape(text)}</pre>"),
             **{f"figures/{png.stem}": wandb.Image(str(png)) for png in figures},
         })  # fmt: skip
-        run.summary.update({"/".join(row[:4]): float(row[4]) for row in rows[1:]})
+        run.summary.update({"/".join(row[:5]): float(row[5]) for row in rows[1:]})
         artifact = wandb.Artifact(f"report-{output.name}", type="report")
         for file in [output / "results.csv", output / "tables.md", *figures]:
             artifact.add_file(str(file), name=str(file.relative_to(output)))

@@ -3,26 +3,22 @@ paper, in order, cached stage by stage, then the report (results.csv, tables.md,
 optionally logged to W&B (`--wandb true`)."""
 
 import csv
+import dataclasses
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from core.atomic import atomic_write_text
 from core.errors import ConfigError
 from lightning_modules.figures import plot_accuracy_over_epochs
 from lightning_modules.ood_metrics import TEST_SETS
-from pipeline.report import (
-    Results,
-    Scored,
-    log_to_wandb,
-    plot_table_rocs,
-    write_results,
-    write_tables,
-)
+from pipeline.findings import Results
+from pipeline.report import Scored, log_to_wandb, plot_table_rocs, write_results, write_tables
 from pipeline.stages import Stage, StageRunner
 
 
@@ -49,10 +45,27 @@ def curve_metrics(folder: Path) -> dict[str, float]:
     }
 
 
+def is_attack(stage: Stage) -> bool:
+    """An attack stage trains a surrogate on a transfer set: the stages repeated per seed."""
+    config = yaml.safe_load(Path(stage.config).read_text()) or {}
+    data = config.get("data") or {}
+    return stage.command == "fit" and "TransferSet" in str(data.get("class_path", ""))
+
+
+def seeded(stage: Stage, seed: int) -> Stage:
+    """Seed `seed` of an attack stage: its own query order, validation split and initialisation.
+    Seed 0 is the stage as written, so a one-seed run is the stage's own result."""
+    if seed == 0:
+        return stage
+    settings = {"seed_everything": seed, "data.init_args.seed": seed}
+    return dataclasses.replace(stage, name=f"{stage.name}.s{seed}", set={**stage.set, **settings})
+
+
 def reproduce(
     stages: list[Stage],
     output_dir: str = "runs/reproduce",
     set: dict[str, Any] | None = None,
+    seeds: int = 1,
     preset: Literal["embedded", "paper"] = "embedded",
     force: bool = False,
     verbose: bool = False,
@@ -62,6 +75,8 @@ def reproduce(
     """Run `stages` in order into `output_dir` and write the report there.
 
     `set` applies dotted-key settings to every stage (e.g. `trainer.accelerator: gpu`);
+    `seeds` repeats every attack stage with that many seeds (tables show the mean and range, the
+    findings are decided by the spread: `pipeline.findings`);
     `force` redoes every stage instead of reusing finished ones; `verbose` shows Lightning's
     output of each stage on the console (it always goes to the stage's `stdout.log`); `wandb`
     logs the report to one W&B run in `wandb_project` (offline under `output_dir/wandb` unless
@@ -70,6 +85,9 @@ def reproduce(
     for stage in stages:  # before any stage runs
         if not Path(stage.config).is_file():
             raise ConfigError(f"stage {stage.name}: config {stage.config} does not exist")
+    if seeds < 1:
+        raise ConfigError(f"seeds must be >= 1, got {seeds}")
+    runs = [(stage, seed) for stage in stages for seed in range(seeds if is_attack(stage) else 1)]
     output = Path(output_dir)
     runner = StageRunner(output, set or {}, force, verbose)
     results: Results = {}
@@ -77,19 +95,22 @@ def reproduce(
     figures = output / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    width = len(str(len(stages)))
-    for number, stage in enumerate(stages, 1):
-        result = runner.run(stage, f"[{number:>{width}}/{len(stages)}]")
+    width = len(str(len(runs)))
+    for number, (stage, seed) in enumerate(runs, 1):
+        result = runner.run(seeded(stage, seed), f"[{number:>{width}}/{len(runs)}]")
         folder = Path(result["folder"])
         result["metrics"].update(curve_metrics(folder))
         for row in stage.rows:
             for name, logged in row.metrics.items():
                 if logged in result["metrics"]:
-                    results[(row.table, row.victim, row.setting, name)] = result["metrics"][logged]
+                    key = (row.table, row.victim, row.setting, name)
+                    results.setdefault(key, []).append(result["metrics"][logged])
             if (folder / "scores.csv").exists():  # a detector's or an OOD baseline's
                 ood_sets = {logged.rsplit("/", 1)[-1] for logged in row.metrics.values()}
                 scored += [(row.table, row.victim, row.setting, ood_set, folder / "scores.csv")
                            for ood_set in TEST_SETS[1:] if ood_set in ood_sets]  # fmt: skip
+        if seed > 0:
+            continue  # the figures show seed 0
         for png in [*folder.glob("figure*.png"), *folder.glob("roc.png")]:
             shutil.copy(png, figures / f"{stage.name}_{png.name}")
         if "curve/epochs_run" in result["metrics"]:

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from pipeline.cli import cli_main  # noqa: F401  (registers the model and data classes)
-from pipeline.report import FINDINGS, PAPER, write_tables
+from pipeline.findings import FINDINGS
+from pipeline.report import PAPER, write_tables
 from pipeline.reproduce import reproduce_main
 from pipeline.stages import stage_output
 from tests.conftest import CONFIGS
@@ -67,7 +68,8 @@ def test_reduced_pipeline_writes_the_report_and_caches_stages(tmp_path, capsys):
     out = reproduce_main(["--config", str(config), "--wandb", "true"])
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["table", "victim", "setting", "metric", "value"]
+    assert list(rows[0]) == ["table", "victim", "setting", "metric", "seed", "value"]
+    assert {r["seed"] for r in rows} == {"0"}  # one seed: no aggregate rows
     assert {(r["setting"], r["metric"]) for r in rows} >= {
         ("probs", "recovery"),
         ("label", "acc_surrogate"),
@@ -116,6 +118,34 @@ def test_reduced_pipeline_writes_the_report_and_caches_stages(tmp_path, capsys):
     reproduce_main(["--config", str(config)])
     log = capsys.readouterr().out
     assert log.count("cached") == 4 and "knockoff-label: running" in log
+
+
+def test_seeds_repeat_every_attack_stage_and_the_report_shows_their_spread(tmp_path, capsys):
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    config["seeds"] = 2
+    (tmp_path / "seeds.yaml").write_text(yaml.safe_dump(config))
+    out = reproduce_main(["--config", str(tmp_path / "seeds.yaml")])
+    names = sorted(p.name.rsplit("-", 1)[0] for p in (out / "stages").iterdir())
+    assert names == ["knockoff-label", "knockoff-label.s1", "knockoff-probs",
+                     "knockoff-probs.s1", "victim"]  # the victim is trained once  # fmt: skip
+    seeded = yaml.safe_load(next((out / "stages").glob("knockoff-probs.s1-*/config.yaml"))
+                            .read_text())  # fmt: skip
+    assert seeded["seed_everything"] == 1 and seeded["data"]["init_args"]["seed"] == 1
+    with open(out / "results.csv", newline="") as f:
+        rows = {
+            (r["setting"], r["metric"], r["seed"]): float(r["value"]) for r in csv.DictReader(f)
+        }
+    per_seed = [rows[("probs", "acc_surrogate", s)] for s in ("0", "1")]
+    assert rows[("probs", "acc_surrogate", "mean")] == pytest.approx(sum(per_seed) / 2, abs=1e-4)
+    assert rows[("probs", "acc_surrogate", "min")] == min(per_seed)
+    assert rows[("probs", "acc_surrogate", "max")] == max(per_seed)
+    first = json.loads(next((out / "stages").glob("knockoff-probs-*/result.json")).read_text())
+    assert rows[("probs", "acc_surrogate", "0")] == round(first["metrics"]["test/acc"], 4)
+    tables = (out / "tables.md").read_text()
+    low, high = (f"{100 * v:.1f}" for v in sorted(per_seed))
+    assert f"{100 * sum(per_seed) / 2:.1f}% [{low}, {high}]" in tables
+    assert "(95% CI, 2 seeds)" in tables
+    assert "[1/5] victim" in capsys.readouterr().out
 
 
 def test_unfinished_stage_resumes_from_its_last_checkpoint(tmp_path, capsys):
@@ -192,8 +222,8 @@ def test_paper_preset_shows_the_papers_detection_figures_beside_ours(tmp_path):
     assert {k for k in detection if k[2] != "mahalanobis"} == {
         k for k in PAPER if k[0] in {"3", "4a", "4b"}
     }
-    results = {("4a", "cubs200-rn34", "ours", "tpr"): 0.9,
-               ("4a", "cubs200-rn34", "msp", "tpr_at_tnr95"): 0.4}  # fmt: skip
+    results = {("4a", "cubs200-rn34", "ours", "tpr"): [0.9],
+               ("4a", "cubs200-rn34", "msp", "tpr_at_tnr95"): [0.4]}  # fmt: skip
     write_tables(tmp_path / "tables.md", results, paper=True)
     tables = (tmp_path / "tables.md").read_text()
     assert "| cubs200-rn34 | ours | 90.0% [paper 93.0%] | n/a |" in tables
