@@ -151,9 +151,7 @@ class PredictionAPI:
 
     def _serve(self, images: torch.Tensor, client: str, states: dict[int, dict]) -> QueryBatch:
         posteriors = self._posteriors(images)
-        none = torch.zeros(len(images), dtype=torch.bool, device=self.device)
-        batch = QueryBatch(images.to(self.device), posteriors, posteriors.clone(), none,
-                           none.clone(), client, {})  # fmt: skip
+        batch = QueryBatch.arriving(images.to(self.device), posteriors, client)
         for index, defence in enumerate(self.defences):
             batch.state = states[index]
             defence.apply(batch)

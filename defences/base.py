@@ -49,6 +49,12 @@ class QueryBatch:
     def __len__(self) -> int:
         return len(self.images)
 
+    @classmethod
+    def arriving(cls, images: torch.Tensor, posteriors: torch.Tensor, client: str) -> "QueryBatch":
+        """A batch as it enters the defences: answers are the posteriors, nothing flagged."""
+        none = torch.zeros(len(images), dtype=torch.bool, device=posteriors.device)
+        return cls(images, posteriors, posteriors.clone(), none, none.clone(), client, {})
+
 
 class Defence(ABC):
     """Base class: `apply` edits a `QueryBatch` in place; `check` validates options early."""

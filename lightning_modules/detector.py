@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
@@ -31,7 +30,7 @@ from core.checkpoints import atomic_checkpoints
 from core.errors import ConfigError
 from lightning_modules.binary_detector import BinaryDetector
 from lightning_modules.features import PENULTIMATE, layer_features
-from lightning_modules.victim import configure
+from lightning_modules.victim import configure, cross_entropy_step
 
 FEATURES, LABELS, RECORD = "train_features.npy", "train_labels.npy", "embeddings.json"
 
@@ -65,13 +64,7 @@ class Detector(BinaryDetector):
         super().on_fit_start()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        self.train_acc(logits, y)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
-        return loss
+        return cross_entropy_step(self, batch)
 
     def configure_optimizers(self):
         return configure(self, self.optimizer, self.lr_scheduler)

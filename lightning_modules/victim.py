@@ -24,6 +24,17 @@ def log_global_batch_size(module: LightningModule) -> None:
         module.logger.log_hyperparams({"global_batch_size": total})
 
 
+def cross_entropy_step(module: LightningModule, batch: tuple[torch.Tensor, torch.Tensor]):
+    """One training step of a classifier with a `train_acc` metric: the loss, logged."""
+    x, y = batch
+    logits = module(x)
+    loss = F.cross_entropy(logits, y)
+    module.train_acc(logits, y)
+    module.log("train/loss", loss, prog_bar=True)
+    module.log("train/acc", module.train_acc, on_step=False, on_epoch=True)
+    return loss
+
+
 def configure(
     module: LightningModule, optimizer: OptimizerCallable, lr_scheduler: LRSchedulerCallable | None
 ):
@@ -74,13 +85,7 @@ class VictimClassifier(LightningModule):
         log_global_batch_size(self)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        self.train_acc(logits, y)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
-        return loss
+        return cross_entropy_step(self, batch)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch

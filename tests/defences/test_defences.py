@@ -34,10 +34,8 @@ EXAMPLES = {"DetectorFilter": lambda: DetectorFilter(FlagNegatives(), on_flag="r
 
 
 def batch(posteriors: torch.Tensor, images: torch.Tensor | None = None) -> QueryBatch:
-    n = len(posteriors)
-    images = torch.randn(n, 3, 2, 2) if images is None else images
-    none = torch.zeros(n, dtype=torch.bool)
-    return QueryBatch(images, posteriors, posteriors.clone(), none, none.clone(), "c", {})
+    images = torch.randn(len(posteriors), 3, 2, 2) if images is None else images
+    return QueryBatch.arriving(images, posteriors, "c")
 
 
 def test_registry_lists_the_defences_and_a_users_own():

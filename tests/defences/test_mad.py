@@ -10,9 +10,7 @@ from defences import MAD, QueryBatch
 
 
 def served(defence: MAD, posteriors: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    n = len(posteriors)
-    none = torch.zeros(n, dtype=torch.bool)
-    batch = QueryBatch(images, posteriors, posteriors.clone(), none, none.clone(), "c", {})
+    batch = QueryBatch.arriving(images, posteriors, "c")
     defence.apply(batch)
     return batch.answers
 

@@ -11,10 +11,7 @@ from defences.misinformation import misinformation
 
 
 def answer(defence: AdaptiveMisinformation, posteriors: torch.Tensor) -> torch.Tensor:
-    n = len(posteriors)
-    none = torch.zeros(n, dtype=torch.bool)
-    batch = QueryBatch(torch.zeros(n, 3, 2, 2), posteriors, posteriors.clone(), none,
-                       none.clone(), "c", {})  # fmt: skip
+    batch = QueryBatch.arriving(torch.zeros(len(posteriors), 3, 2, 2), posteriors, "c")
     defence.apply(batch)
     return batch.answers
 

@@ -12,9 +12,7 @@ from defences import DawnWatermark, QueryBatch, ownership_test
 
 
 def served(defence: DawnWatermark, posteriors, images, client: str = "c") -> torch.Tensor:
-    n = len(posteriors)
-    none = torch.zeros(n, dtype=torch.bool)
-    batch = QueryBatch(images, posteriors, posteriors.clone(), none, none.clone(), client, {})
+    batch = QueryBatch.arriving(images, posteriors, client)
     defence.apply(batch)
     return batch.answers
 
