@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from torchmetrics.classification import MulticlassAccuracy
 
+from core.checkpoints import atomic_checkpoints
 from core.errors import ConfigError
 from defences.detector import check_threshold
 from lightning_modules.figures import plot_roc
@@ -86,6 +87,7 @@ class BinaryDetector(LightningModule):
         return self.net(x)
 
     def on_fit_start(self) -> None:
+        atomic_checkpoints(self.trainer)  # a full disk never truncates last.ckpt
         log_global_batch_size(self)
         record = getattr(self.trainer.datamodule, "training_record", None)
         if record is None:

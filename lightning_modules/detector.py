@@ -26,7 +26,6 @@ from sklearn.preprocessing import StandardScaler
 from torchmetrics.classification import MulticlassAccuracy
 
 from core.atomic import atomic_save_npy, atomic_write_text
-from core.checkpoints import atomic_checkpoints
 from core.errors import ConfigError
 from lightning_modules.binary_detector import BinaryDetector
 from lightning_modules.features import PENULTIMATE, layer_features
@@ -58,10 +57,6 @@ class Detector(BinaryDetector):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-
-    def on_fit_start(self) -> None:
-        atomic_checkpoints(self.trainer)  # a full disk never truncates last.ckpt
-        super().on_fit_start()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         return cross_entropy_step(self, batch)
@@ -145,10 +140,6 @@ class FrozenFeaturesDetector(BinaryDetector):
         super().train(mode)
         self.net.eval()
         return self
-
-    def on_fit_start(self) -> None:
-        atomic_checkpoints(self.trainer)  # a full disk never truncates last.ckpt
-        super().on_fit_start()
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
