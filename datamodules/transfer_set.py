@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from api.prediction import PredictionAPI
+from api.base import QueryAPI
 from attacks.base import Queries, QueryStrategy, Seen
 from attacks.random_sampling import RandomSampling
 from core.digests import digest
@@ -51,7 +51,7 @@ class TransferSetDataModule(ImageDataModule):
 
     def __init__(
         self,
-        api: PredictionAPI,
+        api: QueryAPI,
         pool: ImageDataModule,
         victim_data: ImageDataModule,
         budget: int,

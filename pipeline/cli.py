@@ -194,6 +194,10 @@ def main() -> None:
             from pipeline.reproduce import reproduce_main
 
             reproduce_main()
+        elif sys.argv[1:2] == ["serve"]:
+            from pipeline.serve import serve_main
+
+            serve_main(sys.argv[2:])
         else:
             cli_main()
     except Exception as err:

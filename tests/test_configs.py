@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import cli_main
+from pipeline.serve import build_service, serve_parser
 from tests.conftest import CONFIGS
+from tests.serving import free_port, make_keys, run_server
 
 BASE = CONFIGS / "victim/digits_cnn.yaml"
 EXPERIMENT_DIRS = {"victim", "surrogate", "detector", "ood"}
@@ -32,7 +34,8 @@ def config_args(path: Path) -> list[str]:
 
 def test_every_config_folder_is_covered():
     folders = {p.parent.name for p in CONFIGS.rglob("*.yaml")}
-    assert folders <= EXPERIMENT_DIRS | FRAGMENT_DIRS | OVERLAY_DIRS | {"reproduce", "sweeps"}
+    known = EXPERIMENT_DIRS | FRAGMENT_DIRS | OVERLAY_DIRS | {"reproduce", "sweeps", "serve"}
+    assert folders <= known
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(CONFIGS)))
@@ -84,3 +87,24 @@ def test_attack_and_defence_overlays_run(path: Path, victim_ckpt: Path):
     assert {"test/acc", "test/recovery", "test/fidelity"} <= set(cli.trainer.callback_metrics)
     data = cli.datamodule
     assert data.api.record(data.client).asked == 150  # the budget, exactly, through the API
+
+
+def test_the_served_api_and_the_attack_through_its_url_run(victim_ckpt, tmp_path, monkeypatch):
+    """configs/serve/digits.yaml serves the victim; configs/serve/remote_attack.yaml, composed
+    with the embedded attack, steals it through the URL: the budget, exactly, in the books."""
+    keys = make_keys(tmp_path / "keys.json", {"alice": {}, "owner": {"owner": True}})
+    port = free_port()
+    config = serve_parser().parse_args(["--config", str(CONFIGS / "serve/digits.yaml"),
+        "--api.init_args.victim", str(victim_ckpt), "--api.init_args.ledger",
+        str(tmp_path / "books.sqlite"), "--api.init_args.posterior_cache", "null",
+        "--server.keys_file", str(tmp_path / "keys.json"), "--server.port", str(port)])  # fmt: skip
+    service = build_service(config)
+    monkeypatch.setenv("KNOCKOFF_API_KEY", keys["alice"])
+    monkeypatch.setenv("KNOCKOFF_OWNER_KEY", keys["owner"])
+    with run_server(service) as url:
+        cli = cli_main(["fit", "--config", str(ATTACK), "--config",
+                        str(CONFIGS / "serve/remote_attack.yaml"), *SHORT,
+                        "--data.init_args.api.init_args.url", url, "--data.init_args.budget",
+                        "150"])  # fmt: skip
+        assert {"test/acc", "test/fidelity"} <= set(cli.trainer.callback_metrics)
+        assert service.worker.submit(service.api.record, "alice").result(30).asked == 150

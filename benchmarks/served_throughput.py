@@ -1,0 +1,125 @@
+"""What serving costs: the prediction API behind HTTP (`main.py serve`: FastAPI + uvicorn, on
+loopback) against the same API called in process, on the same victim, in the same run.
+
+A fixed number of requests (`--requests`, each `--images` digits-size queries of 3 x 32 x 32)
+is sent by 1, 8 and 32 concurrent clients (each its own key, so its own books), the server in
+its own process; the in-process baseline answers the same requests in a loop. Printed: served
+requests/s, p50 and p99 latency per request, and the ratio of served queries/s to in-process
+queries/s. The victim is an untrained digits_cnn (the time of an answer does not depend on the
+weights); books go to a SQLite ledger in a temporary folder, for both.
+
+    python benchmarks/served_throughput.py [--requests 192] [--images 32] [--clients 1 8 32]
+"""
+
+import argparse
+import multiprocessing
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from api import PredictionAPI
+from api.keys import KeyRing, add_client, read_keys
+from api.wire import NPY, from_npy, to_npy
+from lightning_modules.networks import build_network
+
+SHAPE = (3, 32, 32)
+
+
+def victim_api(folder: Path) -> PredictionAPI:
+    torch.manual_seed(0)
+    net = build_network("digits_cnn", 10).eval()
+    return PredictionAPI.around(net, ledger=str(folder / "ledger.sqlite"))
+
+
+def serve(folder: Path, port: int) -> None:  # in the server's own process
+    import uvicorn
+
+    from api.server import ServerSettings, Service, create_app
+
+    keys = str(folder / "keys.json")
+    settings = ServerSettings(keys, port=port, image_shape=list(SHAPE), access_log=False)
+    service = Service(victim_api(folder), settings, KeyRing(read_keys(keys)))
+    uvicorn.run(create_app(service), host="127.0.0.1", port=port, log_level="warning")
+
+
+def wait_ready(url: str, process, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.is_alive():
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise SystemExit(f"the server at {url} did not start within {seconds} s")
+
+
+def load(url: str, keys: list[str], bodies: list[bytes]) -> tuple[float, list[float]]:
+    """(wall seconds, latency of each request) of `bodies` sent by len(keys) clients at once."""
+
+    def client(i: int) -> list[float]:
+        latencies = []
+        headers = {"Authorization": f"Bearer {keys[i]}", "Content-Type": NPY}
+        with httpx.Client(base_url=url, timeout=120, headers=headers) as http:
+            for body in bodies[i :: len(keys)]:
+                start = time.perf_counter()
+                reply = http.post("/v1/answer", content=body)
+                latencies.append(time.perf_counter() - start)
+                if reply.status_code != 200:
+                    raise SystemExit(f"request failed ({reply.status_code}): {reply.text}")
+                from_npy(reply.content)
+        return latencies
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(keys)) as pool:
+        latencies = [t for part in pool.map(client, range(len(keys))) for t in part]
+    return time.perf_counter() - start, latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=192)
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--port", type=int, default=8471)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    requests = [rng.random((args.images, *SHAPE), dtype=np.float32) for _ in range(args.requests)]
+    queries = args.requests * args.images
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "local").mkdir()
+        local = victim_api(folder / "local")
+        start = time.perf_counter()
+        for images in requests:
+            local.answer(torch.from_numpy(images), "local")
+        baseline = queries / (time.perf_counter() - start)
+        print(f"{args.requests} requests of {args.images} images, {torch.get_num_threads()} "
+              f"threads; in process: {baseline:8.0f} queries/s")  # fmt: skip
+        keys = [add_client(folder / "keys.json", f"c{i}") for i in range(max(args.clients))]
+        url = f"http://127.0.0.1:{args.port}"
+        spawn = multiprocessing.get_context("spawn")
+        server = spawn.Process(target=serve, args=(folder, args.port))
+        server.start()
+        try:
+            wait_ready(url, server)
+            bodies = [to_npy(images) for images in requests]
+            load(url, keys[:1], bodies[:4])  # warm-up
+            for clients in args.clients:
+                wall, latencies = load(url, keys[:clients], bodies)
+                q = statistics.quantiles(latencies, n=100)
+                print(f"{clients:3d} clients: {args.requests / wall:7.1f} requests/s, p50 "
+                      f"{1e3 * statistics.median(latencies):7.1f} ms, p99 {1e3 * q[98]:7.1f} ms,"
+                      f"  served/in-process x{queries / wall / baseline:.2f}")  # fmt: skip
+        finally:
+            server.terminate()
+            server.join(10)
+
+
+if __name__ == "__main__":
+    main()
