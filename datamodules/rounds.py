@@ -11,10 +11,19 @@ Every file is written atomically, and the proposal last of its two files, so a k
 resumes at the first unanswered API batch without asking anything twice. An answer file that
 is not what its name promises (unreadable, another shape or dtype: a disk error, a foreign
 file) is treated as missing, with one warning naming it, and asked again.
+
+Builders of one transfer set in several processes (sweep agents of one config) take turns per
+round through `build_lock`, so none asks a query another has asked or is asking.
 """
 
+import errno
+import fcntl
 import json
+import os
+import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +32,39 @@ import torch
 from attacks.base import Queries
 from core.atomic import atomic_save_npy, atomic_write_text
 from core.errors import ConfigError
+
+
+@contextmanager
+def build_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (`fcntl.flock`) on `folder/.lock` for the block.
+
+    Held from a round's proposal to its last stored answer: a second builder waits, then finds
+    the round stored and asks nothing. Simpler than claiming API batches, and also right for
+    adaptive attacks, whose builders would propose different rounds. A killed holder's lock is
+    released by the kernel; the waiter resumes at the first unanswered batch. A folder no one
+    can write (a complete cache on a read-only disk) needs no exclusion: the block runs
+    unlocked. flock also works over NFS (Linux maps it to POSIX locks)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / ".lock", os.O_RDONLY | os.O_CREAT, 0o644)  # no write: read-only ok
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not folder.is_dir():
+            raise ConfigError(f"cannot use the transfer-set cache {folder} ({err.strerror}); "
+                              "set data.cache_dir to a writable folder") from None  # fmt: skip
+        fd = None  # read-only: nothing to exclude
+    if fd is None:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process building the transfer set {folder}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def lossless_dtype(answers: np.ndarray) -> np.ndarray:

@@ -17,6 +17,9 @@ written as its own file, atomically: a killed run resumes at the first unanswere
 Under DDP every process queries: rank 0 proposes (written before anything is asked), the
 round's unanswered positions are cut into API batches, and batch i goes to rank i % world_size,
 so no query is answered twice or lost and the set is bitwise the same for any world size.
+Separate builders of one set (two sweep agents) take turns: rank 0 of each holds the cache
+folder's lock (`datamodules.rounds.build_lock`) from a round's proposal to its last answer, so
+the second finds the round stored and asks nothing.
 
 Splits: `train` and `val` (a seeded `val_fraction` of each round, the attacker's only
 model-selection data; refused queries are dropped from both), and `test`, the victim's test set
@@ -26,6 +29,7 @@ fidelity; the surrogate also scores it every epoch for analysis, never for selec
 
 import json
 import math
+from contextlib import nullcontext
 from functools import cached_property
 from pathlib import Path
 
@@ -39,7 +43,7 @@ from attacks.random_sampling import RandomSampling
 from core.digests import digest
 from core.errors import ConfigError
 from datamodules.base import ImageDataModule, describe
-from datamodules.rounds import Round
+from datamodules.rounds import Round, build_lock
 from datamodules.transfer_datasets import TransferDataset, VictimLabelled
 
 
@@ -83,6 +87,12 @@ class TransferSetDataModule(ImageDataModule):
             raise ConfigError(f"data.epochs_per_round must be >= 1, got {epochs_per_round}")
         api.check_data(type(victim_data).__name__)  # a detector for other data: fail now
         self.budget, self.sizes = budget, self.attack.round_sizes(budget)
+        if 0 < val_fraction and math.floor(val_fraction * self.sizes[0]) == 0:
+            raise ConfigError(  # else found only after the queries were paid for
+                f"data.val_fraction {val_fraction} of data.budget {budget} leaves the first "
+                f"round's {self.sizes[0]} queries no validation query: expected val_fraction "
+                f">= 1/{self.sizes[0]}, or 0 for no validation split"
+            )
         self.epochs_per_round, self.val_fraction = epochs_per_round, val_fraction
         self.balance = balance
         self.client_name, self.cache_dir = client, Path(cache_dir)
@@ -219,19 +229,20 @@ class TransferSetDataModule(ImageDataModule):
 
     def _run_round(self, r: int) -> None:
         rank, world = self._rank_and_world()
-        if rank == 0:
-            self._propose(r)
-        self._barrier(f"round {r} proposed")
-        queries, state = self.round(r).proposal()
-        size = self.sizes[r]
-        queries = (
-            Queries(indices=queries.indices[:size]) if queries.indices is not None else queries
-        )
-        self.attack.load_state_dict(state)
-        pieces = self.round(r).missing(size, self.query_batch_size)
-        self._barrier(f"round {r} planned")  # every rank plans from the same cache state
-        self.ask(r, queries, pieces[rank::world])
-        self._barrier(f"round {r} answered")
+        with build_lock(self.folder) if rank == 0 else nullcontext():  # the job's turn
+            if rank == 0:
+                self._propose(r)
+            self._barrier(f"round {r} proposed")
+            queries, state = self.round(r).proposal()
+            size = self.sizes[r]
+            queries = (
+                Queries(indices=queries.indices[:size]) if queries.indices is not None else queries
+            )
+            self.attack.load_state_dict(state)
+            pieces = self.round(r).missing(size, self.query_batch_size)
+            self._barrier(f"round {r} planned")  # every rank plans from the same cache state
+            self.ask(r, queries, pieces[rank::world])
+            self._barrier(f"round {r} answered")
         answers = torch.from_numpy(self.round(r).read(size))
         indices = queries.indices if queries.indices is not None else np.full(size, -1)
         self.indices = np.concatenate([self.indices, indices])
@@ -282,7 +293,7 @@ class TransferSetDataModule(ImageDataModule):
             raise ConfigError(
                 f"the API refused {int(refused.sum())} of {len(refused)} queries: "
                 f"{len(refused) - int(refused.sum())} answers are too few to train and validate "
-                "a surrogate on"
+                f"a surrogate on (data.val_fraction {self.val_fraction})"
             )
         pool = self.pool.split("pool")
         splits = {

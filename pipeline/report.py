@@ -5,12 +5,15 @@ Tables are rendered from results.csv alone, so a table always shows what was mea
 tables (2, 5, 6, 7 and the 5.x sections) share one layout: a row per victim, Acc(F_V), then one
 column per setting with Acc(F_A) and its recovery. Detection tables link one ROC figure each,
 drawn from the per-image scores (`scores.csv`) their stages saved.
+
+results.csv and tables.md are written atomically: a full disk leaves the previous report whole.
 """
 
 import csv
 import html
 from pathlib import Path
 
+from core.atomic import atomic_file
 from lightning_modules.figures import Curves, plot_roc
 from lightning_modules.ood_metrics import read_scores
 from pipeline.findings import Results, findings_lines, mean
@@ -74,7 +77,7 @@ PAPER: dict[tuple[str, str, str, str], float] = {
 def write_results(path: Path, results: Results) -> None:
     """One row per seed (`seed` 0, 1, ...), then, for a metric measured on several seeds, its
     `mean`, `min` and `max` rows."""
-    with open(path, "w", newline="") as f:
+    with atomic_file(path, "w", "report file") as f:
         writer = csv.writer(f)
         writer.writerow(["table", "victim", "setting", "metric", "seed", "value"])
         for key, values in results.items():
@@ -185,7 +188,8 @@ def write_tables(
               "Decided by the spread over seeds (`pipeline/findings.py`): a paired 95% interval "
               "of the difference must lie wholly on one side.", "",
               *findings_lines(results)]  # fmt: skip
-    path.write_text("\n".join(lines) + "\n")
+    with atomic_file(path, "w", "report file") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def log_to_wandb(output: Path, project: str = "knockoff-lab") -> Path:

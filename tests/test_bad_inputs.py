@@ -117,6 +117,10 @@ CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
                                                     "--data.init_args.val_fraction", "0"],
                                            "ModelCheckpoint monitors 'val/acc', but "
                                            "data.val_fraction is 0 (no validation split)"),
+    "val_fraction too small for a validation split": (
+        lambda: [*SURROGATE, checkpoint(), "--data.init_args.val_fraction", "0.001"],
+        "data.val_fraction 0.001 of data.budget 100 leaves the first round's 100 queries no "
+        "validation query: expected val_fraction >= 1/100"),
     "budget 0": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "0"],
                  "data.budget must be >= 1 query, got 0"),
     "budget above pool": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "301"],

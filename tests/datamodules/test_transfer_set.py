@@ -2,6 +2,9 @@
 victim is computed once per image for every granularity, budgets share prefixes, a killed build
 resumes without asking twice, rounds are stored and read back, DDP shards the API batches."""
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -215,6 +218,15 @@ def test_refused_queries_are_not_trained_on(victim_ckpt):
         ({"budget": 301}, "data.budget 301 exceeds the pool's 300 images"),
         ({"val_fraction": 1.0}, r"data.val_fraction must be in \[0, 1\)"),
         ({"epochs_per_round": 0}, "data.epochs_per_round must be >= 1"),
+        (
+            {"val_fraction": 0.001},
+            "data.val_fraction 0.001 of data.budget 100 leaves the first "
+            "round's 100 queries no validation query: expected val_fraction >= 1/100",
+        ),
+        (
+            {"val_fraction": 0.05, "attack": RandomSampling(rounds=10)},  # 5 of 100, 0 of round 0
+            "data.val_fraction 0.05 of data.budget 100 leaves the first round's 10 queries",
+        ),
     ],
 )
 def test_bad_settings_fail_before_any_query(victim_ckpt, counted, kwargs, message):
@@ -325,3 +337,49 @@ def test_a_damaged_proposal_is_a_one_line_error_naming_it(victim_ckpt):
     np.save(folder / "queries.npy", np.zeros(100, np.float32))
     with pytest.raises(ConfigError, match=r"holds float32 \(100,\), not pool indices"):
         transfer(victim_ckpt, budget=100)
+
+
+def _snapshot(folder):
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def test_a_complete_cache_is_read_without_writing_to_it(victim_ckpt, counted):
+    """Metadata is written once: rebuilding from a complete cache rewrites and adds no file
+    (checked by inode and mtime, so it holds even for root, whom permissions do not stop)."""
+    first = transfer(victim_ckpt, budget=100)
+    before = _snapshot(first.folder)
+    again = transfer(victim_ckpt, budget=60)  # a prefix, too
+    assert _snapshot(first.folder) == before and counted["asked"] == 100
+    assert torch.equal(again.answers, first.answers[:60])
+
+
+def _permissions_ignored() -> bool:
+    """Root (os.geteuid() == 0, with CAP_DAC_OVERRIDE) writes to read-only files: the test
+    would prove nothing. Probed, so root with that capability dropped runs it too."""
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder, "probe")
+        probe.touch()
+        probe.chmod(0o444)
+        try:
+            probe.open("a").close()
+        except PermissionError:
+            return False
+        return True
+
+
+@pytest.mark.skipif(_permissions_ignored(), reason="running as root: permissions are ignored")
+@pytest.mark.parametrize("lock_file", ["kept", "absent (a cache from before locks)"])
+def test_a_complete_cache_on_a_read_only_disk_is_usable(victim_ckpt, counted, lock_file):
+    first = transfer(victim_ckpt, budget=100)
+    if lock_file != "kept":
+        (first.folder / ".lock").unlink()
+    cache = first.folder.parent
+    paths = [cache, *cache.rglob("*")]
+    try:
+        for path in paths:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        again = transfer(victim_ckpt, budget=100)
+        assert torch.equal(again.answers, first.answers) and counted["asked"] == 100
+    finally:
+        for path in paths:
+            path.chmod(0o755 if path.is_dir() else 0o644)  # so tmp_path can be cleaned up
