@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from core.atomic import atomic_write_text
@@ -19,7 +18,7 @@ from lightning_modules.figures import plot_accuracy_over_epochs
 from lightning_modules.ood_metrics import TEST_SETS
 from pipeline.findings import Results
 from pipeline.report import Scored, log_to_wandb, plot_table_rocs, write_results, write_tables
-from pipeline.stages import Stage, StageRunner
+from pipeline.stages import Stage, StageRunner, check_keys, read_yaml
 
 
 def curve_metrics(folder: Path) -> dict[str, float]:
@@ -47,8 +46,7 @@ def curve_metrics(folder: Path) -> dict[str, float]:
 
 def is_attack(stage: Stage) -> bool:
     """An attack stage trains a surrogate on a transfer set: the stages repeated per seed."""
-    config = yaml.safe_load(Path(stage.config).read_text()) or {}
-    data = config.get("data") or {}
+    data = read_yaml(stage).get("data") or {}
     return stage.command == "fit" and "TransferSet" in str(data.get("class_path", ""))
 
 
@@ -71,23 +69,28 @@ def reproduce(
     verbose: bool = False,
     wandb: bool = False,
     wandb_project: str = "knockoff-lab",
+    source: str = "reproduce",
 ) -> Path:
     """Run `stages` in order into `output_dir` and write the report there.
 
     `set` applies dotted-key settings to every stage (e.g. `trainer.accelerator: gpu`);
-    `seeds` repeats every attack stage with that many seeds (tables show the mean and range, the
-    findings are decided by the spread: `pipeline.findings`);
+    `seeds` repeats every attack stage with that many seeds, unless the stage sets its own
+    (tables show the mean and range, the findings are decided by the spread:
+    `pipeline.findings`);
     `force` redoes every stage instead of reusing finished ones; `verbose` shows Lightning's
     output of each stage on the console (it always goes to the stage's `stdout.log`); `wandb`
     logs the report to one W&B run in `wandb_project` (offline under `output_dir/wandb` unless
-    logged in to W&B: `wandb sync` uploads it later).
+    logged in to W&B: `wandb sync` uploads it later). `source` names the preset in errors
+    (its file, from the command line).
     """
     for stage in stages:  # before any stage runs
         if not Path(stage.config).is_file():
             raise ConfigError(f"stage {stage.name}: config {stage.config} does not exist")
+    check_keys(stages, set or {}, source)  # a typo fails now, not hours into a run
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
-    runs = [(stage, seed) for stage in stages for seed in range(seeds if is_attack(stage) else 1)]
+    runs = [(stage, seed) for stage in stages
+            for seed in range((stage.seeds or seeds) if is_attack(stage) else 1)]  # fmt: skip
     output = Path(output_dir)
     runner = StageRunner(output, set or {}, force, verbose)
     results: Results = {}
@@ -133,8 +136,8 @@ def reproduce(
 def reproduce_main(args: list[str] | None = None) -> Path:
     parser = ArgumentParser(prog="main.py reproduce", description=__doc__, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_function_arguments(reproduce)
+    parser.add_function_arguments(reproduce, skip={"source"})
     config = parser.parse_args(sys.argv[2:] if args is None else args)
     config = parser.instantiate(config)
-    config.pop("config", None)
-    return reproduce(**config)
+    files = [str(path) for path in config.pop("config", None) or [] if path is not None]
+    return reproduce(**config, source=" + ".join(files) or "main.py reproduce")

@@ -139,7 +139,34 @@ CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
                    "data.init_args.budget: Expected a <class 'int'>. Got value: lots"),
     "wrong type of a union": (lambda: ["fit", "--config", DIGITS, "--trainer.max_epochs", "many"],
                               "trainer.max_epochs: Expected a <class 'int'>. Got value: many"),
+    "reproduce: a typo in a stage's set": (
+        lambda: preset({"name": "victim", "config": DIGITS, "set": {"trainer.max_epoch": 1}}),
+        f"p.yaml: stage victim: set key 'trainer.max_epoch' is not a setting of {DIGITS}: "
+        "trainer (arguments of lightning.pytorch.Trainer) has no 'max_epoch'; did you mean "
+        "'trainer.max_epochs'?"),
+    "reproduce: a typo in the top-level set": (
+        lambda: preset({"name": "victim", "config": DIGITS}, {"model.init_args.lr": 0.1}),
+        f"p.yaml: stage victim: top-level set key 'model.init_args.lr' is not a setting of "
+        f"{DIGITS}: model.init_args (arguments of lightning_modules.VictimClassifier) has no "
+        "'lr'; expected"),
+    "reproduce: a stage name outside output_dir": (
+        lambda: preset({"name": "../../x", "config": DIGITS}),
+        "stage name '../../x' must be letters, digits, '-', '_' or '.' (it names a folder under "
+        "output_dir)"),
+    "reproduce: a malformed stage YAML": (
+        lambda: preset({"name": "victim", "config": (Path("s.yaml").write_text("a: [b"),
+                                                     "s.yaml")[1]}),
+        "stage victim: config s.yaml is not readable YAML: while parsing a flow sequence"),
 }  # fmt: skip
+
+
+def preset(stage: dict, settings: dict | None = None) -> list[str]:
+    """`main.py reproduce` of a one-stage preset `p.yaml` (into runs/reproduce)."""
+    import yaml
+
+    text = {"output_dir": "runs/reproduce", "set": settings or {}, "stages": [stage]}
+    Path("p.yaml").write_text(yaml.safe_dump(text))
+    return ["reproduce", "--config", "p.yaml"]
 
 
 def fails(args: list[str], monkeypatch, capsys) -> str:

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,45 +10,82 @@ from jsonargparse import ArgumentError
 
 from pipeline.cli import cli_main
 from tests.conftest import CONFIGS, REPO
+from tests.datamodules import layouts
 
 SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
          "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", "run"]  # fmt: skip
 
 
+def predictions(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(images).argmax(dim=-1)
+
+
 def test_fit_then_test_on_embedded_default():
+    """`fit` tests the best checkpoint: the logged test accuracies are those of the checkpoint
+    it saved, rebuilt from its hyper-parameters alone, on every image of the test split."""
     cli = cli_main(["fit", "--config", str(CONFIGS / "victim/digits_cnn.yaml"), *SHORT])
     metrics = cli.trainer.callback_metrics
-    assert 0.0 <= float(metrics["test/acc"]) <= 1.0
-    assert "test/acc_class/9" in metrics
-    # the checkpoint keeps what rebuilds the network
     ckpt = cli.trainer.checkpoint_callback.best_model_path
     assert ckpt.endswith("best.ckpt")
     from lightning_modules import VictimClassifier
 
     model = VictimClassifier.load_from_checkpoint(ckpt, map_location="cpu")
-    assert model.hparams.arch == "digits_cnn" and model.hparams.num_classes == 10
+    assert model.hparams.arch == "digits_cnn"
+    images, labels = cli.datamodule.split("test").tensors
+    assert len(labels) == 359  # the whole test split, not `limit_*_batches` of it
+    right = predictions(model, images) == labels
+    assert float(metrics["test/acc"]) == pytest.approx(right.float().mean().item(), abs=1e-6)
+    for cls in range(10):
+        expected = right[labels == cls].float().mean().item()
+        assert float(metrics[f"test/acc_class/{cls}"]) == pytest.approx(expected, abs=1e-6)
 
 
 def test_rerun_into_same_directory_and_other_subcommands():
+    """A second fit into the same folder adds a version; validate, test and predict score the
+    checkpoint they are given (the fit's last one), not a network of their own."""
+    from lightning_modules import VictimClassifier
+
     args = ["--config", str(CONFIGS / "victim/digits_cnn.yaml"), *SHORT]
     cli_main(["fit", *args, "--test_after_fit", "false"])
     cli = cli_main(["fit", *args, "--test_after_fit", "false"])  # saved config must not crash
+    versions = sorted(p.name for p in Path("run/lightning_logs").iterdir())
+    assert versions == ["version_0", "version_1"]
+    fitted = float(cli.trainer.callback_metrics["val/acc"])
     ckpt = cli.trainer.checkpoint_callback.last_model_path
-    for sub in ("validate", "test", "predict"):
-        cli_main([sub, *args, "--ckpt_path", ckpt])
+    model = VictimClassifier.load_from_checkpoint(ckpt, map_location="cpu")
+    images, labels = cli.datamodule.split("test").tensors
+
+    validated = cli_main(["validate", *args, "--ckpt_path", ckpt]).trainer.callback_metrics
+    assert float(validated["val/acc"]) == pytest.approx(fitted, abs=1e-6)
+    tested = cli_main(["test", *args, "--ckpt_path", ckpt]).trainer.callback_metrics
+    accuracy = (predictions(model, images) == labels).float().mean().item()
+    assert float(tested["test/acc"]) == pytest.approx(accuracy, abs=1e-6)
+    predicted = cli_main(["predict", *args, "--ckpt_path", ckpt]).trainer.predict_loop
+    posteriors = torch.cat(predicted.predictions)  # of the digits' attacker pool split
+    with torch.no_grad():
+        expected = model(cli.datamodule.split("pool").labelled.tensors[0]).softmax(dim=-1)
+    assert posteriors.shape == (359, 10) and torch.allclose(posteriors, expected, atol=1e-5)
 
 
 def test_model_chosen_by_class_name():
-    cli = cli_main(["fit", "--model", "VictimClassifier", "--data", "DigitsDataModule",
+    """`num_classes` is linked from the data: GTSRB's 43, not the model's default of 10."""
+    layouts.gtsrb(Path("data"))
+    cli = cli_main(["fit", "--model", "VictimClassifier", "--data", "GTSRBDataModule",
+                    "--data.root", "data", "--data.image_size", "32",
                     "--trainer.fast_dev_run", "true", "--test_after_fit", "false"])  # fmt: skip
-    assert cli.model.hparams.num_classes == 10  # linked from the data
+    assert cli.model.hparams.num_classes == 43
+    assert cli.model(torch.zeros(2, 3, 32, 32)).shape == (2, 43)
 
 
 def test_unknown_key_rejected_before_training():
+    """Rejected at parse time: the config's run folder (runs/victim/digits_cnn, under the
+    working directory) is never made."""
     with pytest.raises(ArgumentError, match="foo"):
         cli_main(["fit", "--config", str(CONFIGS / "victim/digits_cnn.yaml"),
                   "--model.init_args.foo", "1"])  # fmt: skip
-    assert not (REPO / "runs").joinpath("never").exists()
+    assert not Path("runs").exists()
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,10 @@
 """A reduced `reproduce` run end to end: report structure (ROC figures, W&B run included), the
 progress display, stage caching, resume, --force."""
 
+import contextlib
 import csv
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from pipeline.cli import cli_main  # noqa: F401  (registers the model and data c
 from pipeline.findings import FINDINGS
 from pipeline.report import PAPER, write_tables
 from pipeline.reproduce import reproduce_main
-from pipeline.stages import stage_output
+from pipeline.stages import check_keys, stage_output
 from tests.conftest import CONFIGS
 
 TINY = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 3, "trainer.limit_val_batches": 2}
@@ -74,6 +76,16 @@ def test_reduced_pipeline_writes_the_report_and_caches_stages(tmp_path, capsys):
         ("probs", "recovery"),
         ("label", "acc_surrogate"),
     }
+    values = {(r["setting"], r["metric"]): float(r["value"]) for r in rows}
+    for setting in ("probs", "label"):  # each stage's own metrics, in their rows
+        stage = next((out / "stages").glob(f"knockoff-{setting}-*"))
+        logged = json.loads((stage / "result.json").read_text())["metrics"]
+        for name, metric in ATTACK.items():
+            assert values[(setting, name)] == round(logged[metric], 4), (setting, name)
+        assert values[(setting, "recovery")] == pytest.approx(
+            values[(setting, "acc_surrogate")] / values[(setting, "acc_victim")], abs=1e-3
+        )
+    assert values[("probs", "acc_victim")] == values[("label", "acc_victim")]  # one victim
     tables = (out / "tables.md").read_text()
     assert "## Table 6" in tables and "| digits-cnn |" in tables
     assert "Label-only answers degrade the surrogate (Table 6): **" in tables
@@ -85,7 +97,11 @@ def test_reduced_pipeline_writes_the_report_and_caches_stages(tmp_path, capsys):
         assert (out / "figures" / f"roc_table{table}.png").stat().st_size > 10_000
     assert {p.name for p in (out / "figures").glob("*_roc.png")} == {"detector_roc.png",
                                                                     "msp_roc.png"}  # fmt: skip
-    with open(next((out / "stages").glob("msp-*")) / "scores.csv", newline="") as f:
+    msp = next((out / "stages").glob("msp-*"))
+    victim_ckpt = next((out / "stages").glob("victim-*")) / "checkpoints/best.ckpt"
+    scored_by = yaml.safe_load((msp / "config.yaml").read_text())["model"]["init_args"]["victim"]
+    assert scored_by == str(victim_ckpt.absolute())  # `inputs`: the victim stage's checkpoint
+    with open(msp / "scores.csv", newline="") as f:
         labels = Counter((r["set"], r["label"]) for r in csv.DictReader(f))
     assert labels == {("in", "0"): 359, ("out", "1"): 40, ("out_test", "1"): 100}
     # the report went to one offline W&B run in the output folder, no network needed
@@ -123,11 +139,13 @@ def test_reduced_pipeline_writes_the_report_and_caches_stages(tmp_path, capsys):
 def test_seeds_repeat_every_attack_stage_and_the_report_shows_their_spread(tmp_path, capsys):
     config = yaml.safe_load(tiny_config(tmp_path).read_text())
     config["seeds"] = 2
+    label = next(s for s in config["stages"] if s["name"] == "knockoff-label")
+    label["seeds"] = 1  # a stage's own number of seeds wins over the preset's
     (tmp_path / "seeds.yaml").write_text(yaml.safe_dump(config))
     out = reproduce_main(["--config", str(tmp_path / "seeds.yaml")])
     names = sorted(p.name.rsplit("-", 1)[0] for p in (out / "stages").iterdir())
-    assert names == ["knockoff-label", "knockoff-label.s1", "knockoff-probs",
-                     "knockoff-probs.s1", "victim"]  # the victim is trained once  # fmt: skip
+    assert names == ["knockoff-label", "knockoff-probs", "knockoff-probs.s1",
+                     "victim"]  # the victim is trained once  # fmt: skip
     seeded = yaml.safe_load(next((out / "stages").glob("knockoff-probs.s1-*/config.yaml"))
                             .read_text())  # fmt: skip
     assert seeded["seed_everything"] == 1 and seeded["data"]["init_args"]["seed"] == 1
@@ -144,18 +162,48 @@ def test_seeds_repeat_every_attack_stage_and_the_report_shows_their_spread(tmp_p
     tables = (out / "tables.md").read_text()
     low, high = (f"{100 * v:.1f}" for v in sorted(per_seed))
     assert f"{100 * sum(per_seed) / 2:.1f}% [{low}, {high}]" in tables
-    assert "(95% CI, 2 seeds)" in tables
-    assert "[1/5] victim" in capsys.readouterr().out
+    assert "1 seed: no spread to judge by" in tables  # label (1 seed) against probs (2)
+    assert "[1/4] victim" in capsys.readouterr().out
 
 
-def test_unfinished_stage_resumes_from_its_last_checkpoint(tmp_path, capsys):
-    config = tiny_config(tmp_path)
-    out = reproduce_main(["--config", str(config)])
+def test_a_rerun_resumes_and_reuses_stages_from_another_working_directory(
+    tmp_path, monkeypatch, capsys
+):
+    """Issue 18: a stage killed after its checkpoint resumes from it (and tests the weights it
+    saved); finished stages are reused from another working directory, their figures and
+    results included: a record holds paths relative to its stage folder, not to the cwd of the
+    run that wrote it."""
+    first = tmp_path / "first"
+    first.mkdir()
+    monkeypatch.chdir(first)
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    config["output_dir"] = "out"  # relative to the first run's working directory
+    (first / "tiny.yaml").write_text(yaml.safe_dump(config))
+    out = reproduce_main(["--config", "tiny.yaml"])
     victim = next((out / "stages").glob("victim-*"))
+    before = json.loads((victim / "result.json").read_text())["metrics"]
+    trained = (victim / "checkpoints/best.ckpt").stat().st_mtime_ns
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert "knockoff-probs_figure1_transfer_histogram.png" in figures
+    results = (out / "results.csv").read_text()
     (victim / "result.json").unlink()  # as if killed after the checkpoint, before the result
-    reproduce_main(["--config", str(config)])
-    assert f"victim: resuming from {victim / 'checkpoints/last.ckpt'}" in capsys.readouterr().out
-    assert json.loads((victim / "result.json").read_text())["metrics"]["test/acc"] >= 0
+    shutil.rmtree(out / "figures")
+    (out / "results.csv").unlink()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    reproduce_main(["--config", str(first / "tiny.yaml"), "--output_dir", str(first / "out")])
+    log = capsys.readouterr().out
+    assert f"victim: resuming from {first / victim / 'checkpoints/last.ckpt'}" in log
+    assert log.count(": cached (") == 2, log  # both surrogates
+    after = json.loads((first / victim / "result.json").read_text())["metrics"]
+    assert after == pytest.approx(before)  # the weights it saved, tested again
+    assert (first / victim / "checkpoints/best.ckpt").stat().st_mtime_ns == trained  # no retraining
+    assert sorted(p.name for p in (first / out / "figures").iterdir()) == figures
+    assert (first / out / "results.csv").read_text() == results
+    assert list(elsewhere.iterdir()) == []  # nothing written under the new working directory
 
 
 def test_force_redoes_everything(tmp_path, capsys):
@@ -186,9 +234,11 @@ def test_reproduce_configs_parse(path: Path):
     from pipeline.reproduce import reproduce
 
     parser = ArgumentParser(exit_on_error=False)
-    parser.add_function_arguments(reproduce)
+    parser.add_function_arguments(reproduce, skip={"source"})
     config = parser.parse_object(yaml.safe_load(path.read_text()))
     stages = parser.instantiate(config).stages
+    with contextlib.chdir(CONFIGS.parent):  # stage configs are relative to the repository
+        check_keys(stages, config.set or {}, path.name)  # each `set` key: a setting of its stage
     names = [stage.name for stage in stages]
     assert len(names) == len(set(names))
     for stage in stages:
@@ -230,19 +280,31 @@ def test_paper_preset_shows_the_papers_detection_figures_beside_ours(tmp_path):
     assert "| cubs200-rn34 | msp | n/a | 40.0% [paper 39.0%] |" in tables
 
 
+TYPO = (r"bad\.yaml: stage victim: {where} key 'trainer\.max_epoch' is not a setting of "
+        r"\S+/configs/victim/digits_cnn\.yaml: trainer \(arguments of "
+        r"lightning\.pytorch\.Trainer\) has no 'max_epoch'; did you mean "
+        r"'trainer\.max_epochs'\?$")  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    "stage, message",
-    [({"name": "../../x"}, r"stage name '../../x' must be letters, digits"),
-     ({"name": "/tmp/x"}, r"stage name '/tmp/x' must be letters"),
-     ({"config": "missing.yaml"}, "stage victim: config missing.yaml does not exist")],
+    "stage, top, message",
+    [({"name": "../../x"}, {}, r"stage name '../../x' must be letters, digits"),
+     ({"name": "/tmp/x"}, {}, r"stage name '/tmp/x' must be letters"),
+     ({"config": "missing.yaml"}, {}, "stage victim: config missing.yaml does not exist"),
+     ({"seeds": 0}, {}, "stage victim: seeds must be >= 1, got 0"),
+     ({"set": {"trainer.max_epoch": 1}}, {}, TYPO.format(where="set")),
+     ({}, {"trainer.max_epoch": 1}, TYPO.format(where="top-level set"))],
 )  # fmt: skip
-def test_bad_stages_fail_before_any_stage_runs(tmp_path, stage, message):
+def test_bad_stages_fail_before_any_stage_runs(tmp_path, stage, top, message):
+    """Checked when the preset is read: a name outside output_dir, a missing config, a `set`
+    key the stage's YAML does not have (a typo would otherwise fail, or be ignored, hours in)."""
     from core.errors import ConfigError
 
     config = yaml.safe_load(tiny_config(tmp_path).read_text())
     config["stages"][0].update(stage)
+    config["set"].update(top)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match=message):
         reproduce_main(["--config", str(path)])
-    assert not list(tmp_path.rglob("result.json")) and not (tmp_path / "x").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "x").exists()
