@@ -3,6 +3,7 @@
 
   base      the crops as the embedded pool makes them
   digitlike grey, reduced to 8x8 (the digits' own resolution), contrast-stretched, gamma 2
+            (`CropsPoolDataModule(style="digitlike")`)
 
 Prints surrogate accuracy and recovery (surrogate / victim accuracy) for probabilities and
 label-only answers at each budget. One seed; a search, not a finding.
@@ -16,9 +17,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from core.normalization import IMAGENET_MEAN, IMAGENET_STD, normalize
 from datamodules import DigitsDataModule
-from datamodules.pools import PHOTOS, load_photo, random_crops
+from datamodules.pools import PHOTOS, digitlike, load_photo, random_crops
 from lightning_modules.networks import build_network
 
 
@@ -49,17 +49,6 @@ def train(images: torch.Tensor, targets: torch.Tensor, epochs: int) -> torch.nn.
     return net.eval()
 
 
-def digitlike(crops: torch.Tensor, size: int) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    raw = (crops * std + mean).mean(1, keepdim=True)
-    raw = F.interpolate(F.interpolate(raw, size=8, mode="area"), size=size, mode="bilinear")
-    low = raw.flatten(1).min(1).values.view(-1, 1, 1, 1)
-    high = raw.flatten(1).max(1).values.view(-1, 1, 1, 1)
-    raw = ((raw - low) / (high - low + 1e-6)) ** 2
-    return normalize(raw.clamp(0, 1).expand(-1, 3, -1, -1).contiguous())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=16)
@@ -77,7 +66,7 @@ def main() -> None:
     print(f"victim: acc {victim_acc:.3f} ({time.time() - start:.0f} s)")
     photos = [load_photo(name) for name in PHOTOS["natural"]]
     crops, _ = random_crops(photos, max(args.queries), args.size, 0)
-    for name, pool in (("base", crops), ("digitlike", digitlike(crops, args.size))):
+    for name, pool in (("base", crops), ("digitlike", digitlike(crops))):
         for count in args.queries:
             with torch.no_grad():
                 probs = victim(pool[:count]).softmax(-1)

@@ -68,7 +68,13 @@ def test_ddp_detection_scores_are_gathered_from_every_process(victim_ckpt, tmp_p
     trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
                       default_root_dir=str(tmp_path / "single"))  # fmt: skip
     trainer.test(OODBaseline(str(victim_ckpt), MSP()), small_in_out(), verbose=False)[0]
-    ddp = run(["test", "--config", str(CONFIGS / "ood/digits_msp.yaml"), *SMALL_IN_OUT,
+    photos = [
+        "--data.init_args.out_data.init_args.style",
+        "photo",
+        "--data.init_args.out_test_data.init_args.style",
+        "photo",
+    ]  # as small_in_out()
+    ddp = run(["test", "--config", str(CONFIGS / "ood/digits_msp.yaml"), *SMALL_IN_OUT, *photos,
                "--model.init_args.victim", str(victim_ckpt), "--model.init_args.detector", "null",
                "--config", str(CONFIGS / "trainer/ddp_cpu.yaml")], tmp_path / "ddp")  # fmt: skip
     expected = read_scores(tmp_path / "single/scores.csv")

@@ -30,7 +30,7 @@ from tests.serving import free_port, make_keys, run_server, wait_ready
 from tests.toy_defence import RefuseAfter
 
 TEST_SECONDS = 240  # per test, after the session's victim is trained
-SHAPE = [3, 32, 32]
+SHAPE = [3, 16, 16]
 
 
 @pytest.fixture(autouse=True)
@@ -232,11 +232,12 @@ def bad_server(victim_ckpt, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad")
     api = served_api(victim_ckpt, folder, budget=100)
     clients = {"alice": {}, "capped": {"budget": 10}, "slow": {}, "owner": {"owner": True}}
-    with serving(api, folder, clients, max_queries=16, max_body_bytes=20 * 3 * 32 * 32 * 4 + 1024,
+    with serving(api, folder, clients, max_queries=16, max_body_bytes=20 * 3 * 16 * 16 * 4 + 1024,
                  rate=None) as server:  # fmt: skip
         yield server
 
 
+TOO_LARGE = to_npy(queries(21))  # over max_body_bytes (20 images)
 BAD = {  # name: (client or a literal key, body, headers, status, error)
     "no key": (None, to_npy(queries(2)), {}, 401, "auth"),
     "wrong key": ("not-a-key", to_npy(queries(2)), {}, 401, "auth"),
@@ -244,7 +245,7 @@ BAD = {  # name: (client or a literal key, body, headers, status, error)
     "too large": ("alice", to_npy(queries(21)), {}, 413, "size"),
     "too large, chunked": (
         "alice",
-        [to_npy(queries(21))[i : i + 65536] for i in range(0, 258176, 65536)],
+        [TOO_LARGE[i : i + 8192] for i in range(0, len(TOO_LARGE), 8192)],
         {},
         413,
         "size",

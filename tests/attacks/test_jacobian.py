@@ -68,8 +68,8 @@ def test_every_synthetic_image_is_a_query_and_the_budget_is_exact(victim_ckpt, t
     data = cli.datamodule
     assert data.sizes == [30, 30, 30] and data.rounds_done == 3
     assert (data.indices[:30] >= 0).all() and (data.indices[30:] == -1).all()
-    assert data.images.shape == (60, 3, 32, 32)
-    assert np.load(data.round(2).folder / "images.npy").shape == (30, 3, 32, 32)
+    assert data.images.shape == (60, 3, 16, 16)
+    assert np.load(data.round(2).folder / "images.npy").shape == (30, 3, 16, 16)
     record = data.api.record(data.client)
     assert (record.asked, record.answered) == (90, 90)
     assert len(data.split("train")) + len(data.split("val")) == 90

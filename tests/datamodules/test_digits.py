@@ -44,7 +44,7 @@ def test_images_are_normalised_rgb_at_configured_size():
 
 def test_pool_yields_images_without_labels():
     pool = _splits()["pool"]
-    assert isinstance(pool[0], torch.Tensor) and pool[0].shape == (3, 32, 32)
+    assert isinstance(pool[0], torch.Tensor) and pool[0].shape == (3, 16, 16)
     assert len(pool.labelled[0]) == 2  # labels kept for analysis only
 
 

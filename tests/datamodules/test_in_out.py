@@ -36,7 +36,7 @@ def test_splits_labels_and_the_pools_shares():
     assert torch.equal(labels(test), (sets > 0).long())  # out-of-distribution is label 1
     assert TEST_SETS == ("in", "out", "out_test")
     x, y, s = next(iter(data.test_dataloader()))  # seeded order: one batch samples every set
-    assert x.shape[1:] == (3, 32, 32) and y.dtype == s.dtype == torch.long
+    assert x.shape[1:] == (3, 16, 16) and y.dtype == s.dtype == torch.long
     assert s.unique().tolist() == [0, 1, 2]
 
 
@@ -72,7 +72,7 @@ def test_exclude_classes_drops_them_from_every_in_split():
 def test_record_and_cache_description():
     data = in_out()
     record = data.training_record()
-    assert record["in_data"] == "DigitsDataModule" and record["image_shape"] == [3, 32, 32]
+    assert record["in_data"] == "DigitsDataModule" and record["image_shape"] == [3, 16, 16]
     assert data.description() == in_out().description()
     assert data.description() != in_out(out_test_fraction=0.2).description()
     assert data.description() != in_out(out_data=CropsPoolDataModule(size=200)).description()

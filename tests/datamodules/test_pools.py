@@ -1,7 +1,10 @@
 """Embedded query pools: shipped photos only, seeded, disjoint photo sets, images without labels."""
 
+import pytest
 import torch
 
+from core.errors import ConfigError
+from core.normalization import denormalize
 from datamodules.pools import PHOTOS, CropsPoolDataModule, load_photo
 
 
@@ -20,7 +23,7 @@ def test_pool_is_seeded_and_yields_images_only():
     assert torch.equal(a.splits["pool"][7], b.splits["pool"][7])
     assert not torch.equal(a.splits["pool"][7], c.splits["pool"][7])
     image = a.splits["pool"][0]
-    assert isinstance(image, torch.Tensor) and image.shape == (3, 32, 32)
+    assert isinstance(image, torch.Tensor) and image.shape == (3, 16, 16)
 
 
 def test_narrow_pool_is_less_diverse_than_natural():
@@ -31,3 +34,26 @@ def test_narrow_pool_is_less_diverse_than_natural():
         images = dm.splits["pool"].labelled.tensors[0]
         spread[source] = images.mean(dim=(2, 3)).std(dim=0).mean()  # colour spread over crops
     assert spread["narrow"] < spread["natural"]
+
+
+def pool_images(**options) -> torch.Tensor:
+    dm = CropsPoolDataModule("natural", size=60, image_size=16, **options)
+    dm.setup()
+    return dm.splits["pool"].labelled.tensors[0]
+
+
+def test_digitlike_crops_are_grey_stretched_and_dark():
+    """What makes them look like the digits: one grey channel, each crop's full range, a dark
+    ground (gamma 2 puts the median below a linear stretch's)."""
+    images = denormalize(pool_images(style="digitlike"))
+    assert torch.allclose(images[:, 0], images[:, 1], atol=1e-5)
+    assert torch.allclose(images[:, 0], images[:, 2], atol=1e-5)
+    flat = images[:, 0].flatten(1)
+    assert torch.allclose(flat.min(1).values, torch.zeros(60), atol=1e-3)
+    assert torch.allclose(flat.max(1).values, torch.ones(60), atol=1e-2)
+    assert flat.median() < 0.3  # a linear stretch of photo crops sits near 0.5
+
+
+def test_an_unknown_style_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match="data.style must be one of photo, digitlike"):
+        CropsPoolDataModule(style="sketch")

@@ -141,10 +141,10 @@ def test_a_checkpointed_detector_rejects_queries_of_another_size_uncounted(
     victim_ckpt, detector_ckpt
 ):
     api = PredictionAPI(str(victim_ckpt), [DetectorFilter(str(detector_ckpt))], ledger=None)
-    with pytest.raises(ConfigError, match="trained on 3x32x32 images, queries are 3x48x48"):
+    with pytest.raises(ConfigError, match="trained on 3x16x16 images, queries are 3x48x48"):
         api.answer(torch.zeros(2, 3, 48, 48))
     assert api.record().asked == 0
-    assert api.answer(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert api.answer(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
 
 
 def test_a_detector_for_other_data_is_refused(detector_ckpt, tmp_path):

@@ -157,7 +157,7 @@ def test_checkpoint_reloads_as_a_guard_with_identical_scores(cv_run, detector_ck
         expected = model(images).softmax(-1)[:, 1]
         assert torch.equal(guard(images), expected)
     assert guard.trained_on["in_data"] == "DigitsDataModule"
-    assert guard.image_shape == (3, 32, 32)
+    assert guard.image_shape == (3, 16, 16)
     metrics = cli.trainer.callback_metrics
     assert metrics["test/tnr"] > 0.9 and metrics["test/tpr/out"] > 0.9
     # a single `main.py fit` run leaves its scores and ROC figure in its log folder
