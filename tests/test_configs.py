@@ -58,10 +58,17 @@ EMBEDDED_ATTACKS = sorted(
 )
 
 
+def small_pool(path: Path) -> list[str]:
+    """A 400-crop pool for a crop-pool attack (its 6,000 crops cost seconds per test)."""
+    crops = "CropsPoolDataModule" in path.read_text()
+    return ["--data.init_args.pool.init_args.size", "400"] if crops else []
+
+
 @pytest.mark.parametrize("path", EMBEDDED_ATTACKS, ids=lambda p: p.name)
 def test_embedded_attack_config_runs(path: Path, victim_ckpt: Path):
     cli = cli_main(["fit", "--config", str(path), *SHORT, "--data.init_args.api.init_args.victim",
-                    str(victim_ckpt), "--data.init_args.budget", "150"])  # fmt: skip
+                    str(victim_ckpt), "--data.init_args.budget", "150",
+                    *small_pool(path)])  # fmt: skip
     metrics = cli.trainer.callback_metrics
     assert {"test/acc", "test/recovery", "test/fidelity"} <= set(metrics)
 
@@ -83,7 +90,8 @@ def test_attack_and_defence_overlays_run(path: Path, victim_ckpt: Path):
         else []
     )
     cli = cli_main(["fit", *config_args(path), *SHORT, *rounds, "--data.init_args.budget", "150",
-                    "--data.init_args.api.init_args.victim", str(victim_ckpt)])  # fmt: skip
+                    "--data.init_args.api.init_args.victim", str(victim_ckpt),
+                    *small_pool(ATTACK)])  # fmt: skip
     assert {"test/acc", "test/recovery", "test/fidelity"} <= set(cli.trainer.callback_metrics)
     data = cli.datamodule
     assert data.api.record(data.client).asked == 150  # the budget, exactly, through the API
