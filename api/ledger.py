@@ -29,6 +29,10 @@ CREATE TABLE IF NOT EXISTS defence_state (
 """
 
 
+class BudgetExhausted(ConfigError):
+    """A client asked for more queries than its budget leaves (a served API answers 429)."""
+
+
 @dataclass
 class ClientRecord:
     client: str
@@ -73,12 +77,20 @@ class Ledger:
         ).fetchone()  # fmt: skip
         return ClientRecord(client, *(row or (0, 0, 0, 0)), budget=self.budget)
 
+    def records(self) -> list[ClientRecord]:
+        """Every client's books in this deployment, by client name (a Sybil split shows here)."""
+        rows = self.db.execute(
+            "SELECT client, asked, answered, flagged, refused FROM clients WHERE deployment=? "
+            "ORDER BY client", (self.deployment,),
+        ).fetchall()  # fmt: skip
+        return [ClientRecord(*row, budget=self.budget) for row in rows]
+
     def reserve(self, client: str, count: int) -> None:
         """Count `count` queries as asked, or refuse them all if they exceed the budget."""
         with self._transaction():
             asked = self.record(client).asked
             if self.budget is not None and asked + count > self.budget:
-                raise ConfigError(
+                raise BudgetExhausted(
                     f"query budget exhausted for client {client!r}: {asked} asked, {count} more, "
                     f"budget {self.budget}"
                 )

@@ -35,6 +35,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from api.keys import KeyEntry, KeyRing
+from api.ledger import BudgetExhausted
 from api.prediction import PredictionAPI
 from api.wire import NPY, NPZ, WireError, read_array, to_npy, to_npz
 from core.errors import ConfigError
@@ -129,10 +130,8 @@ class Service:
                               f"{entry.budget}")  # fmt: skip
         try:
             answers = self.api.answer(torch.from_numpy(images.astype(np.float32)), entry.client)
-        except ConfigError as err:
-            if "budget exhausted" in str(err):
-                raise Refusal(429, "budget", str(err)) from None
-            raise
+        except BudgetExhausted as err:
+            raise Refusal(429, "budget", str(err)) from None
         return answers.numpy().astype(np.float32, copy=False)
 
     def record(self, entry: KeyEntry, client: str | None = None) -> dict:
@@ -143,17 +142,13 @@ class Service:
                 "refused": record.refused, "budget_left": left}  # fmt: skip
 
     def records(self) -> list[dict]:
-        rows = self.api.ledger.db.execute(
-            "SELECT client, asked, answered, flagged, refused FROM clients WHERE deployment=? "
-            "ORDER BY client", (self.api.ledger.deployment,),
-        ).fetchall()  # fmt: skip
         budgets = {e.client: e.budget for e in self.keys.entries}
         out = []
-        for client, asked, answered, flagged, refused in rows:
-            caps = [b for b in (self.api.ledger.budget, budgets.get(client)) if b]
-            out.append({"client": client, "asked": asked, "answered": answered,
-                        "flagged": flagged, "refused": refused,
-                        "budget_left": min(caps) - asked if caps else None})  # fmt: skip
+        for r in self.api.ledger.records():
+            caps = [b for b in (r.budget, budgets.get(r.client)) if b]
+            out.append({"client": r.client, "asked": r.asked, "answered": r.answered,
+                        "flagged": r.flagged, "refused": r.refused,
+                        "budget_left": min(caps) - r.asked if caps else None})  # fmt: skip
         return out
 
     def evaluate(self, images: np.ndarray) -> bytes:

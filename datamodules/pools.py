@@ -15,7 +15,7 @@ from them (`python benchmarks/embedded_regime.py`, issue 16).
 """
 
 from functools import cache
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -82,8 +82,8 @@ def random_crops(
 def digitlike(crops: torch.Tensor, resolution: int = 8, gamma: float = 2.0) -> torch.Tensor:
     """Normalised crops made grey, reduced to `resolution` px (area), brought back to their
     size, stretched to the full [0, 1] range per image, raised to `gamma`; normalised again."""
-    rgb = denormalize(crops)  # grey by elementwise sums: a reduction's rounding can vary
-    grey = ((rgb[:, 0] + rgb[:, 1] + rgb[:, 2]) / 3)[:, None]  # with memory alignment
+    rgb = denormalize(crops)
+    grey = ((rgb[:, 0] + rgb[:, 1] + rgb[:, 2]) / 3)[:, None]
     small = F.interpolate(grey, size=resolution, mode="area")
     grey = F.interpolate(small, size=crops.shape[-2:], mode="bilinear")
     low = grey.amin((1, 2, 3), keepdim=True)
@@ -92,7 +92,8 @@ def digitlike(crops: torch.Tensor, resolution: int = 8, gamma: float = 2.0) -> t
     return normalize(grey.expand(-1, 3, -1, -1).contiguous())
 
 
-STYLES = ("photo", "digitlike")
+Style = Literal["photo", "digitlike"]
+STYLES = get_args(Style)
 
 
 class CropsPoolDataModule(ImageDataModule):
@@ -109,7 +110,7 @@ class CropsPoolDataModule(ImageDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
-        style: Literal["photo", "digitlike"] = "photo",
+        style: Style = "photo",
     ):
         super().__init__(batch_size, num_workers, seed)
         if style not in STYLES:

@@ -107,7 +107,6 @@ def test_an_attack_through_http_builds_the_in_process_transfer_set(victim_ckpt, 
         asked, answered, flagged, _ = books(service, "alice")
         assert (asked, answered) == (100, 100)
         assert flagged == local.api.record(local.client).flagged  # PRADA's verdicts agree
-        print("FLAGGED", stack, flagged)
         assert remote.record().asked == 100
         assert books(service, "owner")[0] == 0  # evaluation is not charged
 
