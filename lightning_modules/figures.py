@@ -102,3 +102,34 @@ def plot_accuracy_over_epochs(metrics_csv: Path, path: Path, title: str = "") ->
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+Points = dict[str, list[tuple[str, list[float], list[float]]]]  # series -> (label, xs, ys)
+
+
+def plot_points(
+    points: Points, path: Path, xlabel: str, ylabel: str, title: str = "", lines: bool = False
+) -> Path:
+    """One colour per series; each point at the mean over seeds of its x and y values, with bars
+    from their min to max (the seed spread). `lines` joins a series' points in order (an axis of
+    numbers, such as a query budget); otherwise each point is labelled (a defence, say)."""
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for series, entries in points.items():
+        xs = [sum(x) / len(x) for _, x, _ in entries]
+        ys = [sum(y) / len(y) for _, _, y in entries]
+        xerr = [[m - min(x) for m, (_, x, _) in zip(xs, entries, strict=True)],
+                [max(x) - m for m, (_, x, _) in zip(xs, entries, strict=True)]]  # fmt: skip
+        yerr = [[m - min(y) for m, (_, _, y) in zip(ys, entries, strict=True)],
+                [max(y) - m for m, (_, _, y) in zip(ys, entries, strict=True)]]  # fmt: skip
+        ax.errorbar(xs, ys, yerr=yerr, xerr=xerr, marker="o", markersize=4, capsize=2,
+                    linestyle="-" if lines else "none", label=series)  # fmt: skip
+        if not lines:
+            for (label, _, _), x, y in zip(entries, xs, ys, strict=True):
+                ax.annotate(label, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=textwrap.fill(title, 70))
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -11,12 +11,14 @@ results.csv and tables.md are written atomically: a full disk leaves the previou
 
 import csv
 import html
+from collections.abc import Sequence
 from pathlib import Path
 
 from core.atomic import atomic_file
 from lightning_modules.figures import Curves, plot_roc
 from lightning_modules.ood_metrics import read_scores
 from pipeline.findings import Results, findings_lines, mean
+from pipeline.grid import Grid
 
 # A detector's or baseline's saved scores in a table: (table, victim, setting, OOD set, scores.csv)
 Scored = tuple[str, str, str, str, Path]
@@ -155,6 +157,26 @@ def detection_table(results: Results, table: str, paper: bool = False) -> list[s
     return lines
 
 
+def _number(values: list[float] | None) -> str:
+    """A grid cell: the mean over seeds, and the range [min, max] when there are several."""
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{mean(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+
+def grid_table(results: Results, grid: Grid) -> list[str]:
+    """A row per measured cell: its variants, then each metric's mean [min, max] over seeds."""
+    header = [*grid.axes, *grid.metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for cell in grid.cells():
+        values = [grid.get(results, cell, metric) for metric in grid.metrics]
+        if any(values):
+            lines.append("| " + " | ".join([*cell, *map(_number, values)]) + " |")
+    return lines
+
+
 def plot_table_rocs(scored: list[Scored], folder: Path) -> dict[str, Path]:
     """One ROC figure per detection table (`roc_table<table>.png`): a panel per victim and
     out-of-distribution set the table reports, a curve per detector or baseline in its rows, all
@@ -173,9 +195,14 @@ def plot_table_rocs(scored: list[Scored], folder: Path) -> dict[str, Path]:
 
 
 def write_tables(
-    path: Path, results: Results, paper: bool, figures: dict[str, str] | None = None
+    path: Path,
+    results: Results,
+    paper: bool,
+    figures: dict[str, str] | None = None,
+    grids: Sequence[Grid] = (),
 ) -> None:
-    """tables.md; `figures` maps a table to a figure (relative to `path`) shown under it."""
+    """tables.md; `figures` maps a table (or grid) to a figure (relative to `path`) shown under
+    it; each grid gets its table, its figure and its comparisons with its reference."""
     lines = ["# Results", ""]
     for table, title in TITLES.items():
         if not any(k[0] == table for k in results):
@@ -184,6 +211,17 @@ def write_tables(
         lines += [f"## {title}", "", *render(results, table, paper), ""]
         if figure := (figures or {}).get(table):
             lines += [f"![ROC curves, {title.split(':')[0]}]({figure})", ""]
+    for grid in grids:
+        if not any(k[0] == grid.name for k in results):
+            continue
+        lines += [f"## {grid.title}", "", *grid_table(results, grid), ""]
+        if figure := (figures or {}).get(grid.name):
+            lines += [f"![{grid.plot.y} vs {grid.plot.x}]({figure})", ""]
+        if comparisons := grid.comparisons(results):
+            ref = grid.reference
+            lines += [f"Each cell against {ref.axis} = {ref.variant}, paired across seeds "
+                      "(higher / lower only when the 95% interval excludes zero):", "",
+                      *comparisons, ""]  # fmt: skip
     lines += ["## The paper's findings, checked on this run", "",
               "Decided by the spread over seeds (`pipeline/findings.py`): a paired 95% interval "
               "of the difference must lie wholly on one side.", "",

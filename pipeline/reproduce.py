@@ -7,6 +7,7 @@ import dataclasses
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,8 +18,10 @@ from core.errors import ConfigError
 from lightning_modules.figures import plot_accuracy_over_epochs
 from lightning_modules.ood_metrics import TEST_SETS
 from pipeline.findings import Results
+from pipeline.grid import Grid
+from pipeline.keys import check_keys
 from pipeline.report import Scored, log_to_wandb, plot_table_rocs, write_results, write_tables
-from pipeline.stages import Stage, StageRunner, check_keys, read_yaml
+from pipeline.stages import Stage, StageRunner, read_yaml
 
 
 def curve_metrics(folder: Path) -> dict[str, float]:
@@ -61,6 +64,7 @@ def seeded(stage: Stage, seed: int) -> Stage:
 
 def reproduce(
     stages: list[Stage],
+    grids: Sequence[Grid] = (),
     output_dir: str = "runs/reproduce",
     set: dict[str, Any] | None = None,
     seeds: int = 1,
@@ -71,7 +75,8 @@ def reproduce(
     wandb_project: str = "knockoff-lab",
     source: str = "reproduce",
 ) -> Path:
-    """Run `stages` in order into `output_dir` and write the report there.
+    """Run `stages` in order, then the stages of `grids` (`pipeline.grid`), into `output_dir`
+    and write the report there.
 
     `set` applies dotted-key settings to every stage (e.g. `trainer.accelerator: gpu`);
     `seeds` repeats every attack stage with that many seeds, unless the stage sets its own
@@ -83,9 +88,14 @@ def reproduce(
     logged in to W&B: `wandb sync` uploads it later). `source` names the preset in errors
     (its file, from the command line).
     """
+    cells = [stage for grid in grids for stage in grid.stages()]
+    stages = [*stages, *cells]
+    names = [stage.name for stage in stages]
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        raise ConfigError(f"{source}: stage names {repeated} are given twice")
     for stage in stages:  # before any stage runs
-        if not Path(stage.config).is_file():
-            raise ConfigError(f"stage {stage.name}: config {stage.config} does not exist")
+        if missing := [path for path in stage.configs if not Path(path).is_file()]:
+            raise ConfigError(f"stage {stage.name}: config {missing[0]} does not exist")
     check_keys(stages, set or {}, source)  # a typo fails now, not hours into a run
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
@@ -112,8 +122,8 @@ def reproduce(
                 ood_sets = {logged.rsplit("/", 1)[-1] for logged in row.metrics.values()}
                 scored += [(row.table, row.victim, row.setting, ood_set, folder / "scores.csv")
                            for ood_set in TEST_SETS[1:] if ood_set in ood_sets]  # fmt: skip
-        if seed > 0:
-            continue  # the figures show seed 0
+        if seed > 0 or stage in cells:
+            continue  # the figures show seed 0 (a grid cell's stay in its stage folder)
         for png in [*folder.glob("figure*.png"), *folder.glob("roc.png")]:
             shutil.copy(png, figures / f"{stage.name}_{png.name}")
         if "curve/epochs_run" in result["metrics"]:
@@ -121,9 +131,12 @@ def reproduce(
                                       title=stage.name)  # fmt: skip
     write_results(output / ".results.csv", results)
     (output / ".results.csv").replace(output / "results.csv")
-    rocs = plot_table_rocs(scored, figures)
-    write_tables(output / ".tables.md", results, paper=preset == "paper",
-                 figures={table: f"figures/{png.name}" for table, png in rocs.items()})  # fmt: skip
+    drawn = plot_table_rocs(scored, figures)
+    for grid in grids:
+        if png := grid.figure(results, figures / f"grid_{grid.name}.png"):
+            drawn[grid.name] = png
+    shown = {table: f"figures/{png.name}" for table, png in drawn.items()}
+    write_tables(output / ".tables.md", results, preset == "paper", shown, grids)
     (output / ".tables.md").replace(output / "tables.md")
     atomic_write_text(output / "elapsed.txt", f"{time.time() - start:.1f} s\n")
     print(f"report: {output / 'tables.md'}, {output / 'results.csv'}, {figures}/ "

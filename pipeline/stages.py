@@ -1,16 +1,14 @@
 """Stages of `python main.py reproduce`: each one is an ordinary experiment YAML run through the
 same LightningCLI as `python main.py fit`, so a paper-scale preset and the embedded one differ
-only in config.
-
-Every dotted key a stage's `set` or `inputs` (or the top-level `set`) names must be a setting of
-the stage's YAML, or a parameter of the class (or Trainer) it sits under: `check_keys` refuses a
-typo such as `trainer.max_epoch` when the preset is read, not hours later in the stage that reads
-it. `result.json` records the checkpoint relative to its stage folder, so a rerun from another
+only in config. A stage's `config` may be a list: an experiment YAML, then overlays merged
+over it in order, as `python main.py fit --config a.yaml --config b.yaml` merges them; its `set`
+and `inputs` apply to the merged config (their keys are checked by `pipeline.keys`).
+`result.json` records the checkpoint relative to its stage folder, so a rerun from another
 working directory finds what the first run made.
 
-A stage's folder is named by a key over everything that determines its result (the YAML's text,
-the settings applied to it, the keys of the stages it reads from). `result.json` is written last,
-atomically: a folder with it is finished and reused; a folder without it is resumed from its
+A stage's folder is named by a key over everything that determines its result (the YAMLs' texts,
+the settings applied to them, the keys of the stages it reads from). `result.json` is written
+last, atomically: a folder with it is finished and reused; a folder without it is resumed from its
 `last.ckpt`. A changed setting changes the keys of that stage and of the stages downstream of it,
 and nothing else.
 
@@ -20,10 +18,8 @@ to the console with `verbose`.
 """
 
 import contextlib
-import difflib
+import copy
 import hashlib
-import importlib
-import inspect
 import json
 import logging
 import re
@@ -55,7 +51,7 @@ class Row:
 @dataclass
 class Stage:
     name: str
-    config: str  # an experiment YAML, as for `python main.py fit --config`
+    config: str | list[str]  # an experiment YAML (then overlays), as for `main.py fit --config`
     command: Literal["fit", "test"] = "fit"
     set: dict[str, Any] = field(
         default_factory=dict
@@ -72,8 +68,19 @@ class Stage:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) or ".." in self.name:
             raise ConfigError(f"stage name {self.name!r} must be letters, digits, '-', '_' or "
                               "'.' (it names a folder under output_dir)")  # fmt: skip
+        if not self.configs:
+            raise ConfigError(f"stage {self.name}: config names no YAML")
         if self.seeds is not None and self.seeds < 1:
             raise ConfigError(f"stage {self.name}: seeds must be >= 1, got {self.seeds}")
+
+    @property
+    def configs(self) -> list[str]:
+        return [self.config] if isinstance(self.config, str) else list(self.config)
+
+    @property
+    def shown(self) -> str:
+        """The YAMLs as a user would pass them: `a.yaml + overlay.yaml`."""
+        return " + ".join(self.configs)
 
 
 def set_dotted(config: dict, key: str, value: Any) -> None:
@@ -88,131 +95,38 @@ def set_dotted(config: dict, key: str, value: Any) -> None:
         node[last] = value
 
 
-# Top-level keys of an experiment YAML beside trainer/model/data (LightningCLI's own options).
-CLI_KEYS = ("seed_everything", "trainer", "model", "data", "ckpt_path", "test_after_fit")
-NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-
-
-def init_parameters(cls: type) -> set[str] | None:
-    """The keyword arguments `cls(...)` accepts, following `**kwargs` up the MRO as jsonargparse
-    does; None if they are open-ended (a `**kwargs` that reaches no signature that ends it)."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if (init := klass.__dict__.get("__init__")) is None or klass is object:
-            continue
-        params = list(inspect.signature(init).parameters.values())[1:]
-        names |= {p.name for p in params if p.kind in NAMED}
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-            return names
-    return None
-
-
-def class_of(class_path: Any) -> type | None:
-    """The class a YAML's `class_path` names, imported only from the trusted packages (a config
-    is code: `pipeline.cli`); None for any other, or one that does not import (the CLI names
-    that itself)."""
-    from pipeline.cli import trusted_modules
-
-    if not isinstance(class_path, str) or class_path.split(".")[0] not in trusted_modules():
-        return None
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
-
-
-def extensions(config: dict, path: list[str]) -> tuple[set[str] | None, str]:
-    """(the keys a mapping at dotted `path` of an experiment YAML may gain, whose they are):
-    LightningCLI's own at the top, the Trainer's under `trainer`, a class's under its
-    `init_args`; None where any key goes (a `**kwargs` that ends nowhere)."""
-    if not path:
-        return set(CLI_KEYS), ""
-    if path == ["trainer"]:
-        from lightning.pytorch import Trainer
-
-        return init_parameters(Trainer), "lightning.pytorch.Trainer"
-    if path[-1] != "init_args":
-        return set(), ""
-    owner = config
-    for part in path[:-1]:
-        owner = owner[int(part)] if isinstance(owner, list) else owner[part]
-    cls = class_of(owner.get("class_path"))
-    return (set(), "") if cls is None else (init_parameters(cls), owner["class_path"])
-
-
-def missing_setting(config: dict, key: str) -> str | None:
-    """None if dotted `key` is a setting of `config` (an experiment YAML, parsed): a key it has,
-    or one more parameter of the Trainer or of a class it names; else what is wrong and what
-    was expected."""
-    node, parts, depth = config, key.split("."), 0
-    for part in parts:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            break
-        depth += 1
-    else:
-        return None
-    path, rest = parts[:depth], parts[depth:]
-    if not isinstance(node, dict):
-        what = f"a list of {len(node)}" if isinstance(node, list) else f"{node!r}"
-        return f"{'.'.join(path)} is {what}, not a mapping with {rest[0]!r}"
-    if rest[0] == "init_args" and len(rest) == 2 and "class_path" in node:
-        path, rest, node = [*path, "init_args"], rest[1:], {}  # a class given no init_args yet
-    elif not path and rest[0] == "trainer" and len(rest) == 2:
-        path, rest, node = ["trainer"], rest[1:], {}  # a YAML with no trainer settings yet
-    params, owner = extensions(config, path)
-    here = ".".join(path)
-    if params is None or rest[0] in params:
-        if len(rest) == 1:
-            return None
-        whole = f"{here}.{rest[0]}" if here else rest[0]
-        return (f"{whole} is not in the YAML, so {'.'.join(rest[1:])!r} has nothing to go "
-                f"under; set {whole!r} as a whole")  # fmt: skip
-    known = sorted({*node, *(params or ())} - {"class_path"})
-    prefix = here + "." if here else ""
-    if close := difflib.get_close_matches(rest[0], known, n=1):
-        hint = f"did you mean {prefix + close[0]!r}?"
-    elif 0 < len(known) <= 12:
-        hint = f"expected one of {', '.join(prefix + k for k in known)}"
-    else:
-        hint = "expected a key the YAML has, or a parameter of the class it sits under"
-    where = f"{here or 'the top level'}{f' (arguments of {owner})' if owner else ''}"
-    return f"{where} has no {rest[0]!r}; {hint}"
+def merge(base: Any, overlay: Any) -> Any:
+    """`overlay` over `base` as a second `--config` merges it: mappings key by key; a list or a
+    value replaces; a mapping naming another `class_path` replaces the whole class."""
+    if not (isinstance(base, dict) and isinstance(overlay, dict)):
+        return copy.deepcopy(overlay)
+    if "class_path" in overlay and overlay["class_path"] != base.get("class_path"):
+        return copy.deepcopy(overlay)
+    merged = dict(base)
+    for key, value in overlay.items():
+        merged[key] = merge(base[key], value) if key in base else copy.deepcopy(value)
+    return merged
 
 
 def read_yaml(stage: "Stage") -> dict:
-    """The stage's experiment YAML, or a one-line ConfigError naming it."""
-    try:
-        config = yaml.safe_load(Path(stage.config).read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"stage {stage.name}: config {stage.config} is not readable YAML: "
-                          f"{' '.join(str(err).split())}") from err  # fmt: skip
-    if not isinstance(config, dict):
-        raise ConfigError(f"stage {stage.name}: config {stage.config} is not a mapping of "
-                          f"settings (got a {type(config).__name__})")  # fmt: skip
-    return config
-
-
-def check_keys(stages: list["Stage"], settings: dict[str, Any], source: str) -> None:
-    """A one-line ConfigError for the first key of the top-level `settings` or of a stage's
-    `set` or `inputs` that is no setting of the stage's YAML (`missing_setting`): a typo would
-    otherwise add a key that fails, or is ignored, when the stage finally runs."""
-    for stage in stages:
-        config = read_yaml(stage)
-        named = [(key, "top-level set") for key in settings]
-        named += [(key, "set") for key in stage.set] + [(key, "inputs") for key in stage.inputs]
-        for key, where in named:
-            if (problem := missing_setting(config, key)) is not None:
-                raise ConfigError(f"{source}: stage {stage.name}: {where} key {key!r} is not a "
-                                  f"setting of {stage.config}: {problem}")  # fmt: skip
+    """The stage's YAMLs, merged in order, or a one-line ConfigError naming the one at fault."""
+    merged: dict = {}
+    for path in stage.configs:
+        try:
+            config = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise ConfigError(f"stage {stage.name}: config {path} is not readable YAML: "
+                              f"{' '.join(str(err).split())}") from err  # fmt: skip
+        if not isinstance(config, dict):
+            raise ConfigError(f"stage {stage.name}: config {path} is not a mapping of "
+                              f"settings (got a {type(config).__name__})")  # fmt: skip
+        merged = merge(merged, config)
+    return merged
 
 
 def stage_key(stage: Stage, settings: dict[str, Any], upstream: dict[str, str]) -> str:
-    text = Path(stage.config).read_text()
+    texts = [Path(path).read_text() for path in stage.configs]
+    text = texts[0] if len(texts) == 1 else texts  # a one-YAML stage keeps its earlier key
     blob = json.dumps([text, stage.command, settings, upstream], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -292,7 +206,7 @@ class StageRunner:
 
     def effective_config(self, stage: Stage, folder: Path) -> dict:
         """The stage's YAML with the pipeline's settings, inputs, logger and checkpoint folder."""
-        config = yaml.safe_load(Path(stage.config).read_text())
+        config = read_yaml(stage)
         for key, value in {**self.settings, **stage.set}.items():
             set_dotted(config, key, value)
         for key, name in stage.inputs.items():
@@ -336,7 +250,7 @@ class StageRunner:
             print(f"{position} {stage.name}: resuming from {last}", flush=True)
             args += ["--ckpt_path", str(last)]
         else:
-            print(f"{position} {stage.name}: running {stage.command} {stage.config}", flush=True)
+            print(f"{position} {stage.name}: running {stage.command} {stage.shown}", flush=True)
         from pipeline.cli import cli_main
 
         start = time.time()

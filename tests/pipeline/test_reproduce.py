@@ -13,9 +13,10 @@ import yaml
 
 from pipeline.cli import cli_main  # noqa: F401  (registers the model and data classes)
 from pipeline.findings import FINDINGS
+from pipeline.keys import check_keys
 from pipeline.report import PAPER, write_tables
 from pipeline.reproduce import reproduce_main
-from pipeline.stages import check_keys, stage_output
+from pipeline.stages import stage_output
 from tests.conftest import CONFIGS
 
 TINY = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 3, "trainer.limit_val_batches": 2}
@@ -236,13 +237,14 @@ def test_reproduce_configs_parse(path: Path):
     parser = ArgumentParser(exit_on_error=False)
     parser.add_function_arguments(reproduce, skip={"source"})
     config = parser.parse_object(yaml.safe_load(path.read_text()))
-    stages = parser.instantiate(config).stages
+    preset = parser.instantiate(config)
+    stages = [*preset.stages, *(s for grid in preset.grids for s in grid.stages())]
     with contextlib.chdir(CONFIGS.parent):  # stage configs are relative to the repository
         check_keys(stages, config.set or {}, path.name)  # each `set` key: a setting of its stage
     names = [stage.name for stage in stages]
     assert len(names) == len(set(names))
     for stage in stages:
-        assert (Path.cwd() / stage.config).exists() or (CONFIGS.parent / stage.config).exists()
+        assert all((CONFIGS.parent / path).exists() for path in stage.configs)
         assert set(stage.inputs.values()) <= set(names[: names.index(stage.name)])
 
 

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from core.errors import ConfigError
-from pipeline.stages import Stage, check_keys, missing_setting, read_result
+from pipeline.keys import check_keys, missing_setting
+from pipeline.stages import Stage, read_result
 from tests.conftest import CONFIGS
 
 VICTIM = str(CONFIGS / "victim/digits_cnn.yaml")
