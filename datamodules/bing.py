@@ -12,9 +12,10 @@ from datamodules.on_disk import PoolDataModule, class_folders
 
 
 class BingDataModule(PoolDataModule):
-    """`per_class` images from each category folder under `root`."""
+    """`per_class` images from each category folder under `<root>/bing`."""
 
-    layout = "one folder of images per Caltech-256 category (e.g. 001.ak47/)"
+    folders = ("bing",)
+    contents = "one folder of images per Caltech-256 category (001.ak47/ ...)"
     source = "http://vlg.cs.dartmouth.edu/projects/domainadapt/ (Bing-Caltech256)"
 
     def __init__(self, root: str, per_class: int = 380, **kwargs):
@@ -24,6 +25,7 @@ class BingDataModule(PoolDataModule):
         self.per_class = per_class
 
     def sample(self) -> ImageFiles:
-        if not self.root.is_dir() or not (folders := class_folders(self.root)):
-            raise self.missing("category folders")
+        base = self.dataset_dir()
+        if not (folders := class_folders(base)):
+            raise self.missing("category folders", [base])
         return self.sample_per_class(folders, self.per_class)

@@ -9,10 +9,14 @@ from datamodules.on_disk import VictimDataModule, class_folders
 
 
 class Caltech256DataModule(VictimDataModule):
-    """Caltech-256 in torchvision's layout. `test_per_class`: Knockoff's fixed test count."""
+    """Caltech-256 as published (or as torchvision writes it).
+
+    `test_per_class`: Knockoff's fixed test count."""
 
     catalog = "caltech256"
-    layout = "caltech256/256_ObjectCategories/NNN.name/*.jpg (torchvision's Caltech256 layout)"
+    # the tar unpacked, or where torchvision's Caltech256(root, download=True) puts it
+    folders = ("256_ObjectCategories", "caltech256/256_ObjectCategories")
+    contents = "one folder per class, 001.ak47/*.jpg ... 257.clutter/"
     source = "https://data.caltech.edu/records/nyy15-4j048 (256_ObjectCategories.tar)"
 
     def __init__(self, root: str, test_per_class: int = 25, **kwargs):
@@ -20,10 +24,10 @@ class Caltech256DataModule(VictimDataModule):
         self.test_per_class = test_per_class
 
     def load(self) -> dict[str, LabelledImages]:
-        folder = self.locate("caltech256/256_ObjectCategories", "256_ObjectCategories")
+        folder = self.dataset_dir()
         found = {path.name: path for path in class_folders(folder)}
         if missing := [name for name in self.classes if name not in found]:
-            raise self.missing(f"{len(missing)} class folders such as {folder / missing[0]}")
+            raise self.missing(f"{len(missing)} class folders such as {missing[0]}", [folder])
         files, labels = [], []
         for label, name in enumerate(self.classes):
             images = self.folder_images(found[name])

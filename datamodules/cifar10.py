@@ -46,10 +46,12 @@ def read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
 
 
 class CIFAR10DataModule(VictimDataModule):
-    """CIFAR-10 in torchvision's layout. `download`: fetch it with torchvision when missing."""
+    """CIFAR-10, python version. `download`: fetch it with torchvision when missing."""
 
     catalog = "cifar10"
-    layout = "cifar-10-batches-py/ with data_batch_1..5 and test_batch (torchvision's layout)"
+    folders = ("cifar-10-batches-py",)  # as the tarball unpacks and torchvision downloads it
+    required = tuple(name for names in BATCHES.values() for name in names)
+    contents = "data_batch_1..5 and test_batch (the python version)"
     source = "data.download: true, or https://www.cs.toronto.edu/~kriz/cifar.html (python version)"
 
     def __init__(self, root: str, download: bool = False, **kwargs):
@@ -58,14 +60,14 @@ class CIFAR10DataModule(VictimDataModule):
 
     def prepare_data(self) -> None:
         if self.download:
-            CIFAR10(self.root, download=True)
+            CIFAR10(self.root, download=True)  # writes root/cifar-10-batches-py
 
     def load(self) -> dict[str, LabelledImages]:
         self.prepare_data()
-        folder = self.locate("cifar-10-batches-py")
+        folder = self.dataset_dir()
         parts = {}
         for split, names in BATCHES.items():
-            batches = [read_batch(self.locate(f"cifar-10-batches-py/{name}")) for name in names]
+            batches = [read_batch(folder / name) for name in names]
             parts[split] = ImageArrays(
                 np.concatenate([images for images, _ in batches]),
                 [label for _, labels in batches for label in labels],

@@ -23,17 +23,13 @@ class CUBS200DataModule(VictimDataModule):
     """CUB-200-2011 in its official layout."""
 
     catalog = "cubs200"
-    layout = (
-        "CUB_200_2011/ holding images/, images.txt, image_class_labels.txt, "
-        "train_test_split.txt and classes.txt"
-    )
+    folders = ("CUB_200_2011",)  # as CUB_200_2011.tgz unpacks
+    required = ("images", *(f"{name}.txt" for name in TABLES))
+    contents = "images/, images.txt, image_class_labels.txt, train_test_split.txt and classes.txt"
     source = "https://www.vision.caltech.edu/datasets/cub_200_2011/ (CUB_200_2011.tgz)"
 
     def load(self) -> dict[str, LabelledImages]:
-        base = self.locate("CUB_200_2011/images.txt", "images.txt").parent
-        for name in TABLES:
-            if not (base / f"{name}.txt").is_file():
-                raise self.missing(f"CUB_200_2011/{name}.txt")
+        base = self.dataset_dir()
         images, labels, is_train, classes = (read_table(base / f"{t}.txt") for t in TABLES)
         if [classes[key] for key in sorted(classes, key=int)] != self.classes:
             raise ConfigError(f"{base / 'classes.txt'} does not list CUB-200-2011's 200 species")

@@ -23,12 +23,18 @@ class Diabetic5DataModule(VictimDataModule):
 
     Args:
         test_per_class: Knockoff's test count per level (drawn by patient).
-        cache_dir: where the preprocessed images go (default: <root>/eyenet_<cache_size>).
+        cache_dir: where the preprocessed images go; by default beside the photos, in the
+            dataset's folder: <root>/diabetic-retinopathy-detection/eyenet_<cache_size>.
         cache_size: side of the cached images, at least `image_size`.
     """
 
     catalog = "diabetic5"
-    layout = "trainLabels.csv and train/<image>.jpeg (Kaggle's train.zip.001-005 unpacked)"
+    folders = ("diabetic-retinopathy-detection",)  # the Kaggle competition's archive name
+    required = ("trainLabels.csv", "train")
+    contents = (
+        "trainLabels.csv and train/<image>.jpeg (Kaggle's trainLabels.csv.zip and "
+        "train.zip.001-005 unpacked)"
+    )
     source = "https://www.kaggle.com/c/diabetic-retinopathy-detection/data"
 
     def __init__(
@@ -43,7 +49,7 @@ class Diabetic5DataModule(VictimDataModule):
         if cache_size < self.image_size:
             raise ConfigError(f"data.cache_size={cache_size} is below data.image_size")
         self.test_per_class, self.cache_size = test_per_class, cache_size
-        default = self.root / f"eyenet_{cache_size}"
+        default = self.root / self.folders[0] / f"eyenet_{cache_size}"
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default
 
     def prepare_data(self) -> None:
@@ -51,7 +57,8 @@ class Diabetic5DataModule(VictimDataModule):
 
     def cached_levels(self) -> dict[str, int]:
         """Level of every usable image by name, preprocessing into the cache on first use."""
-        table, folder = self.locate("trainLabels.csv"), self.locate("train")
+        base = self.dataset_dir()
+        table, folder = base / "trainLabels.csv", base / "train"
         with open(table, newline="") as file:
             try:
                 levels = {row["image"]: int(row["level"]) for row in csv.DictReader(file)}

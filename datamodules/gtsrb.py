@@ -17,12 +17,14 @@ from datamodules.on_disk import VictimDataModule, class_folders
 
 
 class GTSRBDataModule(VictimDataModule):
-    """GTSRB in torchvision's layout. `download`: fetch it with torchvision when missing."""
+    """GTSRB as torchvision downloads it. `download`: fetch it with torchvision when missing."""
 
     catalog = "gtsrb"
-    layout = (
-        "gtsrb/GTSRB/Training/000NN/*.ppm, gtsrb/GTSRB/Final_Test/Images/*.ppm and "
-        "gtsrb/GT-final_test.csv (torchvision's GTSRB layout)"
+    folders = ("gtsrb",)  # where torchvision's GTSRB(root, download=True) puts it
+    required = ("GTSRB/Training", "GT-final_test.csv", "GTSRB/Final_Test/Images")
+    contents = (
+        "GTSRB/Training/000NN/*.ppm, GTSRB/Final_Test/Images/*.ppm and GT-final_test.csv "
+        "(torchvision's GTSRB layout)"
     )
     source = "data.download: true, or https://benchmark.ini.rub.de/gtsrb_dataset.html"
 
@@ -33,7 +35,7 @@ class GTSRBDataModule(VictimDataModule):
     def prepare_data(self) -> None:
         if self.download:
             for split in ("train", "test"):
-                GTSRB(self.root, split=split, download=True)
+                GTSRB(self.root, split=split, download=True)  # writes root/gtsrb
 
     def group_of(self, name: str) -> str:
         """The track: training files are named <track>_<frame>.ppm inside their class folder."""
@@ -42,17 +44,17 @@ class GTSRBDataModule(VictimDataModule):
 
     def load(self) -> dict[str, LabelledImages]:
         self.prepare_data()
-        training = self.locate("gtsrb/GTSRB/Training")
+        base = self.dataset_dir()
+        training = base / "GTSRB/Training"
         found = class_folders(training)
         if [folder.name for folder in found] != [f"{c:05d}" for c in range(len(self.classes))]:
-            raise self.missing(f"the 43 class folders 00000..00042 in {training}")
+            raise self.missing(f"the 43 class folders 00000..00042 in {training}", [training])
         files, labels = [], []
         for label, folder in enumerate(found):
             images = self.folder_images(folder)
             files += images
             labels += [label] * len(images)
-        table = self.locate("gtsrb/GT-final_test.csv")
-        test_dir = self.locate("gtsrb/GTSRB/Final_Test/Images")
+        table, test_dir = base / "GT-final_test.csv", base / "GTSRB/Final_Test/Images"
         with open(table, newline="") as file:
             rows = list(csv.DictReader(file, delimiter=";", skipinitialspace=True))
         test_files = [str(test_dir / row["Filename"]) for row in rows]

@@ -19,10 +19,12 @@ from datamodules.on_disk import PoolDataModule, class_folders, holdout, share
 class ImageNetSubsetDataModule(PoolDataModule):
     """`per_class` images per class; `test_fraction` of each class's sample goes to `test`."""
 
-    layout = "ILSVRC-2012 train/<wnid>/*.JPEG, one folder per class"
+    # torchvision's ImageNet layout under an imagenet/ folder, or Kaggle's ImageNet archive
+    folders = ("imagenet/train", "imagenet/ILSVRC/Data/CLS-LOC/train")
+    contents = "ILSVRC-2012's training images, one folder per class: <wnid>/*.JPEG"
     source = (
         "https://image-net.org/download-images (ILSVRC2012_img_train.tar, each class tar "
-        "unpacked into train/<wnid>/)"
+        "unpacked into imagenet/train/<wnid>/)"
     )
 
     def __init__(self, root: str, per_class: int = 100, test_fraction: float = 0.1, **kwargs):
@@ -35,9 +37,9 @@ class ImageNetSubsetDataModule(PoolDataModule):
         self.per_class, self.test_fraction = per_class, test_fraction
 
     def sample(self) -> ImageFiles:
-        folders = class_folders(self.locate("train", "ILSVRC/Data/CLS-LOC/train"))
-        if not folders:
-            raise self.missing("class folders train/<wnid>/")
+        base = self.dataset_dir()
+        if not (folders := class_folders(base)):
+            raise self.missing("class folders <wnid>/", [base])
         return self.sample_per_class(folders, self.per_class)
 
     def build_splits(self) -> dict[str, Dataset]:

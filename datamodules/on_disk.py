@@ -1,6 +1,22 @@
 """Bases of the DataModules that read a real dataset from `data.root`, in its publisher's layout.
 
-  OnDiskDataModule  the root, the image size, the readability check, the missing-data error;
+One rule for every on-disk dataset: `data.root` is a data root that holds each dataset in its own
+folder, named as its publisher's archive (or torchvision's downloader) names it. Each DataModule
+states that folder as its class attribute `folders` (alternatives in order of preference; the
+first is where `download: true` writes) and what the folder holds as `contents`, so one
+`--data.root /data` points any experiment at a disk holding all of them:
+
+  /data/256_ObjectCategories/ or /data/caltech256/256_ObjectCategories/    Caltech256
+  /data/CUB_200_2011/                                                      CUBS200
+  /data/cifar-10-batches-py/                                               CIFAR10
+  /data/gtsrb/                                                             GTSRB
+  /data/diabetic-retinopathy-detection/                                    Diabetic5
+  /data/imagenet/train/ (or imagenet/ILSVRC/Data/CLS-LOC/train/)           ImageNetSubset
+  /data/openimages/                                                        OpenImages
+  /data/bing/                                                              Bing
+
+  OnDiskDataModule  the root, the dataset's folder, the image size, the readability check, the
+                    missing-data error;
   VictimDataModule  hook `load() -> {"train", "test"}`: the victim's labelled data. Adds `val`,
                     held out of train (the paper has train/test only, and checkpoints must never
                     be selected on test), `exclude_overlap` and `as_pool`;
@@ -17,6 +33,7 @@ from itertools import compress
 from pathlib import Path
 
 import numpy as np
+from lightning.pytorch import LightningDataModule
 from torch.utils.data import Dataset
 
 from core.errors import ConfigError
@@ -74,10 +91,11 @@ def class_folders(folder: Path) -> list[Path]:
 
 
 class OnDiskDataModule(ImageDataModule):
-    """A dataset under `root`. Subclasses state `layout` and `source` for the missing-data error.
+    """A dataset in its own folder under `root`. Subclasses state `folders`, `contents` and
+    `source` (the module docstring has the rule).
 
     Args:
-        root: folder holding the dataset as its publisher ships it (see README, Real datasets).
+        root: the data root, holding each dataset in its own folder (see README, Real datasets).
         image_size: side of the square RGB images fed to the network (224 ResNets, 32 5L/9L).
         skip_unreadable: skip unreadable image files with one warning instead of failing.
         batch_size: images per batch.
@@ -85,8 +103,10 @@ class OnDiskDataModule(ImageDataModule):
         seed: seed of every split and sample.
     """
 
-    layout: str
-    source: str
+    folders: tuple[str, ...]  # the dataset's folder under root; the first is where download writes
+    required: tuple[str, ...] = ()  # what must be in that folder before any work starts
+    contents: str  # what the folder holds, for the missing-data error
+    source: str  # where to get it
 
     def __init__(
         self,
@@ -104,19 +124,41 @@ class OnDiskDataModule(ImageDataModule):
         self.image_size, self.skip_unreadable = image_size, skip_unreadable
         self.eval_transform = image_transform(image_size, augment=False)
 
-    def missing(self, what: str) -> ConfigError:
-        """The error for absent data: what is missing, the layout expected and where to get it."""
+    @classmethod
+    def layout(cls) -> str:
+        """The expected layout, relative to the data root."""
+        return f"{' or '.join(f'<root>/{f}/' for f in cls.folders)} holding {cls.contents}"
+
+    def missing(self, what: str, looked: Sequence[Path]) -> ConfigError:
+        """The one-line error for absent data: what is missing, every path looked at, the layout
+        expected and where to get it."""
         return ConfigError(
-            f"{type(self).__name__}: {what} not found under data.root={self.root}; "
-            f"expected {self.layout}; get it from {self.source}"
+            f"{type(self).__name__}: {what} not found under data.root={self.root}; looked at "
+            f"{', '.join(str(path) for path in looked)}; expected {self.layout()}; "
+            f"get it from {self.source}"
         )
 
-    def locate(self, *candidates: str) -> Path:
-        """The first of `candidates` (paths under root) that exists: layouts differ by a level."""
-        for candidate in candidates:
-            if (path := self.root / candidate).exists():
-                return path
-        raise self.missing(candidates[0])
+    def dataset_dir(self) -> Path:
+        """The dataset's folder under root (the first of `folders` there), holding `required`."""
+        looked = [self.root / folder for folder in self.folders]
+        if (found := next((path for path in looked if path.is_dir()), None)) is None:
+            raise self.missing("the dataset's folder", looked)
+        for name in self.required:
+            self.need(found / name)
+        return found
+
+    def need(self, path: Path) -> Path:
+        """`path`, a file or folder of the dataset, or the missing-data error naming it."""
+        if not path.exists():
+            what = path.relative_to(self.root) if path.is_relative_to(self.root) else path
+            raise self.missing(str(what), [path])
+        return path
+
+    def check_present(self) -> None:
+        """The missing-data error now, before any expensive work (nothing to check when the
+        dataset is downloaded on first use)."""
+        if not getattr(self, "download", False):
+            self.dataset_dir()
 
     def image_files(self, files: Sequence[str], labels: Sequence[int], where: Path) -> ImageFiles:
         """Labelled files, each checked readable (or skipped, with `skip_unreadable`)."""
@@ -238,6 +280,7 @@ class PoolDataModule(OnDiskDataModule):
         """A seeded sample of `per_class` images from each class folder, labelled by folder
         index; a folder holding fewer gives all of its images (one warning counts them)."""
         rng = np.random.default_rng(self.seed)
+        where = folders[0].parent if folders else self.root
         files, labels, short = [], [], 0
         for label, folder in enumerate(folders):
             images = self.folder_images(folder)
@@ -247,11 +290,30 @@ class PoolDataModule(OnDiskDataModule):
             labels += [label] * len(take)
         if short:
             warnings.warn(
-                f"{short} of {len(folders)} class folders under {self.root} hold fewer "
+                f"{short} of {len(folders)} class folders under {where} hold fewer "
                 f"than {per_class} images; all of theirs are taken",
                 stacklevel=2,
             )
-        return self.image_files(files, labels, self.root)
+        return self.image_files(files, labels, where)
 
     def build_splits(self) -> dict[str, Dataset]:
         return {"pool": ImagesOnly(self.sample().select(transform=self.eval_transform))}
+
+
+def check_present(datamodule: object) -> None:
+    """The missing-data error of the first absent on-disk dataset in `datamodule`, itself or
+    nested in it (in/out data, a transfer set's pool and victim data), before any of them
+    starts its expensive work (a readability check, a cache, the queries)."""
+    seen: set[int] = set()
+
+    def walk(module: object) -> None:
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        if isinstance(module, OnDiskDataModule):
+            module.check_present()
+        for value in vars(module).values():
+            if isinstance(value, LightningDataModule):
+                walk(value)
+
+    walk(datamodule)

@@ -14,9 +14,11 @@ from datamodules.on_disk import PoolDataModule
 
 
 class OpenImagesDataModule(PoolDataModule):
-    """`size` images drawn uniformly from every image under `root`, sub-folders included."""
+    """`size` images drawn uniformly from every image under `<root>/openimages`, sub-folders
+    included."""
 
-    layout = "a folder tree of images, e.g. OpenImages' train_0/ ... train_f/ or test/ folders"
+    folders = ("openimages",)
+    contents = "a folder tree of images, e.g. OpenImages' train_0/ ... train_f/ or test/ folders"
     source = "https://storage.googleapis.com/openimages/web/download.html (images only)"
 
     def __init__(self, root: str, size: int = 20_000, **kwargs):
@@ -26,14 +28,15 @@ class OpenImagesDataModule(PoolDataModule):
         self.size = size
 
     def sample(self) -> ImageFiles:
-        if not self.root.is_dir() or not (files := list_images(self.root, recursive=True)):
-            raise self.missing("any image")
+        base = self.dataset_dir()
+        if not (files := list_images(base, recursive=True)):
+            raise self.missing("any image", [base])
         if len(files) < self.size:
             warnings.warn(
-                f"{self.root} holds {len(files)} images, fewer than data.size="
+                f"{base} holds {len(files)} images, fewer than data.size="
                 f"{self.size}; all are taken",
                 stacklevel=2,
             )
         rng = np.random.default_rng(self.seed)
         take = np.sort(rng.choice(len(files), min(self.size, len(files)), replace=False))
-        return self.image_files([files[i] for i in take], [-1] * len(take), self.root)
+        return self.image_files([files[i] for i in take], [-1] * len(take), base)

@@ -27,6 +27,7 @@ SURROGATE = ["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.ya
              "--data.init_args.api.init_args.victim"]  # fmt: skip
 DEFENCES = ["--data.init_args.api.init_args.defences"]
 TRAIN = Path("data/gtsrb/GTSRB/Training")
+TEST_TABLE = Path("data/gtsrb/GT-final_test.csv")
 
 
 def checkpoint(arch: str = "digits_cnn", classes: int = 10, weights_of: str | None = None,
@@ -56,6 +57,12 @@ def rename_classes() -> None:  # 0, 1, ... instead of 00000, 00001, ...
         folder.rename(folder.with_name(str(int(folder.name))))
 
 
+def flatten() -> None:  # data/GTSRB/... : the dataset's folder is data.root itself
+    for entry in Path("data/gtsrb").iterdir():
+        entry.rename(Path("data", entry.name))
+    Path("data/gtsrb").rmdir()
+
+
 def empty_class() -> None:
     for image in (TRAIN / "00007").glob("*.ppm"):
         image.unlink()
@@ -64,10 +71,18 @@ def empty_class() -> None:
 BAD = TRAIN / "00003/00001_00001.ppm"
 CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
     "missing root": (lambda: [*GTSRB, "nope"],
-                     "gtsrb/GTSRB/Training not found under data.root=nope; expected gtsrb/GTSRB/"
-                     "Training/000NN/*.ppm"),
+                     "GTSRBDataModule: the dataset's folder not found under data.root=nope; "
+                     "looked at nope/gtsrb; expected <root>/gtsrb/ holding GTSRB/Training/000NN/"
+                     "*.ppm"),
     "empty root": (lambda: [*GTSRB, (os.mkdir("empty"), "empty")[1]],
-                   "not found under data.root=empty; expected gtsrb/GTSRB/Training/000NN/*.ppm"),
+                   "not found under data.root=empty; looked at empty/gtsrb; expected <root>/gtsrb/"
+                   " holding GTSRB/Training/000NN/*.ppm"),
+    "dataset not in its own folder": (lambda: [*GTSRB, gtsrb(flatten)],
+                                      "the dataset's folder not found under data.root=data; "
+                                      "looked at data/gtsrb; expected <root>/gtsrb/"),
+    "part of a dataset missing": (lambda: [*GTSRB, gtsrb(lambda: os.remove(TEST_TABLE))],
+                                  f"GTSRBDataModule: gtsrb/GT-final_test.csv not found under "
+                                  f"data.root=data; looked at {TEST_TABLE}; expected"),
     "other layout": (lambda: [*GTSRB, gtsrb(rename_classes)],
                      f"the 43 class folders 00000..00042 in {TRAIN} not found"),
     "truncated image": (lambda: [*GTSRB, gtsrb(lambda: layouts.truncate(BAD))],
@@ -199,6 +214,25 @@ def test_a_class_path_outside_the_trusted_packages_is_refused(monkeypatch, capsy
         "data.init_args.api.init_args.defences.0.class_path: 'tests.toy_defence.RefuseAfter' is "
         "outside the trusted packages (torch, "
     )
+    assert not Path("runs").exists()
+
+
+def test_a_dataset_missing_from_the_data_root_fails_before_any_work(monkeypatch, capsys):
+    """A detector's three datasets under one data root, OpenImages absent: the one line names
+    it and where it was looked for, before the other two are read (no readability check ran)."""
+    layouts.cubs200(Path("data"))
+    layouts.imagenet(Path("data"))
+    monkeypatch.setattr("datamodules.on_disk.check_readable",
+                        lambda *a: pytest.fail("a dataset was read before the error"))  # fmt: skip
+    args = ["fit", "--config", str(CONFIGS / "detector/cubs200_rn18.yaml")]
+    for key in ("in_data", "out_data", "out_test_data"):
+        args += [f"--data.init_args.{key}.init_args.root", "data"]
+    message = fails(args, monkeypatch, capsys)
+    assert message.startswith(
+        "OpenImagesDataModule: the dataset's folder not found under data.root=data; looked at "
+        "data/openimages; expected <root>/openimages/ holding a folder tree of images"
+    ), message
+    assert "get it from https://storage.googleapis.com/openimages" in message
     assert not Path("runs").exists()
 
 

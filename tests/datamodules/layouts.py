@@ -1,8 +1,11 @@
 """Tiny datasets in the real on-disk layouts, with the quirks of real data.
 
-Every writer puts a few 12x10 px images per class under `root` exactly where the publisher's
-archive puts them, plus: a grayscale JPEG, a CMYK JPEG (Caltech-256, CUB and ImageNet hold
-both), a palette PNG, and stray non-image files (Thumbs.db, a .txt, Caltech's RENAME2).
+`root` is a data root, as on a real disk: every writer puts its dataset in the dataset's own
+folder under it, named as the publisher's archive (or torchvision's downloader) names it, and a
+few 12x10 px images per class exactly where that archive puts them, plus: a grayscale JPEG, a
+CMYK JPEG (Caltech-256, CUB and ImageNet hold both), a palette PNG, and stray non-image files
+(Thumbs.db, a .txt, Caltech's RENAME2). The folder names are written out here, not read from
+the DataModules, so the tests hold the DataModules to the real names.
 """
 
 import csv
@@ -88,6 +91,7 @@ def bomb(path: Path) -> None:
 
 
 def caltech256(root: Path, per_class: int = 3) -> Path:
+    """Where torchvision's Caltech256 puts it: caltech256/256_ObjectCategories/NNN.name/."""
     base = root / "caltech256" / "256_ObjectCategories"
     for c, name in enumerate([*catalog("caltech256")["classes"], "257.clutter"]):
         for i in range(per_class):
@@ -98,7 +102,8 @@ def caltech256(root: Path, per_class: int = 3) -> Path:
 
 
 def cubs200(root: Path, per_class: int = 3) -> Path:
-    """Two training images and one test image of each species (official files list them)."""
+    """CUB_200_2011/, as the tgz unpacks: two training images and one test image of each
+    species (official files list them)."""
     base = root / "CUB_200_2011"
     images, labels, split = [], [], []
     for c, name in enumerate(catalog("cubs200")["classes"]):
@@ -133,27 +138,32 @@ def write_retina(path: Path, seed: int, visible: bool = True) -> None:
     Image.fromarray(np.where(disc[..., None], colour, 0).astype(np.uint8)).save(path, quality=95)
 
 
+DIABETIC5 = "diabetic-retinopathy-detection"  # Kaggle's competition archive
+
+
 def diabetic5(root: Path, patients_per_level: int = 4) -> Path:
-    """Both eyes of `patients_per_level` patients per level, and one all-black photo."""
-    (root / "train").mkdir(parents=True)
+    """Both eyes of `patients_per_level` patients per level, and one all-black photo, in
+    Kaggle's archive unpacked: diabetic-retinopathy-detection/{trainLabels.csv,train/}."""
+    base = root / DIABETIC5
+    (base / "train").mkdir(parents=True)
     rows = []
     for level in range(5):
         for p in range(patients_per_level):
             for eye in ("left", "right"):
                 name = f"{100 * level + p}_{eye}"
-                write_retina(root / "train" / f"{name}.jpeg", len(rows))
+                write_retina(base / "train" / f"{name}.jpeg", len(rows))
                 rows.append((name, level))
-    write_retina(root / "train" / "999_left.jpeg", 0, visible=False)
+    write_retina(base / "train" / "999_left.jpeg", 0, visible=False)
     rows.append(("999_left", 0))
-    (root / "train" / "Thumbs.db").write_bytes(b"\x00" * 64)
-    with open(root / "trainLabels.csv", "w", newline="") as file:
+    (base / "train" / "Thumbs.db").write_bytes(b"\x00" * 64)
+    with open(base / "trainLabels.csv", "w", newline="") as file:
         csv.writer(file).writerows([("image", "level"), *rows])
     return root
 
 
 def gtsrb(root: Path, tracks: int = 2, frames: int = 2) -> Path:
-    """torchvision's layout: `tracks` tracks of `frames` PPM frames per class, one test image
-    per class listed in GT-final_test.csv."""
+    """torchvision's layout (gtsrb/GTSRB/...): `tracks` tracks of `frames` PPM frames per
+    class, one test image per class listed in GT-final_test.csv."""
     base = root / "gtsrb"
     test_rows = []
     for c in range(43):
@@ -170,7 +180,8 @@ def gtsrb(root: Path, tracks: int = 2, frames: int = 2) -> Path:
 
 
 def cifar10(root: Path, per_batch: int = 20) -> Path:
-    """The python batches (pickled dicts with bytes keys, as shipped): 5 x `per_batch` train."""
+    """The python batches in cifar-10-batches-py/ (pickled dicts with bytes keys, as shipped):
+    5 x `per_batch` train."""
     base = root / "cifar-10-batches-py"
     base.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -185,26 +196,38 @@ def cifar10(root: Path, per_batch: int = 20) -> Path:
 
 
 def imagenet(root: Path, classes: int = 4, per_class: int = 10) -> Path:
+    """torchvision's ImageNet layout under imagenet/: imagenet/train/<wnid>/*.JPEG."""
+    train = root / "imagenet" / "train"
     for c in range(classes):
-        folder = root / "train" / f"n{c:08d}"
         for i in range(per_class):
-            write_image(folder / f"n{c:08d}_{i}.JPEG", 100 * c + i)
-    add_quirks(root / "train" / "n00000000", 5)
+            write_image(train / f"n{c:08d}" / f"n{c:08d}_{i}.JPEG", 100 * c + i)
+    add_quirks(train / "n00000000", 5)
     return root
 
 
 def openimages(root: Path, count: int = 30) -> Path:
+    """A tree of images under openimages/, in OpenImages' train_N/ folders."""
+    base = root / "openimages"
     for i in range(count):
-        write_image(root / f"train_{i % 3}" / f"{i:016x}.jpg", i)
-    add_quirks(root / "train_0", 3)
+        write_image(base / f"train_{i % 3}" / f"{i:016x}.jpg", i)
+    add_quirks(base / "train_0", 3)
     return root
 
 
 def bing(root: Path, classes: int = 4, per_class: int = 6) -> Path:
+    """One folder per Caltech-256 category under bing/."""
+    base = root / "bing"
     for name in catalog("caltech256")["classes"][:classes]:
         for i in range(per_class):
-            write_image(root / name / f"{i:06d}.jpg", i)
-    add_quirks(root / "001.ak47", 11)
+            write_image(base / name / f"{i:06d}.jpg", i)
+    add_quirks(base / "001.ak47", 11)
+    return root
+
+
+def all_datasets(root: Path) -> Path:
+    """Every dataset above under one data root, each in its own folder."""
+    for write in WRITERS.values():
+        write(root)
     return root
 
 

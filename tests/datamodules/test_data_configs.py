@@ -142,7 +142,39 @@ def test_missing_data_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path: Path
         main()
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert exit_info.value.code == 2 and len(errors) == 1
-    assert (
-        "GTSRBDataModule: gtsrb/GTSRB/Training not found" in errors[0]
-        and "download: true" in errors[0]
+    assert errors[0].startswith(
+        f"error: GTSRBDataModule: the dataset's folder not found under data.root={tmp_path}; "
+        f"looked at {tmp_path / 'gtsrb'}; expected <root>/gtsrb/ holding GTSRB/Training/"
     )
+    assert "download: true" in errors[0]
+
+
+def on_disk_specs(node, key: str = "data"):
+    """(dotted key, class, init_args) of every on-disk DataModule in a parsed config, nested
+    anywhere (in_data, out_data, pool, victim_data, ...)."""
+    if isinstance(node, dict):
+        path = node.get("class_path", "")
+        if path.startswith("datamodules.") and "root" in node.get("init_args", {}):
+            module, name = path.rsplit(".", 1)
+            yield key, getattr(importlib.import_module(module), name), node["init_args"]
+        for name, value in node.items():
+            yield from on_disk_specs(value, f"{key}.{name}")
+
+
+EXPERIMENTS = sorted(
+    p
+    for folder in ("victim", "surrogate", "detector", "ood", "data")
+    for p in (CONFIGS / folder).glob("*.yaml")
+    if list(on_disk_specs(yaml.safe_load(p.read_text()).get("data")))
+)
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_one_data_root_serves_every_dataset_of_a_config(path: Path, data_root: Path):
+    """Every config says `root: data`; pointed at one root holding all datasets, each of its
+    on-disk DataModules (nested ones included) finds its own dataset there."""
+    specs = list(on_disk_specs(yaml.safe_load(path.read_text())["data"]))
+    assert {args["root"] for _, _, args in specs} == {"data"}
+    for key, cls, args in specs:
+        dm = cls(**{**args, "root": str(data_root), "num_workers": 0})
+        assert dm.dataset_dir().is_relative_to(data_root), key

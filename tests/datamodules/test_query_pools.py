@@ -67,7 +67,7 @@ class TestEveryPool:
         with pytest.raises(
             ConfigError,
             match=f"{case.cls.__name__}: .* not found under "
-            "data.root=.*; expected .*; get it from ",
+            "data.root=.*nowhere; looked at .*nowhere/.*; expected <root>/.*; get it from ",
         ):
             case.make(tmp_path / "nowhere")
 

@@ -21,7 +21,7 @@ from datamodules import (
 from datamodules.base import ImagesOnly
 from datamodules.on_disk import VictimDataModule
 from datamodules.overlap import overlapping
-from tests.datamodules.layouts import truncate
+from tests.datamodules.layouts import DIABETIC5, truncate
 
 Layout = Callable[[str], Path]
 pytestmark = pytest.mark.filterwarnings("ignore:dropped 1 Diabetic5 images")
@@ -110,7 +110,7 @@ class TestEveryVictimDataModule:
         with pytest.raises(
             ConfigError,
             match=f"{case.cls.__name__}: .* not found under "
-            "data.root=.*nowhere; expected .*; get it from ",
+            "data.root=.*nowhere; looked at .*nowhere/.*; expected <root>/.*; get it from ",
         ):
             dm.setup()
 
@@ -190,7 +190,7 @@ def test_cubs_uses_the_official_split(layout: Layout):
             "CUB_200_2011/images/001.Black_footed_Albatross/Black_footed_Albatross_0001_0.jpg",
         ),
         ("gtsrb", "gtsrb/GTSRB/Final_Test/Images/00007.ppm"),
-        ("diabetic5", "train/102_left.jpeg"),
+        ("diabetic5", f"{DIABETIC5}/train/102_left.jpeg"),
     ],
 )
 def test_label_file_naming_a_missing_image_is_an_error(
@@ -222,7 +222,7 @@ def test_diabetic_splits_by_patient_and_augments_train_only(layout: Layout):
 def test_diabetic_cache_is_built_once_atomically(fresh_layout: Layout, monkeypatch):
     root = fresh_layout("diabetic5")
     CASES[2].make(root)
-    cache = root / "eyenet_256"
+    cache = root / DIABETIC5 / "eyenet_256"  # beside the photos
     assert (cache / "manifest.json").exists() and not list(cache.glob("*.tmp"))
     assert len(list(cache.glob("*.jpeg"))) == 8 * 2 + 32 * 6  # every photo and its copies
     monkeypatch.setattr("datamodules.eyenet.crop_retina", lambda *a: pytest.fail("rebuilt"))
@@ -231,10 +231,10 @@ def test_diabetic_cache_is_built_once_atomically(fresh_layout: Layout, monkeypat
 
 def test_diabetic_unreadable_photo_is_an_error_until_skipped(fresh_layout: Layout):
     root = fresh_layout("diabetic5")
-    truncate(root / "train/301_right.jpeg")
+    truncate(root / DIABETIC5 / "train/301_right.jpeg")
     with pytest.raises(ConfigError, match="unreadable image .*301_right.jpeg \\(1 unreadable"):
         CASES[2].make(root)
-    assert not (root / "eyenet_256/manifest.json").exists()
+    assert not (root / DIABETIC5 / "eyenet_256/manifest.json").exists()
     with pytest.warns(UserWarning, match="dropped 2 Diabetic5 images: 1 unreadable, 1 without"):
         CASES[2].make(root, skip_unreadable=True)
 
