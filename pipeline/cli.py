@@ -3,7 +3,9 @@
 
 LightningCLI in subclass mode: any LightningModule of `lightning_modules` and any DataModule of
 `datamodules` is chosen by class name or by a config file. `num_classes` flows from the data to
-the model, so no config states it twice.
+the model, so no config states it twice. Checkpoints follow the run folder: a ModelCheckpoint
+without a `dirpath` writes to `<trainer.default_root_dir>/checkpoints` (stable, not inside the
+logger's `version_N`), so `--trainer.default_root_dir elsewhere` moves them too.
 """
 
 import logging
@@ -14,7 +16,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from jsonargparse import ArgumentError
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from torch import nn
 
@@ -22,6 +26,7 @@ import datamodules  # noqa: F401  (registers the DataModules as subclass choices
 import lightning_modules  # noqa: F401  (registers the LightningModules as subclass choices)
 from core.checkpoints import disagreement, net_state, read_checkpoint
 from core.errors import ConfigError
+from datamodules.on_disk import check_present
 from lightning_modules.loggers import LIGHTNING_LOGGERS
 
 CKPT_KEYWORDS = ("best", "last", "hpc")  # Lightning resolves these itself
@@ -88,6 +93,25 @@ def check_fits(path: str, checkpoint: dict[str, Any], model: LightningModule) ->
         )
 
 
+def checkpoints_follow_run_folder(trainer: Trainer) -> list[str]:
+    """Give every ModelCheckpoint of `trainer` without a `dirpath` the run folder's stable
+    `<default_root_dir>/checkpoints` (Lightning's default would be the logger's `version_N`);
+    one with an explicit dirpath keeps it (and its version counter). Returns where each writes."""
+    run_folder = trainer.default_root_dir
+    if _is_local_file_protocol(run_folder):
+        run_folder = os.path.realpath(os.path.expanduser(run_folder))  # as ModelCheckpoint does
+    where = []
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            if callback.dirpath is None:
+                callback.dirpath = os.path.join(run_folder, "checkpoints")
+                # a stable path must name the newest run: a rerun overwrites best.ckpt rather
+                # than writing best-v1.ckpt beside a stale best.ckpt that configs would read
+                callback._enable_version_counter = False
+            where.append(str(callback.dirpath))
+    return where
+
+
 class KnockoffCLI(LightningCLI):
     _checkpoint: tuple[str, dict[str, Any]] | None = None
 
@@ -103,11 +127,22 @@ class KnockoffCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_trusted(config.as_dict())
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, its checkpoints in the run folder (one line says where they go)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        where = checkpoints_follow_run_folder(trainer)
+        if self.subcommand == "fit" and where and trainer.is_global_zero:
+            print(f"checkpoints go to {', '.join(dict.fromkeys(where))}", flush=True)
+        return trainer
+
     def after_instantiate_classes(self) -> None:
-        """A checkpoint of another network fails here, before any run folder is written."""
+        """A checkpoint of another network or absent data fails here, before any run folder is
+        written and before any dataset starts its expensive work."""
         if self._checkpoint is not None:
             check_fits(*self._checkpoint, self.model)
             self._checkpoint = None
+        if self.datamodule is not None:
+            check_present(self.datamodule)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments(

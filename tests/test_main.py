@@ -69,6 +69,56 @@ def test_rerun_into_same_directory_and_other_subcommands():
     assert posteriors.shape == (359, 10) and torch.allclose(posteriors, expected, atol=1e-5)
 
 
+FAST = SHORT[:-2]  # without the run folder
+
+
+def test_checkpoints_follow_the_run_folder(tmp_path: Path, capsys):
+    """No config fixes a checkpoint dirpath: best.ckpt and last.ckpt go to
+    <default_root_dir>/checkpoints (not inside version_N), wherever the run folder is moved."""
+    elsewhere = tmp_path / "elsewhere"
+    cli = cli_main(["fit", "--config", str(CONFIGS / "victim/digits_cnn.yaml"), *FAST,
+                    "--trainer.default_root_dir", str(elsewhere),
+                    "--test_after_fit", "false"])  # fmt: skip
+    checkpoints = elsewhere / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert cli.trainer.checkpoint_callback.best_model_path == str(checkpoints / "best.ckpt")
+    assert not Path("runs").exists()
+    assert f"checkpoints go to {checkpoints}\n" in capsys.readouterr().out
+
+
+def test_a_rerun_overwrites_the_stable_checkpoints(tmp_path: Path):
+    """A second run into the same folder replaces best.ckpt (no best-v1.ckpt beside a stale
+    best.ckpt), even for a ModelCheckpoint that leaves Lightning's version counter on."""
+    args = ["fit", "--config", str(CONFIGS / "victim/digits_cnn.yaml"), *FAST,
+            "--trainer.default_root_dir", str(tmp_path), "--test_after_fit", "false",
+            "--trainer.callbacks.enable_version_counter", "true"]  # fmt: skip
+    cli_main(args)
+    first = (tmp_path / "checkpoints/best.ckpt").stat().st_mtime_ns
+    cli_main(args)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "best.ckpt",
+        "last.ckpt",
+    ]
+    assert (tmp_path / "checkpoints/best.ckpt").stat().st_mtime_ns > first
+
+
+def test_the_config_run_folder_keeps_the_stable_path_of_the_attack_configs():
+    """default_root_dir runs/victim/digits_cnn: the checkpoint the attack configs name."""
+    cli_main(["fit", "--config", str(CONFIGS / "victim/digits_cnn.yaml"), *FAST,
+              "--test_after_fit", "false"])  # fmt: skip
+    assert Path("runs/victim/digits_cnn/checkpoints/best.ckpt").is_file()
+    assert Path("runs/victim/digits_cnn/checkpoints/last.ckpt").is_file()
+
+
+def test_an_explicit_checkpoint_dirpath_is_kept(tmp_path: Path, capsys):
+    mine = tmp_path / "mine"
+    cli_main(["fit", "--config", str(CONFIGS / "victim/digits_cnn.yaml"), *SHORT,
+              "--trainer.callbacks.dirpath", str(mine), "--test_after_fit", "false"])  # fmt: skip
+    assert sorted(p.name for p in mine.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert not Path("run/checkpoints").exists()
+    assert f"checkpoints go to {mine}\n" in capsys.readouterr().out
+
+
 def test_model_chosen_by_class_name():
     """`num_classes` is linked from the data: GTSRB's 43, not the model's default of 10."""
     layouts.gtsrb(Path("data"))
