@@ -4,8 +4,9 @@
 (at float16 precision) passed through the API's ordered `defences`, each a small class chosen
 by class path in YAML (output granularities, a detector filter, perturbations ...). A refused
 query's answer is a row of NaN: no answer. The API keeps per-client books in a `Ledger`
-(asked, answered, flagged, refused, budget left, stateful defences' state) and refuses a batch
-that would exceed the client's `budget` before any work is done.
+(asked, answered, flagged, refused, the position of the first flagged query, budget left,
+stateful defences' state) and refuses a batch that would exceed the client's `budget` before
+any work is done.
 
 On the owner's side, `posterior_cache` keeps the victim's posterior of every image it has seen,
 keyed by the victim's bytes and the image's, so repeated experiments do not recompute the
@@ -114,7 +115,7 @@ class PredictionAPI:
         """What `client` receives for `images` (N, 3, H, W): answers (N, C) float32 on the CPU,
         a NaN row for a refused query. Counted against the client's budget."""
         check_images(images)
-        self.ledger.reserve(client, len(images))
+        before = self.ledger.reserve(client, len(images))  # asked before this call
         try:
             states = self.ledger.states(client, len(self.defences))
             batches = [
@@ -125,8 +126,11 @@ class PredictionAPI:
             raise
         stateful = {i: s for i, s in states.items() if not self.defences[i].stateless}
         refused = sum(int(b.refused.sum()) for b in batches)
-        flagged = sum(int(b.flagged.sum()) for b in batches)
-        self.ledger.settle(client, len(images) - refused, flagged, refused, stateful)
+        flags = torch.cat([b.flagged.cpu() for b in batches])  # in query order
+        hits = flags.nonzero()
+        first = before + int(hits[0]) + 1 if len(hits) else None  # 1-based, all its queries
+        self.ledger.settle(client, len(images) - refused, int(flags.sum()), refused, stateful,
+                           first_flagged=first)  # fmt: skip
         return torch.cat([b.answers.cpu() for b in batches])
 
     def evaluate(self, images: torch.Tensor) -> QueryBatch:

@@ -190,7 +190,7 @@ class RemoteAPI(QueryAPI):
 
     def record(self, client: str = "default") -> ClientRecord:
         """This key's books (the server's; `client` is ignored). With an owner key, the full
-        record (flagged included); else what the server shows a client."""
+        record (flagged and first_flagged included); else what the server shows a client."""
         if self._owner_key is not None:
             rows = self._request("GET", "/v1/owner/records", owner=True).json()["clients"]
             row = next((r for r in rows if r["client"] == self.client), None)
@@ -200,7 +200,7 @@ class RemoteAPI(QueryAPI):
         left = row.get("budget_left")
         budget = None if left is None else left + row["asked"]
         return ClientRecord(self.client, row["asked"], row["answered"], row.get("flagged", 0),
-                            row["refused"], budget)  # fmt: skip
+                            row["refused"], budget, row.get("first_flagged"))  # fmt: skip
 
     def evaluate(self, images: torch.Tensor) -> QueryBatch:
         parts = [from_npz(self._post_images("/v1/owner/evaluate", chunk, owner=True))

@@ -148,6 +148,7 @@ class Service:
             caps = [b for b in (r.budget, budgets.get(r.client)) if b]
             out.append({"client": r.client, "asked": r.asked, "answered": r.answered,
                         "flagged": r.flagged, "refused": r.refused,
+                        "first_flagged": r.first_flagged,
                         "budget_left": min(caps) - r.asked if caps else None})  # fmt: skip
         return out
 

@@ -1,53 +1,143 @@
 """What the API's defences did, logged when the surrogate is tested: to the attack (from the
-API's books for the transfer set's client) and to benign users (the victim's own test set sent
-through the same defences by the owner, uncounted).
+API's books for the transfer set's client), to benign users (the victim's own test set sent
+through the same defences by the owner, uncounted) and, when the stack holds a
+`defences.DawnWatermark`, whether the owner can prove this surrogate was derived from the API.
 
-  transfer/queries_flagged, transfer/flagged_rate   attack queries flagged, and their share;
-  transfer/false_refusal_rate                       share of benign queries flagged;
-  benign/refused_rate                               share of benign queries given no answer;
-  benign/acc                                        the victim's test accuracy through the
-                                                    defences (a refused query counts as wrong);
-  benign/l1_change                                  mean L1 distance of an answered benign
-                                                    query's answer from the victim's posterior.
+From the API's books (the ledger) for the transfer set's client:
+  transfer/queries_flagged      the attack's queries a defence flagged;
+  transfer/flagged_rate         their share of the client's asked queries;
+  transfer/queries_to_detection the position (1-based, in the order asked) of the client's first
+                                flagged query: how many queries it took to catch the attack.
+                                Absent when no query of the client was flagged.
+From the victim's test set, sent through the same defences as a fresh client (no ledger):
+  transfer/false_refusal_rate   share of benign queries flagged;
+  benign/refused_rate           share of benign queries given no answer;
+  benign/acc                    the victim's test accuracy through the defences (a refused query
+                                counts as wrong);
+  benign/l1_change              mean L1 distance of an answered benign query's answer from the
+                                victim's posterior.
+With a DawnWatermark in the API's defences (the first one, if several), from the transfer set's
+queries and the answers the attacker received (no ledger, so a cached transfer set works too):
+  watermark/queries             how many of the client's answered queries carry a watermark;
+  watermark/agreement           the share of them on which the tested surrogate predicts the
+                                watermark label;
+  watermark/p_value             the probability that a model built without the API's answers
+                                agrees at least as often (`defences.ownership_test`): tiny for a
+                                surrogate trained on the answers. Both absent with no watermarked
+                                query.
+
+A transfer set read from its cache while the API's ledger is kept in memory leaves the books
+empty: the ledger metrics are then absent, with one warning, and the others are still logged,
+so the callback can sit in every surrogate config.
 """
 
+import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from core.errors import ConfigError
+from datamodules.transfer_datasets import TransferDataset
+from defences.watermark import DawnWatermark, binomial_tail, ownership_test
+
+NO_BOOKS = (
+    "DefenceReport: the API's ledger has no record of client {client!r} (the transfer set came "
+    "from its cache and the ledger was kept in memory); transfer/queries_flagged, flagged_rate "
+    "and queries_to_detection need data.init_args.api.init_args.ledger set to a file"
+)
+PART_BOOKS = (
+    "DefenceReport: the API's ledger holds {asked} of the transfer set's {total} queries of "
+    "client {client!r} (the rest came from the cache); transfer/queries_flagged, flagged_rate "
+    "and queries_to_detection cover only those"
+)
 
 
 class DefenceReport(Callback):
-    """Needs `data: TransferSetDataModule` (its `api` and `client`)."""
+    """Needs `data: TransferSetDataModule` (its `api`, `client` and stored queries)."""
+
+    def __init__(self):
+        self.warned = False
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         data = trainer.datamodule
         api = getattr(data, "api", None)
         if api is None:
             raise ConfigError("DefenceReport needs data: datamodules.TransferSetDataModule")
+        metrics = {**benign_metrics(api, data), **self.ledger_metrics(api, data)}
+        dawn = next((d for d in getattr(api, "defences", []) if isinstance(d, DawnWatermark)),
+                    None)  # fmt: skip
+        if dawn is not None:
+            metrics.update(watermark_metrics(dawn, data, pl_module))
+        pl_module.log_dict(metrics)
+
+    def ledger_metrics(self, api, data) -> dict[str, float]:
         record = api.record(data.client)
+        total = 0 if data.answers is None else len(data.answers)
+        if record.asked < total:
+            template = NO_BOOKS if record.asked == 0 else PART_BOOKS
+            self.warn_once(template.format(client=data.client, asked=record.asked, total=total))
         if record.asked == 0:
-            raise ConfigError(
-                f"the API's ledger has no record of client {data.client!r} (the transfer set came "
-                "from its cache and the ledger was kept in memory): set "
-                "data.init_args.api.init_args.ledger to a file"
-            )
-        flagged, refused, correct, l1, answered = 0, 0, 0, 0.0, 0
-        loader = DataLoader(data.victim_data.split("test"), batch_size=data.query_batch_size)
-        for images, labels in loader:
-            batch = api.evaluate(images)
-            flagged += int(batch.flagged.sum())
-            refused += int(batch.refused.sum())
-            ok = ~batch.refused
-            correct += int((batch.answers[ok].argmax(-1) == labels[ok]).sum())
-            l1 += float((batch.answers[ok] - batch.posteriors[ok]).abs().sum())
-            answered += int(ok.sum())
-        total = len(loader.dataset)
-        pl_module.log_dict({
+            return {}
+        metrics = {
             "transfer/queries_flagged": float(record.flagged),
             "transfer/flagged_rate": record.flagged / record.asked,
-            "transfer/false_refusal_rate": flagged / total,
-            "benign/refused_rate": refused / total,
-            "benign/acc": correct / total,
-            "benign/l1_change": l1 / max(answered, 1),
-        })  # fmt: skip
+        }
+        if record.first_flagged is not None:
+            metrics["transfer/queries_to_detection"] = float(record.first_flagged)
+        return metrics
+
+    def warn_once(self, message: str) -> None:
+        if not self.warned:
+            self.warned = True
+            rank_zero_warn(message)
+
+
+def benign_metrics(api, data) -> dict[str, float]:
+    """The cost to benign users: the victim's test set through the defences, uncounted."""
+    flagged, refused, correct, l1, answered = 0, 0, 0, 0.0, 0
+    loader = DataLoader(data.victim_data.split("test"), batch_size=data.query_batch_size)
+    for images, labels in loader:
+        batch = api.evaluate(images)
+        flagged += int(batch.flagged.sum())
+        refused += int(batch.refused.sum())
+        ok = ~batch.refused
+        correct += int((batch.answers[ok].argmax(-1) == labels[ok]).sum())
+        l1 += float((batch.answers[ok] - batch.posteriors[ok]).abs().sum())
+        answered += int(ok.sum())
+    total = len(loader.dataset)
+    return {
+        "transfer/false_refusal_rate": flagged / total,
+        "benign/refused_rate": refused / total,
+        "benign/acc": correct / total,
+        "benign/l1_change": l1 / max(answered, 1),
+    }
+
+
+def watermark_metrics(dawn: DawnWatermark, data, suspect: LightningModule) -> dict[str, float]:
+    """DAWN's ownership test of `suspect` on the client's watermarked queries, recovered
+    owner-side (`DawnWatermark.watermarks`) from the transfer set's queries (pool images by
+    index, synthetic ones as stored) and the answers the attacker received. A refused or
+    all-zero answer taught nothing and is left out. Run in chunks of `query_batch_size`, so only
+    one chunk of images is in memory; the p-value is `ownership_test`'s over all of them."""
+    answers = data.answers
+    if answers is None or len(answers) == 0:
+        return {"watermark/queries": 0.0}
+    informative = ~answers.isnan().any(-1) & (answers.float().nan_to_num(0).amax(-1) > 0)
+    rows = np.flatnonzero(informative.numpy())
+    queries = TransferDataset(data.pool.split("pool"), data.indices, data.images, answers, rows)
+    loader = DataLoader(queries, batch_size=data.query_batch_size, num_workers=data.num_workers)
+    hits, marked_total = 0, 0
+    for images, received in loader:
+        marked, labels = dawn.watermarks(images, received, data.client)
+        count = int(marked.sum())
+        if count:
+            agreement, _ = ownership_test(suspect, images[marked].to(suspect.device),
+                                          labels[marked], data.num_classes)  # fmt: skip
+            hits += round(agreement * count)
+            marked_total += count
+    metrics = {"watermark/queries": float(marked_total)}
+    if marked_total:
+        metrics["watermark/agreement"] = hits / marked_total
+        # ownership_test's null over all chunks: at most 1/(C-1) per query
+        metrics["watermark/p_value"] = binomial_tail(hits, marked_total, 1 / (data.num_classes - 1))
+    return metrics

@@ -108,6 +108,7 @@ def test_an_attack_through_http_builds_the_in_process_transfer_set(victim_ckpt, 
         assert (asked, answered) == (100, 100)
         assert flagged == local.api.record(local.client).flagged  # PRADA's verdicts agree
         assert remote.record().asked == 100
+        assert remote.record().first_flagged == local.api.record(local.client).first_flagged
         assert books(service, "owner")[0] == 0  # evaluation is not charged
 
 
@@ -214,13 +215,16 @@ def test_a_restart_keeps_the_books_the_budget_and_defence_state(victim_ckpt, tmp
                              str(config), "--report", "true"], capture_output=True, text=True,
                             timeout=120, check=True)  # fmt: skip
     rows = {r["client"]: r for r in json.loads(report.stdout)["clients"]}
-    assert {k: rows["alice"][k] for k in ("asked", "answered", "flagged", "refused")} == {
+    fields = ("asked", "answered", "flagged", "refused", "first_flagged")
+    assert {k: rows["alice"][k] for k in fields} == {
         "asked": 60,
         "answered": 30,
         "flagged": 30,
         "refused": 30,
+        "first_flagged": 31,  # detection at the 31st query, across the restart
     }
-    assert rows["bob"]["asked"] == 5 and rows["alice"]["budget_left"] == 0
+    assert rows["bob"]["asked"] == 5 and rows["bob"]["first_flagged"] is None
+    assert rows["alice"]["budget_left"] == 0
 
 
 # -- bad requests ---------------------------------------------------------------------------------

@@ -1,18 +1,25 @@
-"""DefenceReport: the attack's flagged queries come from the API's books, the cost to benign
-users from the victim's test set sent through the same defences (computed here directly)."""
+"""DefenceReport: the attack's flagged queries and queries to detection come from the API's
+books, the cost to benign users from the victim's test set sent through the same defences
+(computed here directly), DAWN's ownership test from the transfer set's stored queries and
+answers; a transfer set read from its cache with no books still gets all but the ledger's."""
 
+import warnings
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Trainer, seed_everything
 
 from api import PredictionAPI
 from core.errors import ConfigError
 from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
-from defences import DetectorFilter, TopK
+from defences import DawnWatermark, DetectorFilter, TopK
+from defences.watermark import binomial_tail
 from lightning_modules import DefenceReport, Surrogate
 from lightning_modules.guard import load_detector
+from tests.toy_defence import RefuseAfter
 
 QUIET = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False,
          "enable_checkpointing": False}  # fmt: skip
@@ -28,14 +35,37 @@ def shifted(detector_ckpt, images: torch.Tensor, path: Path) -> str:
     return str(path)
 
 
-def guarded(victim_ckpt, defences, ledger: str | None = "books.sqlite") -> TransferSetDataModule:
+LEDGER_METRICS = ("transfer/queries_flagged", "transfer/flagged_rate",
+                  "transfer/queries_to_detection")  # fmt: skip
+BENIGN_METRICS = ("transfer/false_refusal_rate", "benign/refused_rate", "benign/acc",
+                  "benign/l1_change")  # fmt: skip
+WATERMARK_METRICS = ("watermark/queries", "watermark/agreement", "watermark/p_value")
+
+
+def guarded(
+    victim_ckpt, defences, ledger: str | None = "books.sqlite", budget: int = 200, **kwargs
+) -> TransferSetDataModule:
     api = PredictionAPI(str(victim_ckpt), defences, posterior_cache="owner", ledger=ledger)
     pool, digits = CropsPoolDataModule(size=300), DigitsDataModule()
     data = TransferSetDataModule(
-        api=api, pool=pool, victim_data=digits, budget=200, cache_dir="cache"
+        api=api, pool=pool, victim_data=digits, budget=budget, cache_dir="cache", **kwargs
     )
     data.setup()
     return data
+
+
+def report(model, data: TransferSetDataModule, callback: DefenceReport | None = None) -> dict:
+    trainer = Trainer(callbacks=[callback or DefenceReport()], **QUIET)
+    return trainer.test(model, data, verbose=False)[0]
+
+
+def report_warnings(model, data, callback: DefenceReport, times: int = 1):
+    """(the metrics of the last of `times` tests, the DefenceReport warnings they raised)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(times):
+            metrics = report(model, data, callback)
+    return metrics, [str(w.message) for w in caught if "DefenceReport" in str(w.message)]
 
 
 def fit_and_test(data: TransferSetDataModule) -> dict[str, float]:
@@ -59,6 +89,9 @@ def test_report_counts_the_attacks_flags_and_the_benign_cost(victim_ckpt, detect
     decoys = int((data.answers == torch.tensor(0.1, dtype=data.answers.dtype)).all(-1).sum())
     assert metrics["transfer/queries_flagged"] == decoys > 0
     assert metrics["transfer/flagged_rate"] == pytest.approx(decoys / 200)
+    is_decoy = (data.answers == torch.tensor(0.1, dtype=data.answers.dtype)).all(-1)
+    first = int(is_decoy.nonzero()[0]) + 1  # the transfer set is in query order, 1-based
+    assert metrics["transfer/queries_to_detection"] == first
     assert metrics["transfer/false_refusal_rate"] == pytest.approx(
         float(benign_flags.float().mean())
     )
@@ -73,13 +106,89 @@ def test_report_counts_the_attacks_flags_and_the_benign_cost(victim_ckpt, detect
     assert metrics["benign/l1_change"] == pytest.approx(float(l1), abs=1e-5)
 
 
-def test_report_without_an_api_or_books_is_a_clear_error(victim_ckpt):
-    data = guarded(victim_ckpt, [TopK(2)])
-    trainer = Trainer(callbacks=[DefenceReport()], **QUIET)
+def test_nothing_flagged_leaves_no_queries_to_detection(victim_ckpt):
+    metrics = report(Surrogate(num_classes=10), guarded(victim_ckpt, [TopK(2)]))
+    assert metrics["transfer/queries_flagged"] == 0 == metrics["transfer/flagged_rate"]
+    assert "transfer/queries_to_detection" not in metrics  # absent, not 0 or the budget
+    assert not any(name in metrics for name in WATERMARK_METRICS)  # no DAWN in the stack
+
+
+def test_a_cached_transfer_set_without_books_gets_the_benign_cost_and_one_warning(victim_ckpt):
     model = Surrogate(num_classes=10)
+    first = report(model, guarded(victim_ckpt, [TopK(2)]))
     repeat = guarded(victim_ckpt, [TopK(2)], ledger=None)  # answered from the attacker's cache
-    with pytest.raises(ConfigError, match="ledger has no record of client"):
-        trainer.test(model, repeat, verbose=False)
-    data.api = None
+    assert repeat.api.record(repeat.client).asked == 0
+    metrics, said = report_warnings(model, repeat, DefenceReport(), times=2)
+    assert len(said) == 1  # once, however often it is tested
+    assert "no record of client" in said[0] and "api.init_args.ledger set to a file" in said[0]
+    assert not any(name in metrics for name in LEDGER_METRICS)
+    assert {name: metrics[name] for name in BENIGN_METRICS} == pytest.approx(
+        {name: first[name] for name in BENIGN_METRICS}
+    )
     with pytest.raises(ConfigError, match="DefenceReport needs data: datamodules.Transfer"):
-        trainer.test(model, data, verbose=False)
+        repeat.api = None
+        report(model, repeat)
+
+
+def test_books_of_part_of_the_transfer_set_are_logged_with_a_warning(victim_ckpt):
+    guarded(victim_ckpt, [TopK(2)], ledger=None, budget=100)  # cached, books lost
+    larger = guarded(victim_ckpt, [TopK(2)], budget=200)  # asks only the 100 new queries
+    metrics, said = report_warnings(Surrogate(num_classes=10), larger, DefenceReport())
+    assert len(said) == 1 and "holds 100 of the transfer set's 200 queries" in said[0]
+    assert metrics["transfer/queries_flagged"] == 0
+
+
+def trained(data: TransferSetDataModule, epochs: int = 60) -> Surrogate:
+    """A surrogate fitted long enough on 300 answers to learn most of their odd labels."""
+    seed_everything(0)
+    trainer = Trainer(max_epochs=epochs, limit_val_batches=0, **QUIET)
+    model = Surrogate(num_classes=10, optimizer=partial(torch.optim.Adam, lr=3e-3))
+    trainer.fit(model, data)
+    return model
+
+
+def test_dawn_identifies_the_surrogate_of_its_answers_and_clears_another(victim_ckpt):
+    """A quarter of the answers watermarked, so 300 queries hold ~75 watermarks."""
+    data = guarded(victim_ckpt, [DawnWatermark(0.25, key="k")], budget=300, batch_size=16)
+    clean = guarded(victim_ckpt, [], budget=300, batch_size=16)  # the same queries, no DAWN
+    assert np.array_equal(data.indices, clean.indices)
+    # the truth, without the report's recovery: DAWN moved the top class where it watermarked
+    marked = data.answers.float().argmax(-1) != clean.answers.float().argmax(-1)
+    assert 50 < int(marked.sum()) < 110
+    thief = trained(data)
+    metrics = report(thief, data)
+    assert metrics["watermark/queries"] == int(marked.sum())
+    pool = data.pool.split("pool")
+    images = torch.stack([pool[int(i)] for i in data.indices[marked.numpy()]])
+    with torch.no_grad():
+        predicted = thief.eval()(images).argmax(-1)
+    learnt = float((predicted == data.answers[marked].float().argmax(-1)).float().mean())
+    assert metrics["watermark/agreement"] == pytest.approx(learnt) and learnt > 0.5
+    hits, n = int((predicted == data.answers[marked].float().argmax(-1)).sum()), len(predicted)
+    assert metrics["watermark/p_value"] == pytest.approx(
+        binomial_tail(hits, n, 1 / 9), rel=1e-5, abs=0
+    )
+    assert metrics["watermark/p_value"] < 0.01  # identified
+    innocent = trained(clean)  # the same recipe on the clean API's answers
+    cleared = report(innocent, data)  # ... tested against the watermarks of the DAWN client
+    assert cleared["watermark/queries"] == metrics["watermark/queries"]
+    assert cleared["watermark/agreement"] < 0.2 and cleared["watermark/p_value"] > 0.05
+    # a cache hit with the books in memory: no ledger metrics, the same ownership test
+    repeat = guarded(victim_ckpt, [DawnWatermark(0.25, key="k")], None, 300, batch_size=16)
+    again, said = report_warnings(thief, repeat, DefenceReport())
+    assert len(said) == 1 and "transfer/queries_flagged" not in again
+    assert {name: again[name] for name in WATERMARK_METRICS} == pytest.approx(
+        {name: metrics[name] for name in WATERMARK_METRICS}
+    )
+
+
+def test_dawn_leaves_out_the_queries_that_got_no_answer(victim_ckpt):
+    """DAWN, then a defence refusing all but the first 150 answers: a refused watermarked query
+    taught the attacker nothing and is not counted."""
+    data = guarded(victim_ckpt, [DawnWatermark(0.25, key="k"), RefuseAfter(150)], budget=300)
+    clean = guarded(victim_ckpt, [], budget=300)
+    answered = ~data.answers.isnan().any(-1)
+    assert int(answered.sum()) == 150
+    marked = answered & (data.answers.float().argmax(-1) != clean.answers.float().argmax(-1))
+    metrics = report(Surrogate(num_classes=10), data)
+    assert metrics["watermark/queries"] == int(marked.sum()) > 20

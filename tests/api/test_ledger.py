@@ -1,0 +1,91 @@
+"""The ledger's queries to detection: the 1-based position, among all of a client's asked
+queries, of its first flagged one, set once in the books and never moved; a ledger file made
+before the column existed gains it and keeps working."""
+
+import sqlite3
+
+import torch
+from torch import nn
+
+from api import Ledger, PredictionAPI
+from defences import Defence, QueryBatch
+
+OLD_SCHEMA = """
+CREATE TABLE clients (
+    deployment TEXT, client TEXT, asked INTEGER, answered INTEGER, flagged INTEGER,
+    refused INTEGER, PRIMARY KEY (deployment, client));
+CREATE TABLE defence_state (
+    deployment TEXT, client TEXT, defence INTEGER, state BLOB,
+    PRIMARY KEY (deployment, client, defence));
+"""
+
+
+class FlagMarked(Defence):
+    """Flags (and answers) every query whose first pixel is marked (> 100); not registered."""
+
+    def apply(self, batch: QueryBatch) -> None:
+        batch.flagged |= batch.images.flatten(1)[:, 0] > 100
+
+
+def queries(n: int, marked: tuple[int, ...] = ()) -> torch.Tensor:
+    x = torch.rand(n, 3, 2, 2)
+    x[list(marked), 0, 0, 0] = 1000.0
+    return x
+
+
+def api_with_flags(**kwargs) -> PredictionAPI:
+    torch.manual_seed(0)  # the same victim, so the same deployment in the books
+    victim = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    return PredictionAPI.around(victim, 4, defences=[FlagMarked()], batch_size=3, **kwargs)
+
+
+def test_first_flagged_counts_all_the_clients_queries_and_never_moves():
+    api = api_with_flags()
+    api.answer(queries(5), "alice")
+    assert api.record("alice").first_flagged is None  # nothing flagged yet
+    api.answer(queries(7, marked=(4, 5)), "alice")  # in the call's second API batch of 3
+    assert api.record("alice").first_flagged == 5 + 4 + 1
+    api.answer(queries(2, marked=(0,)), "alice")
+    record = api.record("alice")
+    assert (record.asked, record.flagged, record.first_flagged) == (14, 3, 10)  # set once
+    api.answer(queries(3, marked=(0,)), "bob")
+    assert api.record("bob").first_flagged == 1  # per client
+    assert [(r.client, r.first_flagged) for r in api.ledger.records()] == [("alice", 10),
+                                                                           ("bob", 1)]  # fmt: skip
+    assert api.record("carol").first_flagged is None  # no books at all
+
+
+def test_first_flagged_is_kept_in_the_file_across_api_objects(tmp_path):
+    books = tmp_path / "books.sqlite"
+    api_with_flags(ledger=books).answer(queries(6, marked=(3,)), "alice")
+    again = api_with_flags(ledger=books)
+    again.answer(queries(2, marked=(0, 1)), "alice")
+    assert again.record("alice").first_flagged == 4
+
+
+def test_reserve_returns_what_the_client_had_asked_before():
+    ledger = Ledger(None, "deployment")
+    assert ledger.reserve("alice", 3) == 0
+    assert ledger.reserve("alice", 5) == 3
+    assert ledger.record("alice").asked == 8
+
+
+def test_a_ledger_file_from_before_first_flagged_gains_the_column(tmp_path):
+    books = tmp_path / "old.sqlite"
+    api = api_with_flags(ledger=books)  # the books open on first use, not here
+    with sqlite3.connect(books) as old:
+        old.executescript(OLD_SCHEMA)
+        old.execute("INSERT INTO clients VALUES (?, 'alice', 4, 4, 0, 0)", (api.ledger.deployment,))
+    old.close()
+    record = api.record("alice")
+    assert (record.asked, record.answered, record.first_flagged) == (4, 4, None)
+    api.answer(queries(3, marked=(1,)), "alice")
+    api.answer(queries(1), "bob")  # a new client's row in the migrated table
+    assert (api.record("alice").asked, api.record("alice").first_flagged) == (7, 6)
+    assert (api.record("bob").asked, api.record("bob").first_flagged) == (1, None)
+    second = Ledger(books, api.ledger.deployment)  # another process opening the same file
+    assert second.record("alice").first_flagged == 6
+    with sqlite3.connect(books) as check:
+        columns = [row[1] for row in check.execute("PRAGMA table_info(clients)")]
+    check.close()
+    assert columns.count("first_flagged") == 1
