@@ -106,6 +106,11 @@ class QueryStrategy(ABC):
         """Restore `state_dict()`."""
         return None
 
+    def metrics(self) -> dict[str, float]:
+        """What to log after each round (as `attack/<name>`), e.g. an adaptive policy's entropy;
+        read after the round's state is loaded, so a round read back from the cache logs too."""
+        return {}
+
     def settings(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 

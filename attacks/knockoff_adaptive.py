@@ -16,7 +16,8 @@ floor; an exhausted arm is masked), then an unasked image of that arm, uniformly
 The gradient-bandit update (Sutton & Barto 2.8), averaged over the round's queries, is
 H_b += lr * (R - baseline) * (1[b = a] - pi_b), the baseline being the running mean reward.
 `state_dict()` holds H, the baseline, per-arm counts, the last round's queries and the policy
-entropy of every round, so a resumed attack continues where it stopped.
+entropy of every round, so a resumed attack continues where it stopped. After each round the
+run logs `attack/policy_entropy` and `attack/arm_queries/<arm>` (queries so far per arm).
 """
 
 from typing import Any, Literal
@@ -142,6 +143,14 @@ class KnockoffAdaptive(QueryStrategy):
             labels = cluster_pool(seen.pool, self.arms, self.feature_size, seen.seed)
             self._clusters = (key, labels)
         return self._clusters[1]
+
+    def metrics(self) -> dict[str, float]:
+        """The last round's policy entropy (log K: uniform; 0: one arm) and each arm's queries
+        so far."""
+        if not self.entropy:
+            return {}
+        arms = {f"arm_queries/{a}": float(n) for a, n in enumerate(self.counts)}
+        return {"policy_entropy": self.entropy[-1], **arms}
 
     def propose(self, seen: Seen, count: int) -> Queries:
         labels = self.clusters(seen)

@@ -182,10 +182,20 @@ class TransferSetDataModule(ImageDataModule):
         """Run (or read back) rounds up to `last`, then rebuild the splits."""
         while self.rounds_done <= min(last, len(self.sizes) - 1):
             self._run_round(self.rounds_done)
+            self._log_strategy(self.rounds_done)
             self.rounds_done += 1
             self.splits = {}
         if not self.splits:
             self.splits = self.build_splits()
+
+    def _log_strategy(self, r: int) -> None:
+        """The strategy's own metrics after round `r`, to the trainer's logger (rank 0)."""
+        trainer = getattr(self, "trainer", None)
+        metrics = self.attack.metrics()
+        if not metrics or trainer is None or trainer.logger is None or not trainer.is_global_zero:
+            return
+        logged = {f"attack/{name}": value for name, value in metrics.items()}
+        trainer.logger.log_metrics({**logged, "attack/round": float(r)}, step=trainer.global_step)
 
     def seen(self, r: int) -> Seen:
         trainer = getattr(self, "trainer", None)

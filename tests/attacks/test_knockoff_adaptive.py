@@ -91,3 +91,31 @@ def test_state_dict_round_trips_and_a_resumed_attack_continues():
     assert np.array_equal(rest[0], full[0])
     assert resumed.state_dict() == whole.state_dict()
     assert len(whole.entropy) == 6 and "h" not in whole.describe()  # policy is state only
+
+
+def test_a_run_logs_the_policy_entropy_and_arm_counts_of_every_round(victim_ckpt, tmp_path):
+    """configs/attacks/knockoff_adaptive.yaml through the CLI, 3 rounds of 50 queries: one
+    logged row per round, entropy at most log K and falling from uniform, arm counts summing
+    to the queries asked so far."""
+    import csv
+
+    from pipeline.cli import cli_main
+    from tests.conftest import CONFIGS
+
+    cli_main(["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
+              "--config", str(CONFIGS / "attacks/knockoff_adaptive.yaml"),
+              "--data.init_args.api.init_args.victim", str(victim_ckpt),
+              "--data.init_args.pool.init_args.size", "400", "--data.init_args.budget", "150",
+              "--data.init_args.attack.init_args.rounds", "3", "--trainer.max_epochs", "3",
+              "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+              "--test_after_fit", "false", "--trainer.default_root_dir", str(tmp_path),
+              "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+              "--trainer.logger.save_dir", str(tmp_path)])  # fmt: skip
+    (metrics,) = tmp_path.rglob("metrics.csv")
+    rows = [r for r in csv.DictReader(metrics.open()) if r.get("attack/policy_entropy")]
+    assert [float(r["attack/round"]) for r in rows] == [0, 1, 2]
+    entropy = [float(r["attack/policy_entropy"]) for r in rows]
+    assert entropy[0] == pytest.approx(np.log(10))  # round 0: the uniform policy over 10 arms
+    assert all(e <= np.log(10) + 1e-9 for e in entropy) and entropy[-1] < entropy[0]
+    arms = [[float(r[f"attack/arm_queries/{a}"]) for a in range(10)] for r in rows]
+    assert [sum(a) for a in arms] == [50, 100, 150]
