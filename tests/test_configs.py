@@ -7,10 +7,12 @@ import io
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.cli import cli_main
 from pipeline.serve import build_service, serve_parser
 from tests.conftest import CONFIGS
+from tests.lightning_modules.conftest import cv_run, detector_ckpt  # noqa: F401  (shared fixtures)
 from tests.serving import free_port, make_keys, run_server
 
 BASE = CONFIGS / "victim/digits_cnn.yaml"
@@ -36,6 +38,39 @@ def test_every_config_folder_is_covered():
     folders = {p.parent.name for p in CONFIGS.rglob("*.yaml")}
     known = EXPERIMENT_DIRS | FRAGMENT_DIRS | OVERLAY_DIRS | {"reproduce", "sweeps", "serve"}
     assert folders <= known
+
+
+def settings(node, key: str = ""):
+    """(dotted key, value) of every setting in a YAML tree, nested anywhere."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            yield from settings(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from settings(value, f"{key}.{i}")
+    else:
+        yield key, node
+
+
+# the LightningCLI configs (reproduce presets and sweeps are not)
+YAMLS = sorted({*ALL, *(CONFIGS / "serve").glob("*.yaml")})
+
+
+def test_every_data_root_is_the_one_data_root():
+    """One rule: every dataset lives in its own folder under one data root, so every config
+    (victim, surrogate, detector, ood, fragments; in_data, pool, out blocks) says root: data."""
+    roots = {(str(p.relative_to(CONFIGS)), key): value
+             for p in YAMLS for key, value in settings(yaml.safe_load(p.read_text()))
+             if key.rsplit(".", 1)[-1] == "root"}  # fmt: skip
+    assert roots and set(roots.values()) == {"data"}, roots
+
+
+def test_no_config_fixes_a_checkpoint_folder():
+    """Checkpoints follow the run folder (pipeline/cli.py): no config names a dirpath."""
+    fixed = [(str(p.relative_to(CONFIGS)), key) for p in YAMLS
+             for key, _ in settings(yaml.safe_load(p.read_text()))
+             if key.rsplit(".", 1)[-1] == "dirpath"]  # fmt: skip
+    assert not fixed
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(CONFIGS)))
@@ -74,7 +109,7 @@ def test_embedded_attack_config_runs(path: Path, victim_ckpt: Path):
 
 
 @pytest.mark.parametrize("path", OVERLAYS, ids=lambda p: str(p.relative_to(CONFIGS)))
-def test_attack_and_defence_overlays_run(path: Path, victim_ckpt: Path):
+def test_attack_and_defence_overlays_run(path: Path, victim_ckpt: Path, request, tmp_path: Path):
     """Each overlay composes with the embedded attack and runs (two rounds of one epoch for a
     strategy, so the run stays short)."""
     rounds = (
@@ -89,9 +124,19 @@ def test_attack_and_defence_overlays_run(path: Path, victim_ckpt: Path):
         if path.parent.name == "attacks"
         else []
     )
-    cli = cli_main(["fit", *config_args(path), *SHORT, *rounds, "--data.init_args.budget", "150",
+    own_pool = "pool" in (yaml.safe_load(path.read_text()).get("data") or {}).get("init_args", {})
+    pool_args = [] if own_pool else small_pool(ATTACK)  # an overlay's own pool keeps its size
+    configs = config_args(path)
+    if "DetectorFilter" in path.read_text():  # the overlay, pointed at the shared trained detector
+        text = path.read_text().replace(
+            "runs/detector/digits_cv/checkpoints/last.ckpt",
+            str(request.getfixturevalue("detector_ckpt")),
+        )
+        configs[-1] = str(tmp_path / path.name)
+        Path(configs[-1]).write_text(text)
+    cli = cli_main(["fit", *configs, *SHORT, *rounds, "--data.init_args.budget", "150",
                     "--data.init_args.api.init_args.victim", str(victim_ckpt),
-                    *small_pool(ATTACK)])  # fmt: skip
+                    *pool_args])  # fmt: skip
     assert {"test/acc", "test/recovery", "test/fidelity"} <= set(cli.trainer.callback_metrics)
     data = cli.datamodule
     assert data.api.record(data.client).asked == 150  # the budget, exactly, through the API
