@@ -99,7 +99,20 @@ def ownership_test(
     derivation; `watermarks` recovers the labels from a client's logged queries and answers."""
     if len(images) == 0:
         raise ConfigError("ownership_test needs at least one watermarked query")
+    hits = watermark_hits(suspect, images, watermarked_labels)
+    return hits / len(images), false_claim_p(hits, len(images), num_classes)
+
+
+def watermark_hits(
+    suspect: nn.Module, images: torch.Tensor, watermarked_labels: torch.Tensor
+) -> int:
+    """How many of `images` `suspect` labels with their watermark label."""
     with torch.inference_mode():
         predicted = suspect.eval()(images).argmax(-1).cpu()
-    hits = int((predicted == watermarked_labels.cpu()).sum())
-    return hits / len(images), binomial_tail(hits, len(images), 1 / (num_classes - 1))
+    return int((predicted == watermarked_labels.cpu()).sum())
+
+
+def false_claim_p(hits: int, queries: int, num_classes: int) -> float:
+    """P(a model built without the API's answers hits `hits` or more of `queries` watermark
+    labels): at most 1/(C-1) per query (see `ownership_test`)."""
+    return binomial_tail(hits, queries, 1 / (num_classes - 1))

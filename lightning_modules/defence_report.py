@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 
 from core.errors import ConfigError
 from datamodules.transfer_datasets import TransferDataset
-from defences.watermark import DawnWatermark, binomial_tail, ownership_test
+from defences.watermark import DawnWatermark, false_claim_p, watermark_hits
 
 NO_BOOKS = (
     "DefenceReport: the API's ledger has no record of client {client!r} (the transfer set came "
@@ -118,7 +118,8 @@ def watermark_metrics(dawn: DawnWatermark, data, suspect: LightningModule) -> di
     owner-side (`DawnWatermark.watermarks`) from the transfer set's queries (pool images by
     index, synthetic ones as stored) and the answers the attacker received. A refused or
     all-zero answer taught nothing and is left out. Run in chunks of `query_batch_size`, so only
-    one chunk of images is in memory; the p-value is `ownership_test`'s over all of them."""
+    one chunk of images is in memory; hits are summed over chunks and tested once, as
+    `ownership_test` would test them all."""
     answers = data.answers
     if answers is None or len(answers) == 0:
         return {"watermark/queries": 0.0}
@@ -131,13 +132,10 @@ def watermark_metrics(dawn: DawnWatermark, data, suspect: LightningModule) -> di
         marked, labels = dawn.watermarks(images, received, data.client)
         count = int(marked.sum())
         if count:
-            agreement, _ = ownership_test(suspect, images[marked].to(suspect.device),
-                                          labels[marked], data.num_classes)  # fmt: skip
-            hits += round(agreement * count)
+            hits += watermark_hits(suspect, images[marked].to(suspect.device), labels[marked])
             marked_total += count
     metrics = {"watermark/queries": float(marked_total)}
     if marked_total:
         metrics["watermark/agreement"] = hits / marked_total
-        # ownership_test's null over all chunks: at most 1/(C-1) per query
-        metrics["watermark/p_value"] = binomial_tail(hits, marked_total, 1 / (data.num_classes - 1))
+        metrics["watermark/p_value"] = false_claim_p(hits, marked_total, data.num_classes)
     return metrics
