@@ -68,13 +68,7 @@ class ActiveThief(QueryStrategy):
         self.selection, self.seed_fraction = selection, seed_fraction
 
     def round_sizes(self, budget: int) -> list[int]:
-        """A seed round of `seed_fraction` of the budget, the rest split evenly."""
-        if self.rounds == 1:
-            return super().round_sizes(budget)
-        super().round_sizes(budget)  # budget >= rounds, else the usual error
-        first = min(max(1, round(budget * self.seed_fraction)), budget - (self.rounds - 1))
-        base, extra = divmod(budget - first, self.rounds - 1)
-        return [first] + [base + (r < extra) for r in range(self.rounds - 1)]
+        return self.seeded_round_sizes(budget, self.seed_fraction)
 
     def propose(self, seen: Seen, count: int) -> Queries:
         candidates = unasked(seen)

@@ -71,7 +71,7 @@ class Queries:
 
 class QueryStrategy(ABC):
     """Base class. `rounds` splits the budget into rounds of (nearly) equal size; override
-    `round_sizes` for another schedule (an initial seed set, say)."""
+    `round_sizes` for another schedule (`seeded_round_sizes`: an initial seed set)."""
 
     adaptive: ClassVar[bool] = True  # proposals depend on answers or the surrogate
     synthetic: ClassVar[bool] = False  # proposes images, not pool indices
@@ -87,6 +87,16 @@ class QueryStrategy(ABC):
                               "rounds")  # fmt: skip
         base, extra = divmod(budget, self.rounds)
         return [base + (r < extra) for r in range(self.rounds)]
+
+    def seeded_round_sizes(self, budget: int, seed_fraction: float) -> list[int]:
+        """A seed round of `seed_fraction` of the budget (at least 1 query), the rest split
+        evenly over the other rounds."""
+        even = QueryStrategy.round_sizes(self, budget)  # budget >= rounds, else the usual error
+        if self.rounds == 1:
+            return even
+        first = min(max(1, round(budget * seed_fraction)), budget - (self.rounds - 1))
+        base, extra = divmod(budget - first, self.rounds - 1)
+        return [first] + [base + (r < extra) for r in range(self.rounds - 1)]
 
     def check_budget(self, budget: int, pool_size: int) -> None:
         """Fail before any query when the pool cannot supply the budget."""

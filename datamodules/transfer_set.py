@@ -64,6 +64,7 @@ class TransferSetDataModule(ImageDataModule):
         val_fraction: float = 0.1,
         balance: bool = False,
         client: str | None = None,
+        sybils: int = 1,
         cache_dir: str = "runs/transfer_sets",
         query_batch_size: int = 256,
         batch_size: int = 64,
@@ -95,7 +96,9 @@ class TransferSetDataModule(ImageDataModule):
             )
         self.epochs_per_round, self.val_fraction = epochs_per_round, val_fraction
         self.balance = balance
-        self.client_name, self.cache_dir = client, Path(cache_dir)
+        if sybils < 1:
+            raise ConfigError(f"data.sybils must be >= 1 client, got {sybils}")
+        self.client_name, self.sybils, self.cache_dir = client, sybils, Path(cache_dir)
         self.query_batch_size = query_batch_size
         self.rounds_done = 0
         self.indices = np.empty(0, np.int64)
@@ -113,7 +116,7 @@ class TransferSetDataModule(ImageDataModule):
     @cached_property  # hashes the victim once per DataModule
     def folder(self) -> Path:
         key = [self.api.describe(), describe(self.pool), self.attack.describe(), self.seed,
-               self.client_name]  # fmt: skip
+               self.client_name] + ([self.sybils] if self.sybils > 1 else [])  # fmt: skip
         if not self.shares_prefixes:
             key += [self.budget, self.training_settings()]
         return self.cache_dir / digest(json.dumps(key, default=str))
@@ -131,6 +134,15 @@ class TransferSetDataModule(ImageDataModule):
     @property
     def client(self) -> str:
         return self.client_name or f"transfer-{self.folder.name}"
+
+    @property
+    def clients(self) -> list[str]:
+        """The API clients the attack asks through: `client`, or with `sybils` N > 1 the N
+        accounts `<client>/sybil-k`, query p of the transfer set going to account p % N (the
+        Sybil split of the paper's 5.2.2, which defeats a defence's per-client state)."""
+        if self.sybils == 1:
+            return [self.client]
+        return [f"{self.client}/sybil-{k}" for k in range(self.sybils)]
 
     def round(self, r: int) -> Round:
         return Round(self.folder / f"round-{r:03d}", self.num_classes)
@@ -274,10 +286,23 @@ class TransferSetDataModule(ImageDataModule):
                                 num_workers=self.num_workers)  # fmt: skip
         else:
             loader = [queries.images[start:end] for start, end in pieces]
-        current = self.round(r)
+        current, offset = self.round(r), sum(self.sizes[:r])
         for (start, _), images in zip(pieces, loader, strict=True):
-            current.write(start, self.api.answer(images, self.client).numpy())
+            current.write(start, self.answer(images, offset + start))
         return sum(end - start for start, end in pieces)
+
+    def answer(self, images: torch.Tensor, position: int) -> np.ndarray:
+        """The API's answers to consecutive queries starting at transfer-set `position`, each
+        asked through its account of `clients`."""
+        clients = self.clients
+        if len(clients) == 1:
+            return self.api.answer(images, clients[0]).numpy()
+        answers = np.empty((len(images), self.num_classes), np.float32)
+        for k, client in enumerate(clients):
+            mine = np.flatnonzero((position + np.arange(len(images))) % len(clients) == k)
+            if len(mine):
+                answers[mine] = self.api.answer(images[mine], client).numpy()
+        return answers
 
     # -- serving ---------------------------------------------------------------------------
 

@@ -3,12 +3,13 @@ API's books for the transfer set's client), to benign users (the victim's own te
 through the same defences by the owner, uncounted) and, when the stack holds a
 `defences.DawnWatermark`, whether the owner can prove this surrogate was derived from the API.
 
-From the API's books (the ledger) for the transfer set's client:
+From the API's books (the ledger) for the transfer set's clients (one, or its Sybil accounts):
   transfer/queries_flagged      the attack's queries a defence flagged;
-  transfer/flagged_rate         their share of the client's asked queries;
-  transfer/queries_to_detection the position (1-based, in the order asked) of the client's first
+  transfer/flagged_rate         their share of the attack's asked queries;
+  transfer/queries_to_detection the position (1-based, in the order asked) of the attack's first
                                 flagged query: how many queries it took to catch the attack.
-                                Absent when no query of the client was flagged.
+                                Absent when no query was flagged.
+  transfer/clients_flagged      the share of the attack's accounts with a flagged query.
 From the victim's test set, sent through the same defences as a fresh client (no ledger):
   transfer/false_refusal_rate   share of benign queries flagged;
   benign/refused_rate           share of benign queries given no answer;
@@ -71,19 +72,25 @@ class DefenceReport(Callback):
         pl_module.log_dict(metrics)
 
     def ledger_metrics(self, api, data) -> dict[str, float]:
-        record = api.record(data.client)
+        clients = data.clients
+        records = [api.record(client) for client in clients]
+        asked, flagged = sum(r.asked for r in records), sum(r.flagged for r in records)
         total = 0 if data.answers is None else len(data.answers)
-        if record.asked < total:
-            template = NO_BOOKS if record.asked == 0 else PART_BOOKS
-            self.warn_once(template.format(client=data.client, asked=record.asked, total=total))
-        if record.asked == 0:
+        if asked < total:
+            template = NO_BOOKS if asked == 0 else PART_BOOKS
+            self.warn_once(template.format(client=data.client, asked=asked, total=total))
+        if asked == 0:
             return {}
         metrics = {
-            "transfer/queries_flagged": float(record.flagged),
-            "transfer/flagged_rate": record.flagged / record.asked,
+            "transfer/queries_flagged": float(flagged),
+            "transfer/flagged_rate": flagged / asked,
+            "transfer/clients_flagged": sum(r.flagged > 0 for r in records) / len(records),
         }
-        if record.first_flagged is not None:
-            metrics["transfer/queries_to_detection"] = float(record.first_flagged)
+        # account k's j-th query (1-based) is the attack's query (j - 1) * N + k + 1
+        firsts = [(r.first_flagged - 1) * len(clients) + k + 1
+                  for k, r in enumerate(records) if r.first_flagged is not None]  # fmt: skip
+        if firsts:
+            metrics["transfer/queries_to_detection"] = float(min(firsts))
         return metrics
 
     def warn_once(self, message: str) -> None:
@@ -114,7 +121,7 @@ def benign_metrics(api, data) -> dict[str, float]:
 
 
 def watermark_metrics(dawn: DawnWatermark, data, suspect: LightningModule) -> dict[str, float]:
-    """DAWN's ownership test of `suspect` on the client's watermarked queries, recovered
+    """DAWN's ownership test of `suspect` on the attack's watermarked queries, recovered
     owner-side (`DawnWatermark.watermarks`) from the transfer set's queries (pool images by
     index, synthetic ones as stored) and the answers the attacker received. A refused or
     all-zero answer taught nothing and is left out. Run in chunks of `query_batch_size`, so only
@@ -124,16 +131,18 @@ def watermark_metrics(dawn: DawnWatermark, data, suspect: LightningModule) -> di
     if answers is None or len(answers) == 0:
         return {"watermark/queries": 0.0}
     informative = ~answers.isnan().any(-1) & (answers.float().nan_to_num(0).amax(-1) > 0)
-    rows = np.flatnonzero(informative.numpy())
-    queries = TransferDataset(data.pool.split("pool"), data.indices, data.images, answers, rows)
-    loader = DataLoader(queries, batch_size=data.query_batch_size, num_workers=data.num_workers)
+    rows, clients = np.flatnonzero(informative.numpy()), data.clients
     hits, marked_total = 0, 0
-    for images, received in loader:
-        marked, labels = dawn.watermarks(images, received, data.client)
-        count = int(marked.sum())
-        if count:
-            hits += watermark_hits(suspect, images[marked].to(suspect.device), labels[marked])
-            marked_total += count
+    for k, client in enumerate(clients):  # query p was asked by account p % N
+        mine = rows[rows % len(clients) == k]
+        queries = TransferDataset(data.pool.split("pool"), data.indices, data.images, answers, mine)
+        for images, received in DataLoader(queries, batch_size=data.query_batch_size,
+                                           num_workers=data.num_workers):  # fmt: skip
+            marked, labels = dawn.watermarks(images, received, client)
+            count = int(marked.sum())
+            if count:
+                hits += watermark_hits(suspect, images[marked].to(suspect.device), labels[marked])
+                marked_total += count
     metrics = {"watermark/queries": float(marked_total)}
     if marked_total:
         metrics["watermark/agreement"] = hits / marked_total

@@ -5,10 +5,12 @@ every tau rounds; run through the transfer set, every synthetic image is an API 
 budget is exact."""
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from attacks import JacobianAugmentation, Seen
+from core.errors import ConfigError
 from core.normalization import IMAGENET_MEAN, IMAGENET_STD
 from tests.conftest import CONFIGS
 
@@ -61,6 +63,7 @@ def test_every_synthetic_image_is_a_query_and_the_budget_is_exact(victim_ckpt, t
                     "--config", str(CONFIGS / "attacks/jbda.yaml"),
                     "--data.init_args.api.init_args.victim", str(victim_ckpt),
                     "--data.init_args.attack.init_args.rounds", "3",
+                    "--data.init_args.attack.init_args.seed_fraction", "0.3334",
                     "--data.init_args.epochs_per_round", "1",
                     "--data.init_args.budget", "90", "--data.init_args.pool.init_args.size", "200",
                     "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "1",
@@ -73,3 +76,10 @@ def test_every_synthetic_image_is_a_query_and_the_budget_is_exact(victim_ckpt, t
     record = data.api.record(data.client)
     assert (record.asked, record.answered) == (90, 90)
     assert len(data.split("train")) + len(data.split("val")) == 90
+
+
+def test_a_small_seed_set_then_the_rest_of_the_budget_in_even_rounds():
+    assert JacobianAugmentation(rounds=6).round_sizes(3000) == [150] + [570] * 5
+    assert JacobianAugmentation(rounds=3, seed_fraction=0.3334).round_sizes(90) == [30, 30, 30]
+    with pytest.raises(ConfigError, match=r"seed_fraction must be in \(0, 1\]"):
+        JacobianAugmentation(seed_fraction=0)

@@ -218,6 +218,7 @@ def test_refused_queries_are_not_trained_on(victim_ckpt):
         ({"budget": 301}, "data.budget 301 exceeds the pool's 300 images"),
         ({"val_fraction": 1.0}, r"data.val_fraction must be in \[0, 1\)"),
         ({"epochs_per_round": 0}, "data.epochs_per_round must be >= 1"),
+        ({"sybils": 0}, "data.sybils must be >= 1 client, got 0"),
         (
             {"val_fraction": 0.001},
             "data.val_fraction 0.001 of data.budget 100 leaves the first "
@@ -233,6 +234,16 @@ def test_bad_settings_fail_before_any_query(victim_ckpt, counted, kwargs, messag
     with pytest.raises(ConfigError, match=message):
         transfer(victim_ckpt, **kwargs)
     assert counted["asked"] == 0
+
+
+def test_sybil_accounts_ask_every_nth_query_and_get_the_same_answers(victim_ckpt):
+    one = transfer(victim_ckpt, budget=100, client="one")
+    split = transfer(victim_ckpt, budget=100, client="many", sybils=3)
+    assert split.clients == ["many/sybil-0", "many/sybil-1", "many/sybil-2"]
+    assert np.array_equal(split.indices, one.indices)  # the same queries, the same order ...
+    assert torch.equal(split.answers, one.answers)  # ... and answers: stateless defences
+    assert [split.api.record(c).asked for c in split.clients] == [34, 33, 33]
+    assert split.api.record("many").asked == 0
 
 
 def test_victim_errors(victim_ckpt, tmp_path):

@@ -11,6 +11,7 @@ from api import PredictionAPI
 from core.errors import ConfigError
 from datamodules.digits import digits_images
 from defences import PRADA
+from tests.conftest import CONFIGS
 
 
 class NearestMean(nn.Module):
@@ -90,3 +91,34 @@ def test_flag_only_answers_and_the_state_survives_a_new_api(digits, tmp_path):
 def test_bad_options(options, message):
     with pytest.raises(ConfigError, match=message):
         PRADA(**options).check(10)
+
+
+def attack_through_prada(victim_ckpt, *overrides: str):
+    """The embedded Knockoff config behind PRADA: 600 queries, 3 rounds."""
+    from pipeline.cli import cli_main
+
+    cli = cli_main(["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
+                    "--config", str(CONFIGS / "defences/prada.yaml"), *overrides,
+                    "--data.init_args.api.init_args.victim", str(victim_ckpt),
+                    "--data.init_args.budget", "600", "--data.init_args.epochs_per_round", "1",
+                    "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "1",
+                    "--trainer.limit_test_batches", "0"])  # fmt: skip
+    data = cli.datamodule
+    return [data.api.record(client) for client in data.clients]
+
+
+JBDA = ("--config", str(CONFIGS / "attacks/jbda.yaml"),
+        "--data.init_args.attack.init_args.rounds", "3")  # fmt: skip
+
+
+def test_on_the_embedded_default_prada_catches_jbda_not_knockoff_nor_a_sybil_split(victim_ckpt):
+    """The paper's claim, measured: PRADA flags Jacobian augmentation (a 150-image seed set and
+    its near-copies) within a few hundred queries, not Knockoff's natural pool queries; split
+    over 6 accounts of 100 queries, each under min_queries, the same JBDA is never tested."""
+    (jbda,) = attack_through_prada(victim_ckpt, *JBDA)
+    assert jbda.first_flagged is not None and 100 < jbda.first_flagged < 400
+    assert jbda.flagged == 600 - jbda.first_flagged + 1  # flagged from then on
+    (knockoff,) = attack_through_prada(victim_ckpt, "--data.init_args.attack.init_args.rounds", "3")
+    assert knockoff.asked == 600 and knockoff.flagged == 0
+    sybils = attack_through_prada(victim_ckpt, *JBDA, "--data.init_args.sybils", "6")
+    assert [r.asked for r in sybils] == [100] * 6 and sum(r.flagged for r in sybils) == 0

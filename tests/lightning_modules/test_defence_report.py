@@ -25,12 +25,12 @@ QUIET = {"logger": False, "enable_progress_bar": False, "enable_model_summary": 
          "enable_checkpointing": False}  # fmt: skip
 
 
-def shifted(detector_ckpt, images: torch.Tensor, path: Path) -> str:
-    """The detector with its OOD logit shifted so that half of `images` have P(OOD) > 0.5."""
+def shifted(detector_ckpt, images: torch.Tensor, path: Path, share: float = 0.5) -> str:
+    """The detector with its OOD logit shifted so that `share` of `images` have P(OOD) > 0.5."""
     with torch.no_grad():
         logits = load_detector(detector_ckpt).net(images)
     checkpoint = torch.load(detector_ckpt, weights_only=True)
-    checkpoint["state_dict"]["net.fc.bias"][1] -= (logits[:, 1] - logits[:, 0]).median()
+    checkpoint["state_dict"]["net.fc.bias"][1] -= (logits[:, 1] - logits[:, 0]).quantile(1 - share)
     torch.save(checkpoint, path)
     return str(path)
 
@@ -104,6 +104,23 @@ def test_report_counts_the_attacks_flags_and_the_benign_cost(victim_ckpt, detect
     )
     l1 = (answers - posteriors).abs().sum(-1).mean()
     assert metrics["benign/l1_change"] == pytest.approx(float(l1), abs=1e-5)
+
+
+def test_sybil_accounts_are_reported_as_one_attack(victim_ckpt, detector_ckpt, tmp_path):
+    pool = CropsPoolDataModule(size=300).split("pool")  # a few of the attack's queries flagged
+    strict = shifted(detector_ckpt, torch.stack([pool[i] for i in range(300)]),
+                     tmp_path / "strict.ckpt", share=0.05)  # fmt: skip
+    one = report(
+        Surrogate(num_classes=10),
+        guarded(victim_ckpt, [DetectorFilter(strict, 0.5, "decoy")], client="one"),
+    )
+    data = guarded(victim_ckpt, [DetectorFilter(strict, 0.5, "decoy")], client="many", sybils=7)
+    many = report(Surrogate(num_classes=10), data)
+    assert many["transfer/queries_flagged"] == one["transfer/queries_flagged"] > 0
+    assert many["transfer/queries_to_detection"] == one["transfer/queries_to_detection"] > 1
+    flagged = [data.api.record(c).flagged > 0 for c in data.clients]
+    assert many["transfer/clients_flagged"] == pytest.approx(sum(flagged) / 7)
+    assert one["transfer/clients_flagged"] == 1.0
 
 
 def test_nothing_flagged_leaves_no_queries_to_detection(victim_ckpt):
@@ -192,3 +209,15 @@ def test_dawn_leaves_out_the_queries_that_got_no_answer(victim_ckpt):
     marked = answered & (data.answers.float().argmax(-1) != clean.answers.float().argmax(-1))
     metrics = report(Surrogate(num_classes=10), data)
     assert metrics["watermark/queries"] == int(marked.sum()) > 20
+
+
+def test_dawn_recovers_the_watermarks_of_each_sybil_account(victim_ckpt):
+    """DAWN keys on the client: through 4 accounts other queries are watermarked than through
+    one, and the report recovers exactly those."""
+    data = guarded(victim_ckpt, [DawnWatermark(0.25, key="k")], client="a", sybils=4)
+    clean = guarded(victim_ckpt, [], client="b")
+    single = guarded(victim_ckpt, [DawnWatermark(0.25, key="k")], client="a")
+    marked = data.answers.float().argmax(-1) != clean.answers.float().argmax(-1)
+    other = single.answers.float().argmax(-1) != clean.answers.float().argmax(-1)
+    assert not torch.equal(marked, other)
+    assert report(Surrogate(num_classes=10), data)["watermark/queries"] == int(marked.sum()) > 20
