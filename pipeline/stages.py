@@ -35,6 +35,7 @@ import yaml
 
 from core.atomic import atomic_write_text
 from core.errors import ConfigError
+from core.fragments import read_config
 from lightning_modules.loggers import LIGHTNING_LOGGERS
 
 
@@ -109,14 +110,14 @@ def merge(base: Any, overlay: Any) -> Any:
 
 
 def read_yaml(stage: "Stage") -> dict:
-    """The stage's YAMLs, merged in order, or a one-line ConfigError naming the one at fault."""
+    """The stage's YAMLs, fragments inlined (`core.fragments`) and merged in order, or a
+    one-line ConfigError naming the file at fault."""
     merged: dict = {}
     for path in stage.configs:
         try:
-            config = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-            raise ConfigError(f"stage {stage.name}: config {path} is not readable YAML: "
-                              f"{' '.join(str(err).split())}") from err  # fmt: skip
+            config = read_config(path) or {}
+        except ConfigError as err:
+            raise ConfigError(f"stage {stage.name}: {err}") from err
         if not isinstance(config, dict):
             raise ConfigError(f"stage {stage.name}: config {path} is not a mapping of "
                               f"settings (got a {type(config).__name__})")  # fmt: skip
@@ -125,9 +126,10 @@ def read_yaml(stage: "Stage") -> dict:
 
 
 def stage_key(stage: Stage, settings: dict[str, Any], upstream: dict[str, str]) -> str:
-    texts = [Path(path).read_text() for path in stage.configs]
-    text = texts[0] if len(texts) == 1 else texts  # a one-YAML stage keeps its earlier key
-    blob = json.dumps([text, stage.command, settings, upstream], sort_keys=True, default=str)
+    """What the stage runs: its configs with their fragments (an edited fragment is a new key,
+    an edited comment is not), its command, settings and upstream results."""
+    configs = [read_config(path) for path in stage.configs]
+    blob = json.dumps([configs, stage.command, settings, upstream], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.fragments import read_config
 from tests.conftest import CONFIGS, REPO
 
 BUILD = textwrap.dedent("""
@@ -201,7 +202,7 @@ def test_sigkill_mid_stage_of_reproduce_then_rerun(
     from lightning_modules import Surrogate
     from pipeline.reproduce import reproduce_main
 
-    config = yaml.safe_load((CONFIGS / "surrogate/digits_natural_probs.yaml").read_text())
+    config = read_config(CONFIGS / "surrogate/digits_natural_probs.yaml")  # fragments inlined
     config["trainer"]["callbacks"].append({
         "class_path": "tests.kill_switch.KillMidEpoch",
         "init_args": {"epoch": 1, "batch": 1, "once": str(tmp_path / "killed.once")},

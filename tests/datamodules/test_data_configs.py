@@ -1,5 +1,6 @@
-"""Every configs/data/*.yaml and real-data victim config parses, instantiates against its dataset
-in the real layout, and trains end to end with tiny settings, as a new user would run it."""
+"""Every configs/data/*.yaml fragment and real-data victim config parses, instantiates against
+its dataset in the real layout, and trains end to end with tiny settings, as a new user would
+run it."""
 
 import contextlib
 import importlib
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.fragments import read_config
 from pipeline.cli import cli_main, main
 from tests.conftest import CONFIGS, REPO
 from tests.datamodules.layouts import WRITERS
@@ -64,9 +66,7 @@ def print_config(args: list[str]) -> str:
 @pytest.mark.parametrize("path", DATA + VICTIMS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_config_parses_with_a_data_root(path: Path):
     args = (
-        ["--config", str(path)]
-        if path in VICTIMS
-        else ["--config", str(BASE), "--config", str(path)]
+        ["--config", str(path)] if path in VICTIMS else ["--config", str(BASE), "--data", str(path)]
     )
     printed = yaml.safe_load(print_config([*args, "--data.root", "/some/where"]))
     assert printed["data"]["init_args"]["root"] == "/some/where"
@@ -74,7 +74,7 @@ def test_config_parses_with_a_data_root(path: Path):
 
 @pytest.mark.parametrize("path", DATA, ids=lambda p: p.name)
 def test_data_config_instantiates_against_its_dataset(path: Path, layout: Layout):
-    spec = yaml.safe_load(path.read_text())["data"]
+    spec = yaml.safe_load(path.read_text())  # a fragment: the class and its arguments
     module, name = spec["class_path"].rsplit(".", 1)
     args = {**spec["init_args"], "root": str(layout(dataset_of(path))), "num_workers": 0}
     dm = getattr(importlib.import_module(module), name)(
@@ -161,11 +161,17 @@ def on_disk_specs(node, key: str = "data"):
             yield from on_disk_specs(value, f"{key}.{name}")
 
 
+def data_of(path: Path):
+    """The `data` of an experiment config, or a data fragment itself, fragments inlined."""
+    config = read_config(path)
+    return config if path.parent.name == "data" else config.get("data")
+
+
 EXPERIMENTS = sorted(
     p
     for folder in ("victim", "surrogate", "detector", "ood", "data")
     for p in (CONFIGS / folder).glob("*.yaml")
-    if list(on_disk_specs(yaml.safe_load(p.read_text()).get("data")))
+    if list(on_disk_specs(data_of(p)))
 )
 
 
@@ -173,7 +179,7 @@ EXPERIMENTS = sorted(
 def test_one_data_root_serves_every_dataset_of_a_config(path: Path, data_root: Path):
     """Every config says `root: data`; pointed at one root holding all datasets, each of its
     on-disk DataModules (nested ones included) finds its own dataset there."""
-    specs = list(on_disk_specs(yaml.safe_load(path.read_text())["data"]))
+    specs = list(on_disk_specs(data_of(path)))
     assert {args["root"] for _, _, args in specs} == {"data"}
     for key, cls, args in specs:
         dm = cls(**{**args, "root": str(data_root), "num_workers": 0})

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.fragments import read_config
 from pipeline.cli import cli_main
 from pipeline.stages import set_dotted
 from tests.conftest import CONFIGS, REPO
@@ -51,7 +52,7 @@ SCORERS = {"msp": ("MSP", None), "odin": ("ODIN", None), "mahalanobis": ("Mahala
 
 @pytest.mark.parametrize("stage", PAPER_BASELINES, ids=lambda s: s["name"])
 def test_paper_baseline_stage_parses_with_its_scorer(stage: dict, tmp_path: Path):
-    config = yaml.safe_load((REPO / stage["config"]).read_text())
+    config = read_config(REPO / stage["config"])  # fragments inlined: written elsewhere
     for key, value in stage["set"].items():
         set_dotted(config, key, value)
     (path := tmp_path / "stage.yaml").write_text(yaml.safe_dump(config))

@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from core.errors import ConfigError
+from core.fragments import read_config
 from pipeline.keys import check_keys, missing_setting
 from pipeline.stages import Stage, read_result
 from tests.conftest import CONFIGS
@@ -18,7 +18,7 @@ SURROGATE = str(CONFIGS / "surrogate/digits_natural_probs.yaml")
 
 
 def config(path: str) -> dict:
-    return yaml.safe_load(Path(path).read_text())
+    return read_config(path)
 
 
 @pytest.mark.parametrize(
