@@ -161,14 +161,20 @@ def test_user_errors_are_one_line_and_exit_2(extra, expected):
 
 def test_bf16_mixed_precision_with_channels_last_resnet():
     """The GPU recipe (configs/trainer/gpu.yaml + channels_last), on CPU: convolutions run in
-    bf16 while training, the master weights stay fp32 and NHWC, and stay finite."""
+    bf16 while training, the master weights stay fp32 and NHWC, and stay bounded.
+
+    At 32 px, not the config's 16: torch 2.14.1's CPU bf16 convolution returns a wrong weight
+    gradient (uninitialised memory, up to 1e28, in 12 of 20 tries) when a stride-2 3x3 conv
+    sees a 1x1 input, which is layer4.0.conv1 of a resnet18 at 16 px; fp32, and 2x2 inputs, are
+    right. A CPU-only fault of that kernel, not of the recipe (GPUs use cuDNN)."""
     conv_dtypes = set()
 
     def record(module, inputs, output):
         if isinstance(module, torch.nn.Conv2d) and module.training:
             conv_dtypes.add(output.dtype)
 
-    fast = ["--trainer.precision", "bf16-mixed", "--model.init_args.channels_last", "true"]
+    fast = ["--trainer.precision", "bf16-mixed", "--model.init_args.channels_last", "true",
+            "--data.init_args.image_size", "32"]  # fmt: skip
     hook = torch.nn.modules.module.register_module_forward_hook(record)
     try:
         cli = cli_main(["fit", "--config", str(CONFIGS / "victim/digits_resnet18.yaml"), *SHORT,
@@ -179,4 +185,5 @@ def test_bf16_mixed_precision_with_channels_last_resnet():
     weight = cli.model.net.conv1.weight
     assert weight.dtype == torch.float32
     assert weight.is_contiguous(memory_format=torch.channels_last)
-    assert all(torch.isfinite(p).all() for p in cli.model.parameters())
+    # three SGD steps move no weight far from its init (max 1.06); a garbage gradient does
+    assert max(p.abs().max() for p in cli.model.parameters()) < 10
