@@ -15,7 +15,14 @@ rounds, so points do not drift off forever) and clipping to the images the pool'
 normalisation can produce: per channel [(0 - mean) / std, (1 - mean) / std], ImageNet's by
 default like every dataset here. The reservoir keeps each round at `count` queries instead of
 Papernot's doubling, so the budget is exact: every synthetic image is a query of the API.
+
+`target: random` is PRADA's T-RND (targeted randomised): the step climbs the logit of a class drawn
+uniformly among the others than the answered one, fresh for each synthetic query, always
++`step` (a new random target each round already keeps points from drifting one way); the
+queries probe the victim's boundaries towards every class rather than away from the known one.
 """
+
+from typing import Literal
 
 import numpy as np
 import torch
@@ -43,7 +50,7 @@ def logit_gradient(surrogate, images: torch.Tensor, classes: torch.Tensor, devic
 class JacobianAugmentation(QueryStrategy):
     """`seed_fraction`: round 0's share of the budget (pool images); `step`: lambda;
     `tau`: augmentation rounds between sign flips; `mean`/`std`: the pool's normalisation (for
-    the valid image range)."""
+    the valid image range); `target`: answered (Papernot's JbDA) or random (PRADA's T-RND)."""
 
     synthetic = True
 
@@ -55,6 +62,7 @@ class JacobianAugmentation(QueryStrategy):
         tau: int = 3,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
+        target: Literal["answered", "random"] = "answered",
     ):
         super().__init__(rounds)
         if step <= 0 or tau < 1 or len(mean) != len(std):
@@ -63,7 +71,7 @@ class JacobianAugmentation(QueryStrategy):
             raise ConfigError(f"JacobianAugmentation seed_fraction must be in (0, 1], got "
                               f"{seed_fraction}")  # fmt: skip
         self.seed_fraction, self.step, self.tau = seed_fraction, step, tau
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std, self.target = tuple(mean), tuple(std), target
 
     def round_sizes(self, budget: int) -> list[int]:
         return self.seeded_round_sizes(budget, self.seed_fraction)
@@ -94,7 +102,11 @@ class JacobianAugmentation(QueryStrategy):
         sources = rng.choice(answered, count, replace=count > len(answered))
         images = asked_images(seen, np.sort(sources))
         classes = seen.answers[np.sort(sources)].float().argmax(-1)
+        step = self.lam(seen.round)
+        if self.target == "random":  # any class but the answered one, uniformly
+            others = torch.from_numpy(rng.integers(1, seen.answers.shape[-1], len(classes)))
+            classes, step = (classes + others) % seen.answers.shape[-1], self.step
         grad = logit_gradient(seen.surrogate, images, classes, seen.device)
-        moved = images + self.lam(seen.round) * grad.sign()
+        moved = images + step * grad.sign()
         low, high = self.bounds(images.shape[1])
         return Queries(images=torch.maximum(torch.minimum(moved, high), low))

@@ -41,6 +41,22 @@ def test_queries_move_by_lambda_times_the_sign_of_the_answered_logits_gradient()
     assert [strategy.lam(r) for r in range(1, 8)] == [0.1, 0.1, 0.1, -0.1, -0.1, -0.1, 0.1]
 
 
+def test_t_rnd_climbs_the_logit_of_a_random_other_class_without_flipping():
+    net = linear()
+    strategy = JacobianAugmentation(step=0.1, tau=3, target="random")
+    sources, rows = torch.stack(POOL[:10]), net[1].weight.view(5, 3, 4, 4).sign()
+    targets = []
+    for r in (1, 4):  # round 4 would flip JbDA's step; T-RND's stays +lambda
+        moved = strategy.propose(seen(r, net), 10).images
+        steps = ((moved - sources) / 0.1).round()
+        # each query's step is the gradient sign of exactly one class's logit (a row of W)
+        match = (steps[:, None] == rows[None]).flatten(2).all(-1)
+        assert (match.sum(-1) == 1).all()
+        targets.append(match.float().argmax(-1))
+    assert all((t != CLASSES).all() for t in targets)  # never the answered class
+    assert len(torch.cat(targets).unique()) == 5  # every other class gets drawn
+
+
 def test_synthetic_sources_and_clipping_to_the_normalised_range():
     net = linear()
     high = ((1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)).view(3, 1, 1)
