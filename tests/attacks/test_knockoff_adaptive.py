@@ -68,6 +68,44 @@ def test_bandit_concentrates_on_the_rewarding_cluster(reward):
     assert strategy.entropy[-1] < strategy.entropy[0] == pytest.approx(np.log(2))
 
 
+def test_two_levels_a_node_learns_from_every_arm_under_it():
+    """Four clusters (two dark, two bright) under two nodes; every dark image earns the higher
+    reward: the dark node's preference rises, late rounds ask the dark node, and each arm's
+    probability is its node's times its own within the node."""
+    gen = torch.Generator().manual_seed(0)
+    levels = (-2.0, -1.2, 1.2, 2.0)  # 25 images each: arms of shades, nodes dark / bright
+    images = [torch.full((3, 4, 4), levels[i // 25]) + 0.05 * torch.randn(3, 4, 4, generator=gen)
+              for i in range(100)]  # fmt: skip
+    strategy = KnockoffAdaptive(arms=4, groups=2, reward="certainty", lr=2.0, explore=0.1)
+    indices, answers, picked = np.empty(0, np.int64), torch.empty(0, 5), []
+    first_arms = np.empty(0, np.int64)
+    for r in range(8):
+        queries = strategy.propose(seen(images, indices, answers, r), 5).indices
+        if r == 0:
+            first_arms = np.array(strategy.last_arms)
+        if r == 1:  # round 0's five queries stepped H from 0, by hand: certainty 1 or 0
+            reward = (picked[0] < HALF).astype(float)  # the baseline was 0
+            node = strategy.nodes[first_arms]
+            within = [reward[first_arms == b].sum() - reward[node == strategy.nodes[b]].sum() / 2
+                      for b in range(4)]  # fmt: skip
+            assert np.allclose(strategy.h, 2.0 * np.array(within) / 5)
+        picked.append(queries)
+        indices = np.concatenate([indices, queries])
+        sure = torch.from_numpy(queries < HALF)[:, None]  # the dark half earns the reward
+        answers = torch.cat([answers, torch.where(sure, torch.eye(5)[1], torch.full((5,), 0.2))])
+    arm = strategy.clusters(seen(images, np.empty(0), torch.empty(0, 5), 0))
+    node_of_image = strategy.nodes[arm]
+    assert len(set(node_of_image[:HALF])) == len(set(node_of_image[HALF:])) == 1  # two nodes
+    dark = int(node_of_image[0])
+    assert dark != node_of_image[-1] and strategy.h_nodes[dark] > strategy.h_nodes[1 - dark]
+    assert np.mean([float((p < HALF).mean()) for p in picked[-3:]]) >= 0.8
+    every = np.ones(4, bool)
+    node_pi, arm_pi = strategy.levels(every)
+    expected = 0.9 * node_pi[strategy.nodes] * arm_pi + 0.1 / 4
+    assert np.allclose(strategy.policy(every), expected / expected.sum())
+    assert all(np.isclose(arm_pi[strategy.nodes == g].sum(), 1) for g in (0, 1))
+
+
 def test_no_query_twice_exhausted_arm_masked_and_exploration_floor():
     strategy = KnockoffAdaptive(arms=2, reward="certainty", lr=5.0, explore=0.2)
     indices, _, picked = run(strategy, "certainty", rounds=4, count=20)
