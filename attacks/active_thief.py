@@ -6,8 +6,11 @@ from the unasked pool with the current surrogate:
   kcenter  greedy k-center (farthest-point) on the surrogate's softmax outputs, the space the
            paper uses: each pick is the unasked image farthest from everything asked or picked
            so far, so the round covers the pool instead of piling onto one uncertain region;
+  dfal     DeepFool active learning (Ducoffe and Precioso 2018, ActiveThief's third): the
+           images closest to the surrogate's decision boundary, measured by the L2 norm of the
+           DeepFool perturbation (Moosavi-Dezfooli et al. 2016) that flips its label, computed
+           for every candidate in batches (`deepfool_distance`);
   random   the seeded random order (the baseline inside the same schedule).
-DFAL (adversarial-distance selection) is not implemented.
 """
 
 from typing import Literal
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 from attacks.base import Queries, QueryStrategy, Seen, register_attack
+from attacks.jacobian import logit_gradient
 from attacks.pool_views import pool_images, unasked
 from core.errors import ConfigError
 
@@ -48,20 +52,62 @@ def kcenter_greedy(
     return np.asarray(picks, np.int64)
 
 
+def deepfool_distance(
+    surrogate, images: torch.Tensor, device, steps: int = 10, overshoot: float = 0.02
+) -> torch.Tensor:
+    """L2 norm of the multi-class DeepFool perturbation flipping `surrogate`'s label of each
+    image: each step moves every unflipped image to the nearest linearised boundary,
+    r = (|f_l| / ||w_l||^2) w_l with l = argmin_k |f_k - f_label| / ||w_k - w_label||; images
+    still unflipped after `steps` keep the distance travelled (they are far anyway)."""
+    with torch.no_grad():
+        logits = torch.cat([surrogate(c.to(device)).float().cpu() for c in images.split(256)])
+    label, classes = logits.argmax(-1), logits.shape[1]
+    total = torch.zeros_like(images)
+    active = torch.ones(len(images), dtype=torch.bool)
+    for _ in range(steps):
+        x = images[active] + (1 + overshoot) * total[active]
+        if not len(x):
+            break
+        grads = torch.stack(
+            [
+                logit_gradient(surrogate, x, torch.full((len(x),), c), device)
+                for c in range(classes)
+            ],
+            1,
+        )  # (n, C, ...) fmt: skip
+        with torch.no_grad():
+            f = torch.cat([surrogate(c.to(device)).float().cpu() for c in x.split(256)])
+        mine = label[active]
+        if (still := f.argmax(-1) == mine).logical_not().any():  # flipped: stop moving them
+            done = active.nonzero().squeeze(1)[~still]
+            active[done] = False
+            x, grads, f, mine = x[still], grads[still], f[still], mine[still]
+        rows = torch.arange(len(x))
+        w = (grads - grads[rows, mine][:, None]).flatten(2)  # (n, C, D)
+        gap = (f - f[rows, mine][:, None]).abs()
+        norm = w.norm(dim=-1).clamp_min(1e-8)
+        ratio = gap / norm
+        ratio[rows, mine] = float("inf")
+        nearest = ratio.argmin(-1)
+        step = ((gap[rows, nearest] + 1e-4) / norm[rows, nearest] ** 2)[:, None]
+        total[active] += (step * w[rows, nearest]).view_as(x)
+    return ((1 + overshoot) * total).flatten(1).norm(dim=-1)
+
+
 @register_attack
 class ActiveThief(QueryStrategy):
-    """`selection`: entropy, kcenter or random; `seed_fraction`: the random first round's share
-    of the budget (the paper's initial seed set, 10%)."""
+    """`selection`: entropy, kcenter, dfal or random; `seed_fraction`: the random first
+    round's share of the budget (the paper's initial seed set, 10%)."""
 
     def __init__(
         self,
         rounds: int = 5,
-        selection: Literal["entropy", "kcenter", "random"] = "kcenter",
+        selection: Literal["entropy", "kcenter", "dfal", "random"] = "kcenter",
         seed_fraction: float = 0.1,
     ):
         super().__init__(rounds)
-        if selection not in ("entropy", "kcenter", "random"):
-            raise ConfigError(f"ActiveThief selection must be entropy, kcenter or random, "
+        if selection not in ("entropy", "kcenter", "dfal", "random"):
+            raise ConfigError(f"ActiveThief selection must be entropy, kcenter, dfal or random, "
                               f"got {selection!r}")  # fmt: skip
         if not 0 < seed_fraction <= 1:
             raise ConfigError(f"ActiveThief seed_fraction must be in (0, 1], got {seed_fraction}")
@@ -75,7 +121,11 @@ class ActiveThief(QueryStrategy):
         if seen.round == 0 or seen.surrogate is None or self.selection == "random":
             order = np.random.default_rng([seen.seed, seen.round]).permutation(candidates)
             return Queries(indices=order[:count])
-        logits = seen.surrogate_outputs(pool_images(seen.pool, candidates))
+        images = pool_images(seen.pool, candidates)
+        if self.selection == "dfal":  # nearest the boundary first; ties to the lower index
+            distance = deepfool_distance(seen.surrogate, images.float(), seen.device)
+            return Queries(indices=candidates[np.argsort(distance.numpy(), kind="stable")[:count]])
+        logits = seen.surrogate_outputs(images)
         if self.selection == "entropy":
             # stable sort on -entropy: ties go to the lower pool index
             order = np.argsort(-entropy(logits).numpy(), kind="stable")

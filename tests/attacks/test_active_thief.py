@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from attacks import ActiveThief, Seen
-from attacks.active_thief import kcenter_greedy
+from attacks.active_thief import deepfool_distance, kcenter_greedy
 from core.errors import ConfigError
 
 
@@ -84,4 +84,28 @@ def test_seed_round_is_random_and_the_schedule_sums_to_the_budget():
     first = strategy.propose(seen([], 0), 10).indices
     assert np.array_equal(first, np.random.default_rng([0, 0]).permutation(40)[:10])
     with pytest.raises(ConfigError, match="selection"):
-        ActiveThief(selection="dfal")
+        ActiveThief(selection="deepfool")
+
+
+def boundary_distance(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """For a linear net, the exact L2 distance to the nearest decision boundary."""
+    weight, bias = net[1].weight, net[1].bias
+    with torch.no_grad():
+        f = images.flatten(1) @ weight.T + bias
+        label = f.argmax(-1)
+        w = weight[None] - weight[label][:, None]  # (n, C, D)
+        gap = f[torch.arange(len(f)), label][:, None] - f
+        ratio = gap / w.norm(dim=-1).clamp_min(1e-12)
+        ratio[torch.arange(len(f)), label] = float("inf")
+        return ratio.min(-1).values
+
+
+def test_dfal_picks_the_unasked_images_nearest_the_surrogates_boundary():
+    images = torch.stack(POOL)
+    exact = boundary_distance(surrogate(), images)
+    got = deepfool_distance(surrogate(), images, torch.device("cpu"), overshoot=0.02)
+    assert torch.allclose(got, 1.02 * exact, rtol=1e-3, atol=2e-3)  # one exact step if linear
+    asked = [0, 1, 2, 3]
+    picks = ActiveThief(selection="dfal").propose(seen(asked, 1), 6).indices
+    nearest = [i for i in exact.argsort().tolist() if i not in asked][:6]
+    assert picks.tolist() == nearest
