@@ -13,8 +13,8 @@ from the pool and the seed, so only the policy is saved.
 Each round (one `propose`, one batch to the API) draws `count` queries: an arm from the policy
 pi = (1 - explore) * softmax(H) + explore / K over the arms with images left (an exploration
 floor; an exhausted arm, and a node with none left, is masked), then an unasked image of that
-arm, uniformly. At the next
-`propose` the answers to the last round are in `seen`, and each of its queries is rewarded:
+arm, uniformly. At the next `propose` the answers to the last round are in `seen`, and each of
+its queries is rewarded:
   certainty  top-1 minus top-2 of the answer (the victim is sure);
   diversity  sum_k max(0, y_k - mean of earlier answers_k) (a class unlike those seen so far);
   loss       cross-entropy of the surrogate's log-softmax against the answer (it still errs);
@@ -91,15 +91,10 @@ class KnockoffAdaptive(QueryStrategy):
         if arms < 1 or not 1 <= groups <= arms or not 0 <= explore <= 1 or lr <= 0:
             raise ConfigError("KnockoffAdaptive needs arms >= 1, 1 <= groups <= arms, "
                               "0 <= explore <= 1 and lr > 0")  # fmt: skip
-        self.arms, self.groups, self.reward, self.lr, self.explore = (
-            arms,
-            groups,
-            reward,
-            lr,
-            explore,
-        )
+        self.arms, self.groups, self.reward = arms, groups, reward
+        self.lr, self.explore = lr, explore
         self.feature_size, self.epsilon = feature_size, epsilon
-        self._clusters: tuple[tuple[int, int], np.ndarray, np.ndarray] | None = None
+        self._clusters: tuple[tuple[int, int], np.ndarray] | None = None
         self.nodes = np.zeros(arms, np.int64)  # node of every arm, set with the clusters
         self.load_state_dict({})
 
@@ -114,10 +109,9 @@ class KnockoffAdaptive(QueryStrategy):
         """(pi over the nodes, pi of each arm within its node): the softmaxes of H."""
         open_nodes = np.bincount(self.nodes, available, self.groups) > 0
         node_pi = softmax(np.asarray(self.h_nodes), open_nodes)
-        arm_pi = np.zeros(self.arms)
+        h, arm_pi = np.asarray(self.h), np.zeros(self.arms)
         for g in np.flatnonzero(open_nodes):
-            mine = (self.nodes == g) & available
-            arm_pi[mine] = softmax(np.asarray(self.h)[mine], np.ones(mine.sum(), bool))
+            arm_pi += softmax(h, (self.nodes == g) & available)
         return node_pi, arm_pi
 
     def policy(self, available: np.ndarray) -> np.ndarray:
@@ -190,7 +184,7 @@ class KnockoffAdaptive(QueryStrategy):
             labels, self.nodes = cluster_pool(
                 seen.pool, self.arms, self.groups, self.feature_size, seen.seed
             )
-            self._clusters = (key, labels, self.nodes)
+            self._clusters = (key, labels)
         return self._clusters[1]
 
     def metrics(self) -> dict[str, float]:

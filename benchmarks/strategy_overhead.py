@@ -45,9 +45,12 @@ def main() -> None:
     strategies = {
         "RandomSampling": RandomSampling,
         "KnockoffAdaptive": KnockoffAdaptive,
+        "KnockoffAdaptive(tree)": lambda: KnockoffAdaptive(groups=3),
         "ActiveThief(entropy)": lambda: ActiveThief(selection="entropy"),
         "ActiveThief(kcenter)": lambda: ActiveThief(selection="kcenter"),
+        "ActiveThief(dfal)": lambda: ActiveThief(selection="dfal"),
         "JacobianAugmentation": JacobianAugmentation,
+        "JacobianAugmentation(T-RND)": lambda: JacobianAugmentation(target="random"),
     }
     print(f"pool {args.pool}, asked {args.asked}, round of {args.count}, "
           f"median of {args.repeats}, {torch.get_num_threads()} threads")  # fmt: skip
@@ -58,15 +61,16 @@ def main() -> None:
         state = strategy.state_dict()
         if isinstance(strategy, KnockoffAdaptive):  # time the reward step too: the asked
             arms = strategy.clusters(seen)[asked]  # queries were the last round's
+            levels = strategy.levels(np.ones(strategy.arms, bool))
             state |= {"last_indices": asked.tolist(), "last_arms": arms.tolist(),
-                      "last_policy": [1 / strategy.arms] * strategy.arms}  # fmt: skip
+                      "last_levels": [level.tolist() for level in levels]}  # fmt: skip
         times = []
         for _ in range(args.repeats):
             strategy.load_state_dict(state)  # the same round each repeat
             times.append(timed(strategy, seen, args.count))
         median = statistics.median(times)
         baseline = baseline or median
-        print(f"{name:22s} {1e3 * median:9.2f} ms/round  x{median / baseline:8.1f} of random"
+        print(f"{name:28s} {1e3 * median:9.2f} ms/round  x{median / baseline:8.1f} of random"
               f"  (first call {1e3 * first:.1f} ms)")  # fmt: skip
 
 
