@@ -57,12 +57,17 @@ class DawnWatermark(Defence):
         return torch.tensor(selected, dtype=torch.bool), torch.tensor(shift, dtype=torch.long)
 
     def watermarks(
-        self, images: torch.Tensor, answers: torch.Tensor, client: str
+        self, images: torch.Tensor, answers: torch.Tensor, client: str, applied: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Owner-side, from the logged queries: which of `client`'s answers (the ones it received,
-        watermarked) carry a watermark, and their labels: (selected (N,) bool, labels (N,))."""
-        selected, _ = self.selection(images, client, answers.shape[-1])
-        return selected, answers.argmax(-1).cpu()
+        watermarked) carry a watermark, and their labels: (selected (N,) bool, labels (N,)).
+        `applied` False: the answers came unwatermarked (an API without this defence), so the
+        labels are the ones this key would have given, for the false-claim check of a model
+        trained on them."""
+        num_classes = answers.shape[-1]
+        selected, shift = self.selection(images, client, num_classes)
+        labels = answers.argmax(-1).cpu()
+        return selected, labels if applied else (labels + shift) % num_classes
 
     def apply(self, batch: QueryBatch) -> None:
         num_classes = batch.answers.shape[-1]

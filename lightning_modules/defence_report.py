@@ -17,8 +17,9 @@ From the victim's test set, sent through the same defences as a fresh client (no
                                 counts as wrong);
   benign/l1_change              mean L1 distance of an answered benign query's answer from the
                                 victim's posterior.
-With a DawnWatermark in the API's defences (the first one, if several), from the transfer set's
-queries and the answers the attacker received (no ledger, so a cached transfer set works too):
+With a DawnWatermark in the API's defences (the first one, if several), or the callback's own
+`watermark` for an API without one, from the transfer set's queries and the answers the
+attacker received (no ledger, so a cached transfer set works too):
   watermark/queries             how many of the client's answered queries carry a watermark;
   watermark/agreement           the share of them on which the tested surrogate predicts the
                                 watermark label;
@@ -54,10 +55,28 @@ PART_BOOKS = (
 
 
 class DefenceReport(Callback):
-    """Needs `data: TransferSetDataModule` (its `api`, `client` and stored queries)."""
+    """Needs `data: TransferSetDataModule` (its `api`, `client` and stored queries).
+    `watermark`: the owner's DAWN, to test a suspect trained on an API that did not watermark
+    (an innocent model: the false-claim check, on the labels this key would have given); None
+    with a DawnWatermark in the API's stack, which is then the one tested."""
 
-    def __init__(self):
-        self.warned = False
+    def __init__(self, watermark: DawnWatermark | None = None):
+        self.warned, self.watermark = False, watermark
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.check_data(trainer.datamodule)
+
+    def check_data(self, data) -> None:
+        """A second watermark beside the API's is an error (the CLI calls this before any
+        query is asked)."""
+        api = getattr(data, "api", None)
+        if self.watermark is not None and any(
+            isinstance(d, DawnWatermark) for d in getattr(api, "defences", [])
+        ):
+            raise ConfigError(
+                "DefenceReport: watermark is for an API without DAWN; this one has a "
+                "DawnWatermark, which is tested: set watermark to null"
+            )
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         data = trainer.datamodule
@@ -67,8 +86,9 @@ class DefenceReport(Callback):
         metrics = {**benign_metrics(api, data), **self.ledger_metrics(api, data)}
         dawn = next((d for d in getattr(api, "defences", []) if isinstance(d, DawnWatermark)),
                     None)  # fmt: skip
-        if dawn is not None:
-            metrics.update(watermark_metrics(dawn, data, pl_module))
+        if dawn is not None or self.watermark is not None:
+            metrics.update(watermark_metrics(dawn or self.watermark, data, pl_module,
+                                             applied=dawn is not None))  # fmt: skip
         pl_module.log_dict(metrics)
 
     def ledger_metrics(self, api, data) -> dict[str, float]:
@@ -120,7 +140,9 @@ def benign_metrics(api, data) -> dict[str, float]:
     }
 
 
-def watermark_metrics(dawn: DawnWatermark, data, suspect: LightningModule) -> dict[str, float]:
+def watermark_metrics(
+    dawn: DawnWatermark, data, suspect: LightningModule, applied: bool = True
+) -> dict[str, float]:
     """DAWN's ownership test of `suspect` on the attack's watermarked queries, recovered
     owner-side (`DawnWatermark.watermarks`) from the transfer set's queries (pool images by
     index, synthetic ones as stored) and the answers the attacker received. A refused or
@@ -138,7 +160,7 @@ def watermark_metrics(dawn: DawnWatermark, data, suspect: LightningModule) -> di
         queries = TransferDataset(data.pool.split("pool"), data.indices, data.images, answers, mine)
         for images, received in DataLoader(queries, batch_size=data.query_batch_size,
                                            num_workers=data.num_workers):  # fmt: skip
-            marked, labels = dawn.watermarks(images, received, client)
+            marked, labels = dawn.watermarks(images, received, client, applied)
             count = int(marked.sum())
             if count:
                 hits += watermark_hits(suspect, images[marked].to(suspect.device), labels[marked])

@@ -143,6 +143,9 @@ class KnockoffCLI(LightningCLI):
             self._checkpoint = None
         if self.datamodule is not None:
             check_present(self.datamodule)
+            for callback in self.trainer.callbacks:  # e.g. DefenceReport's: before the queries
+                if callable(check_data := getattr(callback, "check_data", None)):
+                    check_data(self.datamodule)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments(

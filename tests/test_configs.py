@@ -19,7 +19,12 @@ from tests.serving import free_port, make_keys, run_server
 BASE = CONFIGS / "victim/digits_cnn.yaml"
 EXPERIMENT_DIRS = {"victim", "surrogate", "detector", "ood"}
 FRAGMENT_DIRS = {"trainer", "logger", "callbacks"}  # composed with a whole experiment
-NESTED_DIRS = {"data", "checkpoints", "optim"}  # a value inside a config (core/fragments.py)
+NESTED_DIRS = {
+    "data",
+    "checkpoints",
+    "optim",
+    "watermarks",
+}  # a value inside a config (core/fragments.py)
 ATTACK = CONFIGS / "surrogate/digits_natural_probs.yaml"
 OVERLAY_DIRS = {"attacks", "defences"}  # composed with ATTACK
 OVERLAYS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name in OVERLAY_DIRS)

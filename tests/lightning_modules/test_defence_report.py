@@ -166,8 +166,9 @@ def trained(data: TransferSetDataModule, epochs: int = 60) -> Surrogate:
 
 def test_dawn_identifies_the_surrogate_of_its_answers_and_clears_another(victim_ckpt):
     """A quarter of the answers watermarked, so 300 queries hold ~75 watermarks."""
-    data = guarded(victim_ckpt, [DawnWatermark(0.25, key="k")], budget=300, batch_size=16)
-    clean = guarded(victim_ckpt, [], budget=300, batch_size=16)  # the same queries, no DAWN
+    data = guarded(victim_ckpt, [DawnWatermark(0.25, key="k")], budget=300, batch_size=16,
+                   client="c")  # fmt: skip
+    clean = guarded(victim_ckpt, [], budget=300, batch_size=16, client="c")  # no DAWN
     assert np.array_equal(data.indices, clean.indices)
     # the truth, without the report's recovery: DAWN moved the top class where it watermarked
     marked = data.answers.float().argmax(-1) != clean.answers.float().argmax(-1)
@@ -190,8 +191,19 @@ def test_dawn_identifies_the_surrogate_of_its_answers_and_clears_another(victim_
     cleared = report(innocent, data)  # ... tested against the watermarks of the DAWN client
     assert cleared["watermark/queries"] == metrics["watermark/queries"]
     assert cleared["watermark/agreement"] < 0.2 and cleared["watermark/p_value"] > 0.05
+    # the owner's key on the clean API's transfer set: the labels it would have given are
+    # DAWN's, so the thief is still caught and the innocent model, trained there, cleared
+    owner = DefenceReport(watermark=DawnWatermark(0.25, key="k"))
+    assert report(thief, clean, owner) == pytest.approx(
+        metrics
+        | {name: v for name, v in report(thief, clean).items() if name not in WATERMARK_METRICS}
+    )
+    assert report(innocent, clean, owner)["watermark/p_value"] > 0.05
+    with pytest.raises(ConfigError, match="watermark is for an API without DAWN"):
+        report(thief, data, DefenceReport(watermark=DawnWatermark(0.25, key="k")))
     # a cache hit with the books in memory: no ledger metrics, the same ownership test
-    repeat = guarded(victim_ckpt, [DawnWatermark(0.25, key="k")], None, 300, batch_size=16)
+    repeat = guarded(victim_ckpt, [DawnWatermark(0.25, key="k")], None, 300, batch_size=16,
+                     client="c")  # fmt: skip
     again, said = report_warnings(thief, repeat, DefenceReport())
     assert len(said) == 1 and "transfer/queries_flagged" not in again
     assert {name: again[name] for name in WATERMARK_METRICS} == pytest.approx(
