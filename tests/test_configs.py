@@ -163,6 +163,18 @@ def test_attack_and_defence_overlays_run(path: Path, victim_ckpt: Path, request,
     assert data.api.record(data.client).asked == 150  # the budget, exactly, through the API
 
 
+def test_the_watermark_check_tests_a_model_of_a_clean_api(victim_ckpt: Path):
+    """configs/callbacks/watermark_check.yaml on the embedded attack (no DAWN in the API): the
+    owner's key finds its would-be watermarked queries and tests the surrogate on them."""
+    cli = cli_main(["fit", "--config", str(ATTACK), "--config",
+                    str(CONFIGS / "callbacks/watermark_check.yaml"), *SHORT,
+                    "--data.init_args.budget", "400", "--data.init_args.api.init_args.victim",
+                    str(victim_ckpt), *small_pool(ATTACK)])  # fmt: skip
+    metrics = cli.trainer.callback_metrics
+    assert not cli.datamodule.api.defences  # a clean API
+    assert metrics["watermark/queries"] > 0 and "watermark/p_value" in metrics
+
+
 def test_the_served_api_and_the_attack_through_its_url_run(victim_ckpt, tmp_path, monkeypatch):
     """configs/serve/digits.yaml serves the victim; configs/serve/remote_attack.yaml, composed
     with the embedded attack, steals it through the URL: the budget, exactly, in the books."""
