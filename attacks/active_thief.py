@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from attacks.base import Queries, QueryStrategy, Seen, register_attack
-from attacks.jacobian import logit_gradient
 from attacks.pool_views import pool_images, unasked
 from core.errors import ConfigError
 
@@ -52,6 +51,22 @@ def kcenter_greedy(
     return np.asarray(picks, np.int64)
 
 
+def logits_and_jacobian(
+    surrogate, images: torch.Tensor, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, C), d logit_c / dx (N, C, ...)): one forward pass per chunk, not C + 1."""
+    logits, grads = [], []
+    for chunk in images.split(256):
+        x = chunk.to(device).requires_grad_(True)
+        with torch.enable_grad():
+            out = surrogate(x).float()
+            rows = [torch.autograd.grad(out[:, c].sum(), x, retain_graph=c + 1 < out.shape[1])[0]
+                    for c in range(out.shape[1])]  # fmt: skip
+        logits.append(out.detach().cpu())
+        grads.append(torch.stack(rows, 1).cpu())
+    return torch.cat(logits), torch.cat(grads)
+
+
 def deepfool_distance(
     surrogate, images: torch.Tensor, device, steps: int = 10, overshoot: float = 0.02
 ) -> torch.Tensor:
@@ -61,22 +76,14 @@ def deepfool_distance(
     still unflipped after `steps` keep the distance travelled (they are far anyway)."""
     with torch.no_grad():
         logits = torch.cat([surrogate(c.to(device)).float().cpu() for c in images.split(256)])
-    label, classes = logits.argmax(-1), logits.shape[1]
+    label = logits.argmax(-1)
     total = torch.zeros_like(images)
     active = torch.ones(len(images), dtype=torch.bool)
     for _ in range(steps):
         x = images[active] + (1 + overshoot) * total[active]
         if not len(x):
             break
-        grads = torch.stack(
-            [
-                logit_gradient(surrogate, x, torch.full((len(x),), c), device)
-                for c in range(classes)
-            ],
-            1,
-        )  # (n, C, ...) fmt: skip
-        with torch.no_grad():
-            f = torch.cat([surrogate(c.to(device)).float().cpu() for c in x.split(256)])
+        f, grads = logits_and_jacobian(surrogate, x, device)
         mine = label[active]
         if (still := f.argmax(-1) == mine).logical_not().any():  # flipped: stop moving them
             done = active.nonzero().squeeze(1)[~still]
