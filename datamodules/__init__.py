@@ -11,7 +11,7 @@ from datamodules.gtsrb import GTSRBDataModule
 from datamodules.imagenet_subset import ImageNetSubsetDataModule
 from datamodules.in_out import InOutDataModule
 from datamodules.openimages import OpenImagesDataModule
-from datamodules.pools import CropsPoolDataModule
+from datamodules.pools import CropsPoolDataModule, PhotoCropsDataModule
 from datamodules.transfer_set import TransferSetDataModule
 
 __all__ = [
@@ -27,5 +27,6 @@ __all__ = [
     "ImageNetSubsetDataModule",
     "InOutDataModule",
     "OpenImagesDataModule",
+    "PhotoCropsDataModule",
     "TransferSetDataModule",
 ]

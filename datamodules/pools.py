@@ -121,8 +121,37 @@ class CropsPoolDataModule(ImageDataModule):
             raise ConfigError(f"data.size must be >= 1, got {size}")
         self.source, self.size, self.image_size, self.style = source, size, image_size, style
 
-    def build_splits(self) -> dict[str, Dataset]:
+    def labelled_crops(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The crops in their style, and the index of the photo each comes from."""
         photos = [load_photo(name) for name in PHOTOS[self.source]]
         crops, sources = random_crops(photos, self.size, self.image_size, self.seed)
-        crops = digitlike(crops) if self.style == "digitlike" else crops
-        return {"pool": ImagesOnly(TensorDataset(crops, sources))}
+        return (digitlike(crops) if self.style == "digitlike" else crops), sources
+
+    def build_splits(self) -> dict[str, Dataset]:
+        return {"pool": ImagesOnly(TensorDataset(*self.labelled_crops()))}
+
+
+class PhotoCropsDataModule(CropsPoolDataModule):
+    """The public labelled task of the embedded default, ImageNet's role in the paper: which of
+    the `source` photos a crop comes from. A victim's owner fine-tunes the network trained on it,
+    as the paper's owners fine-tune ImageNet ResNets, and Knockoff's attacker starts from the same
+    public network (3.1); `victim/digits_5l.yaml` is the task-specific victim trained without it.
+
+    `size` crops (seeded; use another seed than the attacker's pool for crops it never queries)
+    split 80 / 10 / 10 into `train`, `val` and `test`, labelled by their photo.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.num_classes = len(PHOTOS[self.source])
+        if self.num_classes < 2:
+            raise ConfigError(f"data.source {self.source!r} has one photo: nothing to classify")
+        if self.size < 10:
+            raise ConfigError(f"data.size must be >= 10 for three splits, got {self.size}")
+
+    def build_splits(self) -> dict[str, Dataset]:
+        crops, photos = self.labelled_crops()
+        val, test = int(0.8 * self.size), int(0.9 * self.size)
+        return {"train": TensorDataset(crops[:val], photos[:val]),
+                "val": TensorDataset(crops[val:test], photos[val:test]),
+                "test": TensorDataset(crops[test:], photos[test:])}  # fmt: skip

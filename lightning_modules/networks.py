@@ -154,20 +154,20 @@ def _torchvision_weights(arch: str, name: str):
         ) from None
 
 
-def _load_local(net: nn.Module, arch: str, num_classes: int, path: Path) -> nn.Module:
-    """Accept a state dict for the network as published (e.g. an ImageNet ResNet file from a
-    cluster's cache) or for the network with the `num_classes` head already in place."""
+def _load_local(
+    build: Callable[[int], nn.Module], arch: str, num_classes: int, path: Path
+) -> nn.Module:
+    """Load a state dict of `arch` with a head of any size: the network as published (an ImageNet
+    ResNet file from a cluster's cache), one trained on another task (the embedded public model)
+    or one with the `num_classes` head already. A head of another size is replaced by a fresh
+    one, which is what fine-tuning from a pretrained network starts with."""
     state = load_state_dict_file(path)
-    if not disagreement(net, state):
-        net.load_state_dict(state)
-        _replace_head(net, num_classes)
-        return net
-    _replace_head(net, num_classes)
+    head = state.get("fc.weight")
+    net = build(head.shape[0] if head is not None and head.ndim == 2 else num_classes)
     if problem := disagreement(net, state):
-        raise ConfigError(
-            f"weights file {path} does not fit {arch} with num_classes={num_classes} ({problem})"
-        )
+        raise ConfigError(f"weights file {path} does not fit {arch} ({problem})")
     net.load_state_dict(state)
+    _replace_head(net, num_classes)
     return net
 
 
@@ -190,7 +190,7 @@ def build_network(arch: str, num_classes: int, weights: str | None = None) -> nn
     if path.suffix in {".pt", ".pth", ".ckpt", ".bin"} or path.exists():
         if not path.is_file():
             raise ConfigError(f"weights file {path} does not exist")
-        return _load_local(spec.build(spec.native_classes), arch, num_classes, path)
+        return _load_local(spec.build, arch, num_classes, path)
     resolved = _torchvision_weights(arch, weights)
     try:
         net = torchvision.models.get_model(arch, weights=resolved)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.checkpoints import load_state_dict_file
 from core.fragments import read_config
 from pipeline.cli import cli_main
 from pipeline.serve import build_service, serve_parser
@@ -17,7 +18,7 @@ from tests.lightning_modules.conftest import cv_run, detector_ckpt  # noqa: F401
 from tests.serving import free_port, make_keys, run_server
 
 BASE = CONFIGS / "victim/digits_cnn.yaml"
-EXPERIMENT_DIRS = {"victim", "surrogate", "detector", "ood"}
+EXPERIMENT_DIRS = {"pretrain", "victim", "surrogate", "detector", "ood"}
 FRAGMENT_DIRS = {"trainer", "logger", "callbacks"}  # composed with a whole experiment
 NESTED_DIRS = {
     "data",
@@ -105,6 +106,41 @@ def test_config_parses(path: Path):
 def test_embedded_victim_config_runs(name: str):
     cli = cli_main(["fit", "--config", str(CONFIGS / f"victim/{name}.yaml"), *SHORT])
     assert "test/acc" in cli.trainer.callback_metrics
+
+
+def test_the_public_model_config_runs_and_fine_tunes_a_victim(tmp_path: Path):
+    public = cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "pretrain/digits_cnn_photos.yaml"),
+            *SHORT,
+            "--data.init_args.size",
+            "200",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--seed_everything",
+            "1",
+        ]
+    )  # not the victim's seed: another init
+    assert public.model.hparams.num_classes == 11  # one class per natural photo
+    ckpt = public.trainer.checkpoint_callback.best_model_path
+    victim = cli_main(
+        [
+            "fit",
+            "--config",
+            str(BASE),
+            *SHORT,
+            "--model.init_args.weights",
+            ckpt,
+            "--trainer.default_root_dir",
+            str(tmp_path / "victim"),
+        ]
+    )
+    start = load_state_dict_file(Path(ckpt))["features.0.weight"]
+    moved = (victim.model.net.features[0].weight - start).abs().max()
+    assert moved < 0.02  # two Adam steps of 3e-3 from the public model, not a fresh init
+    assert victim.model.net.fc.out_features == 10
 
 
 EMBEDDED_ATTACKS = sorted(

@@ -5,7 +5,7 @@ import torch
 
 from core.errors import ConfigError
 from core.normalization import denormalize
-from datamodules.pools import PHOTOS, CropsPoolDataModule, load_photo
+from datamodules.pools import PHOTOS, CropsPoolDataModule, PhotoCropsDataModule, load_photo
 
 
 def test_photo_sets_are_disjoint_and_load_offline():
@@ -57,3 +57,21 @@ def test_digitlike_crops_are_grey_stretched_and_dark():
 def test_an_unknown_style_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match="data.style must be one of photo, digitlike"):
         CropsPoolDataModule(style="sketch")
+
+
+def test_photo_crops_are_labelled_by_their_photo_in_three_splits():
+    dm = PhotoCropsDataModule("natural", size=100, seed=1)
+    dm.setup()
+    assert dm.num_classes == len(PHOTOS["natural"])
+    assert {name: len(split) for name, split in dm.splits.items()} == {
+        "train": 80,
+        "val": 10,
+        "test": 10,
+    }
+    pool = CropsPoolDataModule("natural", size=100, seed=1)
+    pool.setup()
+    images, photos = pool.splits["pool"].labelled.tensors
+    assert torch.equal(dm.splits["train"].tensors[0], images[:80])  # the same crops, labelled
+    assert torch.equal(dm.splits["test"].tensors[1], photos[90:])
+    with pytest.raises(ConfigError, match="'narrow' has one photo"):
+        PhotoCropsDataModule("narrow")

@@ -44,9 +44,21 @@ def test_state_dict_of_other_arch_names_disagreeing_tensors(tmp_path):
     torch.save(build_network("digits_cnn", 10).state_dict(), tmp_path / "cnn.pt")
     with pytest.raises(ConfigError, match=r"cnn.pt does not fit gtsrb_5l .*missing: "):
         build_network("gtsrb_5l", 10, weights=str(tmp_path / "cnn.pt"))
-    torch.save(build_network("digits_cnn", 4).state_dict(), tmp_path / "cnn4.pt")
-    with pytest.raises(ConfigError, match=r"shape: fc.weight \(4, 128\) vs \(3, 128\)"):
-        build_network("digits_cnn", 3, weights=str(tmp_path / "cnn4.pt"))
+    state = build_network("digits_cnn", 4).state_dict()
+    state["features.0.weight"] = state["features.0.weight"][:16]
+    torch.save(state, tmp_path / "cnn_narrow.pt")
+    with pytest.raises(ConfigError, match=r"shape: features.0.weight \(16, 3, 3, 3\) vs \(32"):
+        build_network("digits_cnn", 3, weights=str(tmp_path / "cnn_narrow.pt"))
+
+
+def test_a_network_of_another_task_is_fine_tuned_with_a_fresh_head(tmp_path):
+    """The embedded public model (11 photos) starts a 10-class victim: backbone kept, new head."""
+    public = build_network("digits_cnn", 11)
+    torch.save(public.state_dict(), tmp_path / "public.pt")
+    net = build_network("digits_cnn", 10, weights=str(tmp_path / "public.pt"))
+    assert net.fc.out_features == 10
+    assert torch.equal(net.features[0].weight, public.features[0].weight)
+    assert not torch.isclose(net.fc.weight, public.fc.weight[:10]).any()  # fresh, not a slice
 
 
 def test_missing_and_corrupt_weights_files(tmp_path):
