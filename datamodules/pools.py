@@ -14,7 +14,7 @@ Photo crops as they are share little with 8x8 digits, and Knockoff barely recove
 from them (`python benchmarks/embedded_regime.py`, issue 16).
 """
 
-from functools import cache
+from functools import cache, lru_cache
 from typing import Literal, get_args
 
 import numpy as np
@@ -96,6 +96,17 @@ Style = Literal["photo", "digitlike"]
 STYLES = get_args(Style)
 
 
+@lru_cache(maxsize=8)
+def styled_crops(
+    source: str, size: int, image_size: int, seed: int, style: Style
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`random_crops` of the `source` photos in `style`, cached: building 6,000 crops takes
+    1.7 s, paid once by a preset's 30 stages instead of by each. Callers must not change them."""
+    photos = [load_photo(name) for name in PHOTOS[source]]
+    crops, sources = random_crops(photos, size, image_size, seed)
+    return (digitlike(crops) if style == "digitlike" else crops), sources
+
+
 class CropsPoolDataModule(ImageDataModule):
     """A query pool of `size` crops from one photo set; one split, `pool`, images only.
     `style`: `photo` (the crops as they are) or `digitlike` (see the module docstring)."""
@@ -122,10 +133,11 @@ class CropsPoolDataModule(ImageDataModule):
         self.source, self.size, self.image_size, self.style = source, size, image_size, style
 
     def labelled_crops(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The crops in their style, and the index of the photo each comes from."""
-        photos = [load_photo(name) for name in PHOTOS[self.source]]
-        crops, sources = random_crops(photos, self.size, self.image_size, self.seed)
-        return (digitlike(crops) if self.style == "digitlike" else crops), sources
+        """The crops in their style, and the index of the photo each comes from: copies of the
+        ones built once per process (every attack stage of a preset queries the same pool)."""
+        crops, sources = styled_crops(self.source, self.size, self.image_size, self.seed,
+                                      self.style)  # fmt: skip
+        return crops.clone(), sources.clone()
 
     def build_splits(self) -> dict[str, Dataset]:
         return {"pool": ImagesOnly(TensorDataset(*self.labelled_crops()))}

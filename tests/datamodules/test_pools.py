@@ -75,3 +75,14 @@ def test_photo_crops_are_labelled_by_their_photo_in_three_splits():
     assert torch.equal(dm.splits["test"].tensors[1], photos[90:])
     with pytest.raises(ConfigError, match="'narrow' has one photo"):
         PhotoCropsDataModule("narrow")
+
+
+def test_a_pool_its_caller_changed_leaves_the_next_one_whole():
+    """Crops are built once per process (`styled_crops`); each data module gets its own copy."""
+    first = CropsPoolDataModule("natural", size=30, seed=5)
+    first.setup()
+    expected = first.splits["pool"].labelled.tensors[0].clone()
+    first.splits["pool"].labelled.tensors[0].zero_()
+    second = CropsPoolDataModule("natural", size=30, seed=5)
+    second.setup()
+    assert torch.equal(second.splits["pool"].labelled.tensors[0], expected)
