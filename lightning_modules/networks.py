@@ -20,17 +20,16 @@ from core.errors import ConfigError
 class NetworkSpec:
     build: Callable[[int], nn.Module]
     input_size: int  # the side length the network is meant for (ResNets also run at 32)
-    native_classes: int  # head size of the network as published (1000 for ImageNet ResNets)
 
 
 NETWORKS: dict[str, NetworkSpec] = {}
 
 
-def register(name: str, input_size: int, native_classes: int):
+def register(name: str, input_size: int):
     """Decorator adding a `num_classes -> nn.Module` factory to the registry."""
 
     def add(build: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
-        NETWORKS[name] = NetworkSpec(build, input_size, native_classes)
+        NETWORKS[name] = NetworkSpec(build, input_size)
         return build
 
     return add
@@ -63,7 +62,7 @@ class DigitsCNN(nn.Module):
         return self.fc(self.features(x))
 
 
-register("digits_cnn", input_size=32, native_classes=10)(DigitsCNN)
+register("digits_cnn", input_size=32)(DigitsCNN)
 
 
 class GTSRB5L(nn.Module):
@@ -122,8 +121,8 @@ class CIFAR109L(nn.Module):
         return self.fc(self.features(x))
 
 
-register("gtsrb_5l", input_size=32, native_classes=43)(GTSRB5L)
-register("cifar10_9l", input_size=32, native_classes=10)(CIFAR109L)
+register("gtsrb_5l", input_size=32)(GTSRB5L)
+register("cifar10_9l", input_size=32)(CIFAR109L)
 
 
 def _torchvision_resnet(name: str) -> Callable[[int], nn.Module]:
@@ -131,7 +130,7 @@ def _torchvision_resnet(name: str) -> Callable[[int], nn.Module]:
 
 
 for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
-    register(_name, input_size=224, native_classes=1000)(_torchvision_resnet(_name))
+    register(_name, input_size=224)(_torchvision_resnet(_name))
 
 
 def _replace_head(net: nn.Module, num_classes: int) -> None:
