@@ -74,9 +74,7 @@ def deepfool_distance(
     image: each step moves every unflipped image to the nearest linearised boundary,
     r = (|f_l| / ||w_l||^2) w_l with l = argmin_k |f_k - f_label| / ||w_k - w_label||; images
     still unflipped after `steps` keep the distance travelled (they are far anyway)."""
-    with torch.no_grad():
-        logits = torch.cat([surrogate(c.to(device)).float().cpu() for c in images.split(256)])
-    label = logits.argmax(-1)
+    label = None  # the surrogate's label of each image, from the first step's forward pass
     total = torch.zeros_like(images)
     active = torch.ones(len(images), dtype=torch.bool)
     for _ in range(steps):
@@ -84,6 +82,7 @@ def deepfool_distance(
         if not len(x):
             break
         f, grads = logits_and_jacobian(surrogate, x, device)
+        label = f.argmax(-1) if label is None else label
         mine = label[active]
         if (still := f.argmax(-1) == mine).logical_not().any():  # flipped: stop moving them
             done = active.nonzero().squeeze(1)[~still]
