@@ -1,7 +1,8 @@
 """`python main.py {fit,validate,test,predict} --config configs/...yaml`, and
-`python main.py reproduce --config configs/reproduce/<preset>.yaml`; see `pipeline.cli`."""
+`python main.py reproduce --config configs/reproduce/<preset>.yaml`; see
+`knockoff_lab.pipeline.entry`."""
 
-from pipeline.cli import main
+from knockoff_lab.pipeline.entry import main
 
 if __name__ == "__main__":
     main()

@@ -94,7 +94,7 @@ def loader_rate(files: list[str], workers: int, repeats: int) -> float:
 def model_rate(arch: str) -> tuple[float, str]:
     """Training images/s of `arch` at 224 px: SGD steps, bf16 autocast on a GPU (a few small
     steps on a CPU, where it only shows that the loaders are not the bottleneck)."""
-    from lightning_modules.networks import build_network
+    from knockoff_lab.nets.networks import build_network
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     steps, batch = (20, 128) if device == "cuda" else (2, 8)

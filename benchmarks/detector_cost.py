@@ -18,9 +18,9 @@ import time
 import numpy as np
 import torch
 
+from knockoff_lab.nets.features import PENULTIMATE, layer_features
+from knockoff_lab.nets.networks import build_network
 from lightning_modules.detector import fit_logistic_head
-from lightning_modules.features import PENULTIMATE, layer_features
-from lightning_modules.networks import build_network
 
 
 def embedding_rate(arch: str, size: int, batch: int, batches: int) -> float:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from datamodules import DigitsDataModule
 from datamodules.pools import PHOTOS, digitlike, load_photo, random_crops
-from lightning_modules.networks import build_network
+from knockoff_lab.nets.networks import build_network
 
 
 def stacked(data: DigitsDataModule, split: str) -> tuple[torch.Tensor, torch.Tensor]:

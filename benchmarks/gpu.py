@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.networks import build_network
+from knockoff_lab.nets.networks import build_network
 
 
 def sync(device: torch.device) -> None:

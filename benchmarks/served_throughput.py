@@ -23,10 +23,10 @@ import httpx
 import numpy as np
 import torch
 
-from api import PredictionAPI
-from api.keys import KeyRing, add_client, read_keys
-from api.wire import NPY, from_npy, to_npy
-from lightning_modules.networks import build_network
+from knockoff_lab.api import PredictionAPI
+from knockoff_lab.api.keys import KeyRing, add_client, read_keys
+from knockoff_lab.api.wire import NPY, from_npy, to_npy
+from knockoff_lab.nets.networks import build_network
 
 SHAPE = (3, 32, 32)
 
@@ -40,7 +40,7 @@ def victim_api(folder: Path) -> PredictionAPI:
 def serve(folder: Path, port: int) -> None:  # in the server's own process
     import uvicorn
 
-    from api.server import ServerSettings, Service, create_app
+    from knockoff_lab.api.server import ServerSettings, Service, create_app
 
     keys = str(folder / "keys.json")
     settings = ServerSettings(keys, port=port, image_shape=list(SHAPE), access_log=False)

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.networks import build_network
-from pipeline.cli import cli_main
+from knockoff_lab.nets.networks import build_network
+from knockoff_lab.pipeline.cli import cli_main
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs/surrogate/digits_natural_probs.yaml"
 PHASES = {  # SimpleProfiler actions, by the phase they belong to

@@ -18,9 +18,15 @@ import time
 import numpy as np
 import torch
 
-from attacks import ActiveThief, JacobianAugmentation, KnockoffAdaptive, RandomSampling, Seen
 from datamodules import CropsPoolDataModule
-from lightning_modules.networks import build_network
+from knockoff_lab.attacks import (
+    ActiveThief,
+    JacobianAugmentation,
+    KnockoffAdaptive,
+    RandomSampling,
+    Seen,
+)
+from knockoff_lab.nets.networks import build_network
 
 
 def timed(strategy, seen: Seen, count: int) -> float:

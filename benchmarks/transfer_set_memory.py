@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from api import PredictionAPI
 from datamodules import DigitsDataModule, ImageDataModule, TransferSetDataModule
 from datamodules.base import ImagesOnly
-from lightning_modules.networks import build_network
+from knockoff_lab.api import PredictionAPI
+from knockoff_lab.nets.networks import build_network
 
 
 class RandomPool(ImageDataModule):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from api import PredictionAPI
 from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
-from lightning_modules.networks import build_network
+from knockoff_lab.api import PredictionAPI
+from knockoff_lab.nets.networks import build_network
 
 
 def save_victim(arch: str, folder: Path) -> Path:

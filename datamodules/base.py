@@ -8,13 +8,32 @@ Split names mean the same everywhere:
 import inspect
 import json
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from core.errors import ConfigError
+from knockoff_lab.core.errors import ConfigError
+
+
+def init_arguments(obj: object) -> dict[str, Any]:
+    """The arguments `obj` is being built with: those of every `__init__` on the call stack that
+    builds it (its class's and its parents'), the subclass's winning. Read from the frames, as
+    Lightning's `save_hyperparameters` does, but never from LightningCLI's config, which it
+    hands every module built inside another: a pool nested in a transfer set would record the
+    set's settings, and two pools that differ only in `source` would look alike."""
+    arguments: dict[str, Any] = {}
+    frame = inspect.currentframe().f_back
+    while frame is not None and frame.f_code.co_name == "__init__":
+        if frame.f_locals.get("self") is not obj:
+            break
+        info = inspect.getargvalues(frame)
+        own = {name: info.locals[name] for name in info.args[1:]}
+        own.update(info.locals[info.keywords] if info.keywords else {})
+        arguments = {**arguments, **own}  # the caller, a subclass, overrides its parent
+        frame = frame.f_back
+    return arguments
 
 
 class ImagesOnly(Dataset):
@@ -63,18 +82,8 @@ class ImageDataModule(LightningDataModule, ABC):
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0):
         super().__init__()
-        # the subclass's init arguments, collected up the call stack: what built these images.
-        # LightningCLI hands every module built inside its instantiation the *outer* config
-        # (a nested pool would record the transfer set's settings, and two pools that differ
-        # only in `source` would look alike): a nested module reads its own arguments instead.
-        given = _given_hyperparameters.get() or {}
-        mine = given.get("_class_path") in (f"{type(self).__module__}.{type(self).__qualname__}",
-                                            f"datamodules.{type(self).__qualname__}")  # fmt: skip
-        token = _given_hyperparameters.set(given if mine else None)
-        try:
-            self.save_hyperparameters(ignore=list(self.not_hparams))
-        finally:
-            _given_hyperparameters.reset(token)
+        arguments = init_arguments(self)
+        self.save_hyperparameters({k: v for k, v in arguments.items() if k not in self.not_hparams})
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:

@@ -6,9 +6,9 @@ Labels (for analysis) are the sorted folder index: with folders named like Calte
 (`001.ak47`, ...) that is the Caltech-256 label.
 """
 
-from core.errors import ConfigError
 from datamodules.images import ImageFiles
 from datamodules.on_disk import PoolDataModule, class_folders
+from knockoff_lab.core.errors import ConfigError
 
 
 class BingDataModule(PoolDataModule):

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import CIFAR10
 
-from core.errors import ConfigError
 from datamodules.images import ImageArrays, LabelledImages
 from datamodules.on_disk import VictimDataModule
+from knockoff_lab.core.errors import ConfigError
 
 BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 ALLOWED = {

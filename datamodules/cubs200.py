@@ -6,9 +6,9 @@ Nets and Table 1); `val_fraction` of each species' training images is held out a
 
 from pathlib import Path
 
-from core.errors import ConfigError
 from datamodules.images import LabelledImages
 from datamodules.on_disk import VictimDataModule
+from knockoff_lab.core.errors import ConfigError
 
 TABLES = ("images", "image_class_labels", "train_test_split", "classes")
 

@@ -12,10 +12,10 @@ import csv
 import warnings
 from pathlib import Path
 
-from core.errors import ConfigError
 from datamodules.eyenet import UNREADABLE, VARIANTS, build_cache, variant_path
 from datamodules.images import ImageFiles, LabelledImages, list_images
 from datamodules.on_disk import VictimDataModule
+from knockoff_lab.core.errors import ConfigError
 
 
 class Diabetic5DataModule(VictimDataModule):

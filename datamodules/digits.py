@@ -13,9 +13,9 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset, TensorDataset
 
-from core.errors import ConfigError
-from core.normalization import normalize
 from datamodules.base import ImageDataModule, ImagesOnly
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.core.normalization import normalize
 
 
 def digits_images(image_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:

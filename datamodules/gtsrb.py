@@ -11,9 +11,9 @@ from pathlib import Path
 
 from torchvision.datasets import GTSRB
 
-from core.errors import ConfigError
 from datamodules.images import LabelledImages, list_images
 from datamodules.on_disk import VictimDataModule, class_folders
+from knockoff_lab.core.errors import ConfigError
 
 
 class GTSRBDataModule(VictimDataModule):

@@ -11,9 +11,9 @@
 import numpy as np
 from torch.utils.data import Dataset
 
-from core.errors import ConfigError
 from datamodules.images import ImageFiles
 from datamodules.on_disk import PoolDataModule, class_folders, holdout, share
+from knockoff_lab.core.errors import ConfigError
 
 
 class ImageNetSubsetDataModule(PoolDataModule):

@@ -30,8 +30,8 @@ try:  # deprecated since torchvision 0.29 (for TorchCodec) yet still the fastest
 except ImportError:  # a torchvision without it: PIL decodes every format
     decode_image = None
 
-from core.errors import ConfigError
-from core.normalization import IMAGENET_MEAN, IMAGENET_STD
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.core.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".gif", ".tif", ".tiff", ".webp"}

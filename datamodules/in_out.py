@@ -22,9 +22,9 @@ import json
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
-from core.errors import ConfigError
 from datamodules.base import ImageDataModule, describe
-from lightning_modules.ood_metrics import TEST_SETS
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.evaluation.ood_metrics import TEST_SETS
 
 IN, OUT = 0, 1
 

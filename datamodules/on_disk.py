@@ -36,7 +36,6 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import Dataset
 
-from core.errors import ConfigError
 from datamodules.base import ImageDataModule, ImagesOnly
 from datamodules.images import (
     IMAGE_SUFFIXES,
@@ -47,6 +46,7 @@ from datamodules.images import (
     list_images,
 )
 from datamodules.overlap import catalog, overlapping
+from knockoff_lab.core.errors import ConfigError
 
 
 def holdout(

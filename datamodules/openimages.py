@@ -8,9 +8,9 @@ import warnings
 
 import numpy as np
 
-from core.errors import ConfigError
 from datamodules.images import ImageFiles, list_images
 from datamodules.on_disk import PoolDataModule
+from knockoff_lab.core.errors import ConfigError
 
 
 class OpenImagesDataModule(PoolDataModule):

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from core.errors import ConfigError
-from core.normalization import denormalize, normalize
 from datamodules.base import ImageDataModule, ImagesOnly
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.core.normalization import denormalize, normalize
 
 PHOTOS: dict[str, tuple[str, ...]] = {
     "natural": ("sklearn:china.jpg", "astronaut", "chelsea", "coffee", "rocket", "camera",

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attacks.base import Queries
-from core.atomic import atomic_save_npy, atomic_write_text
-from core.errors import ConfigError
+from knockoff_lab.attacks.base import Queries
+from knockoff_lab.core.atomic import atomic_save_npy, atomic_write_text
+from knockoff_lab.core.errors import ConfigError
 
 
 @contextmanager

@@ -37,19 +37,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from api.base import QueryAPI
-from attacks.base import Queries, QueryStrategy, Seen
-from attacks.random_sampling import RandomSampling
-from core.digests import digest
-from core.errors import ConfigError
 from datamodules.base import ImageDataModule, describe
 from datamodules.rounds import Round, build_lock
 from datamodules.transfer_datasets import TransferDataset, VictimLabelled
+from knockoff_lab.api.base import QueryAPI
+from knockoff_lab.attacks.base import Queries, QueryStrategy, Seen
+from knockoff_lab.attacks.random_sampling import RandomSampling
+from knockoff_lab.core.digests import digest
+from knockoff_lab.core.errors import ConfigError
 
 
 class TransferSetDataModule(ImageDataModule):
-    """`api`: the prediction API (`api.PredictionAPI`); `attack`: the query strategy (default
-    `attacks.RandomSampling`, one round); `budget`: the queries the attacker sends in all."""
+    """`api`: the prediction API (`knockoff_lab.api.PredictionAPI`); `attack`: the query
+    strategy (default `knockoff_lab.attacks.RandomSampling`, one round); `budget`: the queries
+    the attacker sends in all."""
 
     not_hparams = ("api", "pool", "victim_data", "attack")
 

@@ -1,9 +1,9 @@
-"""LightningModules (victim, surrogate, detectors, OOD baselines), the network registry, and the
-callback that reports what the API's defences did."""
+"""LightningModules (victim, surrogate, detectors, OOD baselines) and the callbacks that drive and
+report an attack; everything framework-free they use lives in `knockoff_lab`."""
 
 from lightning_modules.defence_report import DefenceReport
 from lightning_modules.detector import Detector, FrozenFeaturesDetector
-from lightning_modules.ood import OODBaseline
+from lightning_modules.ood_baseline import OODBaseline
 from lightning_modules.surrogate import Surrogate
 from lightning_modules.victim import VictimClassifier
 

@@ -21,17 +21,17 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from torchmetrics.classification import MulticlassAccuracy
 
-from core.checkpoints import atomic_checkpoints
-from core.errors import ConfigError
-from defences.detector import check_threshold
-from lightning_modules.figures import plot_roc
-from lightning_modules.networks import build_network
-from lightning_modules.ood_metrics import (
+from knockoff_lab.core.checkpoints import atomic_checkpoints
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.defences.detector import check_threshold
+from knockoff_lab.evaluation.figures import plot_roc
+from knockoff_lab.evaluation.ood_metrics import (
     ScoresBySet,
     tpr_at_tnr,
     tpr_tnr_at_threshold,
     write_scores,
 )
+from knockoff_lab.nets.networks import build_network
 from lightning_modules.victim import log_global_batch_size
 
 

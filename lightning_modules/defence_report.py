@@ -1,7 +1,8 @@
 """What the API's defences did, logged when the surrogate is tested: to the attack (from the
 API's books for the transfer set's client), to benign users (the victim's own test set sent
 through the same defences by the owner, uncounted) and, when the stack holds a
-`defences.DawnWatermark`, whether the owner can prove this surrogate was derived from the API.
+`knockoff_lab.defences.DawnWatermark`, whether the owner can prove this surrogate was derived
+from the API.
 
 From the API's books (the ledger) for the transfer set's clients (one, or its Sybil accounts):
   transfer/queries_flagged      the attack's queries a defence flagged;
@@ -38,9 +39,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from core.errors import ConfigError
 from datamodules.transfer_datasets import TransferDataset
-from defences.watermark import DawnWatermark, false_claim_p, watermark_hits
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.defences.watermark import DawnWatermark, false_claim_p, watermark_hits
 
 NO_BOOKS = (
     "DefenceReport: the API's ledger has no record of client {client!r} (the transfer set came "

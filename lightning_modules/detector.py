@@ -25,10 +25,10 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from torchmetrics.classification import MulticlassAccuracy
 
-from core.atomic import atomic_save_npy, atomic_write_text
-from core.errors import ConfigError
+from knockoff_lab.core.atomic import atomic_save_npy, atomic_write_text
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.nets.features import PENULTIMATE, layer_features
 from lightning_modules.binary_detector import BinaryDetector
-from lightning_modules.features import PENULTIMATE, layer_features
 from lightning_modules.victim import configure, cross_entropy_step
 
 FEATURES, LABELS, RECORD = "train_features.npy", "train_labels.npy", "embeddings.json"

@@ -16,8 +16,8 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torchmetrics.classification import MulticlassAccuracy
 
-from core.errors import ConfigError
-from lightning_modules.figures import plot_transfer_histogram
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.evaluation.figures import plot_transfer_histogram
 from lightning_modules.victim import VictimClassifier
 
 FORBIDDEN_MONITORS = ("analysis/", "test/")

@@ -11,8 +11,8 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
 
-from core.checkpoints import atomic_checkpoints
-from lightning_modules.networks import build_network
+from knockoff_lab.core.checkpoints import atomic_checkpoints
+from knockoff_lab.nets.networks import build_network
 
 
 def log_global_batch_size(module: LightningModule) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from api.keys import add_client
-from api.server import Service, create_app
+from knockoff_lab.api.keys import add_client
+from knockoff_lab.api.server import Service, create_app
 
 
 def free_port() -> int:

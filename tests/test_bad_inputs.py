@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-import core.atomic as atomic
-from lightning_modules.networks import build_network
-from pipeline.cli import main
+import knockoff_lab.core.atomic as atomic
+from knockoff_lab.nets.networks import build_network
+from knockoff_lab.pipeline.entry import main
 from tests.conftest import CONFIGS
 from tests.datamodules import layouts
 
@@ -122,10 +122,11 @@ CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
                                   "v.ckpt does not fit the model (arch=digits_cnn, num_classes=10)"
                                   ": saved with no arch recorded (missing: features."),
     "top_k above classes": (lambda: [*SURROGATE, checkpoint(), *DEFENCES,
-                                     '[{"class_path": "defences.TopK", "init_args": {"k": 11}}]'],
+                                     '[{"class_path": "knockoff_lab.defences.TopK", '
+                                     '"init_args": {"k": 11}}]'],
                             "TopK: k must be in 1..10 (num_classes), got 11"),
     "negative decimals": (lambda: [*SURROGATE, checkpoint(), *DEFENCES,
-                                   '[{"class_path": "defences.Rounded", "init_args": '
+                                   '[{"class_path": "knockoff_lab.defences.Rounded", "init_args": '
                                    '{"decimals": -1}}]'],
                           "Rounded: decimals must be an integer >= 0, got -1"),
     "val_fraction 0 with a val/ monitor": (lambda: [*SURROGATE, checkpoint(),
@@ -141,9 +142,9 @@ CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
     "budget above pool": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "301"],
                           "data.budget 301 exceeds the pool's 300 images"),
     "unknown defence": (lambda: [*SURROGATE, checkpoint(), *DEFENCES,
-                                 '[{"class_path": "defences.Soft"}]'],
-                        "data.init_args.api.init_args.defences.init_args: module 'defences' has "
-                        "no attribute 'Soft'"),
+                                 '[{"class_path": "knockoff_lab.defences.Soft"}]'],
+                        "data.init_args.api.init_args.defences.init_args: module "
+                        "'knockoff_lab.defences' has no attribute 'Soft'"),
     "unknown key": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.budgett", "5"],
                     "data.init_args: Option 'budgett' is not accepted"),
     "unknown key in a file": (lambda: ["fit", "--config", DIGITS, "--config",

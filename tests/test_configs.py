@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.checkpoints import load_state_dict_file
-from core.fragments import read_config
-from pipeline.cli import cli_main
-from pipeline.serve import build_service, serve_parser
+from knockoff_lab.core.checkpoints import load_state_dict_file
+from knockoff_lab.core.fragments import read_config
+from knockoff_lab.pipeline.cli import cli_main
+from knockoff_lab.pipeline.serve import build_service, serve_parser
 from tests.conftest import CONFIGS
 from tests.lightning_modules.conftest import cv_run, detector_ckpt  # noqa: F401  (shared fixtures)
 from tests.serving import free_port, make_keys, run_server

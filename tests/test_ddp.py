@@ -61,8 +61,9 @@ def test_ddp_detection_scores_are_gathered_from_every_process(victim_ckpt, tmp_p
 
     from lightning.pytorch import Trainer
 
-    from lightning_modules.ood import MSP, OODBaseline
-    from lightning_modules.ood_metrics import read_scores, tpr_at_tnr
+    from knockoff_lab.evaluation.ood_metrics import read_scores, tpr_at_tnr
+    from knockoff_lab.ood import MSP
+    from lightning_modules import OODBaseline
     from tests.lightning_modules.conftest import SMALL_IN_OUT, small_in_out
 
     trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from jsonargparse import ArgumentError
 
-from pipeline.cli import cli_main
+from knockoff_lab.pipeline.cli import cli_main
 from tests.conftest import CONFIGS, REPO
 from tests.datamodules import layouts
 
@@ -88,10 +88,9 @@ def test_checkpoints_follow_the_run_folder(tmp_path: Path, capsys):
 
 def test_a_rerun_overwrites_the_stable_checkpoints(tmp_path: Path):
     """A second run into the same folder replaces best.ckpt (no best-v1.ckpt beside a stale
-    best.ckpt), even for a ModelCheckpoint that leaves Lightning's version counter on."""
+    best.ckpt): the checkpoint fragments turn Lightning's version counter off."""
     args = ["fit", "--config", str(CONFIGS / "victim/digits_cnn.yaml"), *FAST,
-            "--trainer.default_root_dir", str(tmp_path), "--test_after_fit", "false",
-            "--trainer.callbacks.enable_version_counter", "true"]  # fmt: skip
+            "--trainer.default_root_dir", str(tmp_path), "--test_after_fit", "false"]  # fmt: skip
     cli_main(args)
     first = (tmp_path / "checkpoints/best.ckpt").stat().st_mtime_ns
     cli_main(args)

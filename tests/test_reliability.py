@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.fragments import read_config
+from knockoff_lab.core.fragments import read_config
 from tests.conftest import CONFIGS, REPO
 
 BUILD = textwrap.dedent("""
     import sys, time
-    from api import PredictionAPI
+    from knockoff_lab.api import PredictionAPI
     from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
 
     victim, cache, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -168,7 +168,7 @@ def cache_embeddings(weights: str, cache: str) -> int:
 
 
 def test_sigkill_while_writing_cached_embeddings_then_rerun(tmp_path, one_thread):
-    from lightning_modules.networks import build_network
+    from knockoff_lab.nets.networks import build_network
 
     weights, cache = tmp_path / "backbone.pt", tmp_path / "killed"
     torch.save(build_network("digits_cnn", 10).state_dict(), weights)
@@ -199,8 +199,8 @@ def test_sigkill_mid_stage_of_reproduce_then_rerun(
     last.ckpt (it trains epoch 1 only), and the stage ends exactly as its uninterrupted twin."""
     import yaml
 
+    from knockoff_lab.pipeline.reproduce import reproduce_main
     from lightning_modules import Surrogate
-    from pipeline.reproduce import reproduce_main
 
     config = read_config(CONFIGS / "surrogate/digits_natural_probs.yaml")  # fragments inlined
     config["trainer"]["callbacks"].append({

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import cli_main
+from knockoff_lab.pipeline.cli import cli_main
 from tests.conftest import CONFIGS, REPO
 
 SWEEPS = sorted((CONFIGS / "sweeps").glob("*.yaml"))

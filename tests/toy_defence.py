@@ -2,7 +2,7 @@
 each client gets `limit` answers; every later query is flagged and refused. Its state (answers
 given so far) lives in the API's books, per client, so it survives a new API process."""
 
-from defences import Defence, QueryBatch, register_defence
+from knockoff_lab.defences import Defence, QueryBatch, register_defence
 
 
 @register_defence

@@ -5,7 +5,7 @@ a random first round, then, each round, the pool images the current surrogate is
 import numpy as np
 import torch
 
-from attacks import Queries, QueryStrategy, Seen, register_attack
+from knockoff_lab.attacks import Queries, QueryStrategy, Seen, register_attack
 
 
 @register_attack

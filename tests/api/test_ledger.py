@@ -7,8 +7,8 @@ import sqlite3
 import torch
 from torch import nn
 
-from api import Ledger, PredictionAPI
-from defences import Defence, QueryBatch
+from knockoff_lab.api import Ledger, PredictionAPI
+from knockoff_lab.defences import Defence, QueryBatch
 
 OLD_SCHEMA = """
 CREATE TABLE clients (

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from api import PredictionAPI
-from core.errors import ConfigError
-from defences import LabelOnly, Rounded, TopK
+from knockoff_lab.api import PredictionAPI
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.defences import LabelOnly, Rounded, TopK
 
 
 class Recorder(nn.Module):

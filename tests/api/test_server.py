@@ -17,14 +17,14 @@ import pytest
 import torch
 import yaml
 
-from api import PredictionAPI
-from api.keys import KeyRing, key_hash, read_keys
-from api.remote import RemoteAPI
-from api.server import ServerSettings, Service
-from api.wire import NPY, from_npy, to_npy
-from core.errors import ConfigError
 from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
-from defences import PRADA, TopK
+from knockoff_lab.api import PredictionAPI
+from knockoff_lab.api.keys import KeyRing, key_hash, read_keys
+from knockoff_lab.api.remote import RemoteAPI
+from knockoff_lab.api.server import ServerSettings, Service
+from knockoff_lab.api.wire import NPY, from_npy, to_npy
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.defences import PRADA, TopK
 from tests.conftest import REPO
 from tests.serving import free_port, make_keys, run_server, wait_ready
 from tests.toy_defence import RefuseAfter
@@ -181,7 +181,7 @@ def served_process(config: Path, port: int, log: Path):
 
 def serve_config(path: Path, victim_ckpt, port: int, defences: list, budget: int) -> Path:
     path.write_text(yaml.safe_dump({
-        "api": {"class_path": "api.PredictionAPI", "init_args": {
+        "api": {"class_path": "knockoff_lab.api.PredictionAPI", "init_args": {
             "victim": str(victim_ckpt), "budget": budget, "ledger": "books.sqlite",
             "posterior_cache": None, "defences": defences}},
         "server": {"keys_file": "keys.json", "port": port, "image_shape": SHAPE},

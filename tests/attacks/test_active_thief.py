@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import ActiveThief, Seen
-from attacks.active_thief import deepfool_distance, kcenter_greedy
-from core.errors import ConfigError
+from knockoff_lab.attacks import ActiveThief, Seen
+from knockoff_lab.attacks.active_thief import deepfool_distance, kcenter_greedy
+from knockoff_lab.core.errors import ConfigError
 
 
 def brute_force_greedy(points: np.ndarray, centers: list, count: int) -> list[int]:

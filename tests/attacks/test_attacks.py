@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import tests.toy_strategy  # noqa: F401  (a user's strategy: registered when imported)
-from attacks import ATTACKS, QueryStrategy, RandomSampling, Seen, list_attacks
-from core.errors import ConfigError
+from knockoff_lab.attacks import ATTACKS, QueryStrategy, RandomSampling, Seen, list_attacks
+from knockoff_lab.core.errors import ConfigError
 from tests.conftest import CONFIGS
 from tests.toy_strategy import LeastConfident
 
@@ -80,7 +80,7 @@ def test_bad_rounds():
 def test_toy_strategy_runs_in_rounds_from_yaml(victim_ckpt, tmp_path):
     from pathlib import Path
 
-    from pipeline.cli import cli_main
+    from knockoff_lab.pipeline.cli import cli_main
 
     args = ["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
             "--config", str(Path(tests.toy_strategy.__file__).with_suffix(".yaml")),

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import JacobianAugmentation, Seen
-from core.errors import ConfigError
-from core.normalization import IMAGENET_MEAN, IMAGENET_STD
+from knockoff_lab.attacks import JacobianAugmentation, Seen
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.core.normalization import IMAGENET_MEAN, IMAGENET_STD
 from tests.conftest import CONFIGS
 
 POOL = [0.3 * torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(i)) for i in range(20)]
@@ -73,7 +73,7 @@ def test_round_zero_is_a_seed_set_of_pool_indices():
 
 
 def test_every_synthetic_image_is_a_query_and_the_budget_is_exact(victim_ckpt, tmp_path):
-    from pipeline.cli import cli_main
+    from knockoff_lab.pipeline.cli import cli_main
 
     cli = cli_main(["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
                     "--config", str(CONFIGS / "attacks/jbda.yaml"),

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import KnockoffAdaptive, Seen
+from knockoff_lab.attacks import KnockoffAdaptive, Seen
 
 HALF = 50  # images [0, 50) form cluster A (dark), [50, 100) cluster B (bright)
 
@@ -137,7 +137,7 @@ def test_a_run_logs_the_policy_entropy_and_arm_counts_of_every_round(victim_ckpt
     to the queries asked so far."""
     import csv
 
-    from pipeline.cli import cli_main
+    from knockoff_lab.pipeline.cli import cli_main
     from tests.conftest import CONFIGS
 
     cli_main(["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),

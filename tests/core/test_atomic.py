@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.atomic import atomic_file, atomic_write_text
+from knockoff_lab.core.atomic import atomic_file, atomic_write_text
 
 
 def test_interleaved_writers_of_one_path_both_complete(tmp_path: Path):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from api import PredictionAPI
 from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
+from knockoff_lab.api import PredictionAPI
 
 BUDGET, BATCH = 100, 25
 _answer = PredictionAPI.answer

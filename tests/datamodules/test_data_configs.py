@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.fragments import read_config
-from pipeline.cli import cli_main, main
+from knockoff_lab.core.fragments import read_config
+from knockoff_lab.pipeline.cli import cli_main
+from knockoff_lab.pipeline.entry import main
 from tests.conftest import CONFIGS, REPO
 from tests.datamodules.layouts import WRITERS
 

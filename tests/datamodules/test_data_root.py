@@ -11,8 +11,8 @@ import pytest
 import torchvision.datasets
 
 import datamodules
-from core.errors import ConfigError
 from datamodules.on_disk import OnDiskDataModule, check_present
+from knockoff_lab.core.errors import ConfigError
 from tests.datamodules import layouts
 
 pytestmark = pytest.mark.filterwarnings("ignore:dropped 1 Diabetic5 images")

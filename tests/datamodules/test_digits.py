@@ -2,8 +2,8 @@
 
 import torch
 
-from core.normalization import IMAGENET_MEAN, IMAGENET_STD
 from datamodules import DigitsDataModule
+from knockoff_lab.core.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _splits(**kwargs):
@@ -57,7 +57,7 @@ def test_every_class_in_every_split():
 def test_bad_fraction_is_a_clear_error():
     import pytest
 
-    from core.errors import ConfigError
+    from knockoff_lab.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="data.val_fraction must be in"):
         DigitsDataModule(val_fraction=1.5)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import datamodules.images as images
-from core.errors import ConfigError
 from datamodules.images import (
     ImageFiles,
     check_readable,
@@ -20,6 +19,7 @@ from datamodules.images import (
     readable,
 )
 from datamodules.on_disk import holdout, share
+from knockoff_lab.core.errors import ConfigError
 from tests.datamodules.layouts import add_quirks, bomb, png_bytes, truncate, write_image
 
 FORMATS = [

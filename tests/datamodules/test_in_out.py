@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from core.errors import ConfigError
 from datamodules import CropsPoolDataModule, DigitsDataModule, InOutDataModule
 from datamodules.in_out import labels_of
-from lightning_modules.ood_metrics import TEST_SETS
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.evaluation.ood_metrics import TEST_SETS
 
 
 def in_out(in_data=None, out_data=None, out_test_data=None, **kwargs) -> InOutDataModule:

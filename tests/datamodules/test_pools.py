@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from core.errors import ConfigError
-from core.normalization import denormalize
 from datamodules.pools import PHOTOS, CropsPoolDataModule, PhotoCropsDataModule, load_photo
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.core.normalization import denormalize
 
 
 def test_photo_sets_are_disjoint_and_load_offline():

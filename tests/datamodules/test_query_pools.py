@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.errors import ConfigError
 from datamodules import BingDataModule, ImageNetSubsetDataModule, OpenImagesDataModule
 from datamodules.base import ImagesOnly
 from datamodules.on_disk import PoolDataModule
+from knockoff_lab.core.errors import ConfigError
 from tests.datamodules.layouts import truncate
 
 Layout = Callable[[str], Path]

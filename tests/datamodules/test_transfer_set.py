@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from api import PredictionAPI
-from attacks import RandomSampling
-from core.errors import ConfigError
 from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
 from datamodules.rounds import Round
-from defences import DetectorFilter, LabelOnly, Rounded, TopK
+from knockoff_lab.api import PredictionAPI
+from knockoff_lab.attacks import RandomSampling
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.defences import DetectorFilter, LabelOnly, Rounded, TopK
 
 
 @pytest.fixture
@@ -298,7 +298,7 @@ def test_through_the_cli_budgets_share_one_cache_and_granularities_one_victim_pa
     reuses the transfer set (asking only new queries), another pool does not; another
     granularity is a new attack (its answers are asked afresh) but the owner's cache spares the
     victim a second pass."""
-    from pipeline.cli import cli_main
+    from knockoff_lab.pipeline.cli import cli_main
     from tests.conftest import CONFIGS
 
     def fit(config: str, budget: int) -> TransferSetDataModule:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.errors import ConfigError
 from datamodules import (
     Caltech256DataModule,
     CIFAR10DataModule,
@@ -21,6 +20,7 @@ from datamodules import (
 from datamodules.base import ImagesOnly
 from datamodules.on_disk import VictimDataModule
 from datamodules.overlap import overlapping
+from knockoff_lab.core.errors import ConfigError
 from tests.datamodules.layouts import DIABETIC5, truncate
 
 Layout = Callable[[str], Path]

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 import tests.toy_defence  # noqa: F401  (a user's defence: registered when imported)
-from api import PredictionAPI
-from core.errors import ConfigError
-from defences import (
+from knockoff_lab.api import PredictionAPI
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.defences import (
     DEFENCES,
     DetectorFilter,
     LabelOnly,
@@ -163,7 +163,7 @@ def test_a_detector_for_other_data_is_refused(detector_ckpt, tmp_path):
 def test_toy_stateful_defence_runs_from_yaml_and_keeps_its_state_per_client(victim_ckpt):
     from pathlib import Path
 
-    from pipeline.cli import cli_main
+    from knockoff_lab.pipeline.cli import cli_main
     from tests.conftest import CONFIGS
 
     cli = cli_main(["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),

@@ -5,8 +5,8 @@ further from the true answer's gradient than a random answer of the same L1 dist
 import pytest
 import torch
 
-from core.errors import ConfigError
-from defences import MAD, QueryBatch
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.defences import MAD, QueryBatch
 
 
 def served(defence: MAD, posteriors: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

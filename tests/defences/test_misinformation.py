@@ -5,9 +5,9 @@ them, alpha = sigmoid(-nu (max p - tau)) blends the two."""
 import pytest
 import torch
 
-from core.errors import ConfigError
-from defences import AdaptiveMisinformation, QueryBatch
-from defences.misinformation import misinformation
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.defences import AdaptiveMisinformation, QueryBatch
+from knockoff_lab.defences.misinformation import misinformation
 
 
 def answer(defence: AdaptiveMisinformation, posteriors: torch.Tensor) -> torch.Tensor:

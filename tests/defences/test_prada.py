@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from api import PredictionAPI
-from core.errors import ConfigError
 from datamodules.digits import digits_images
-from defences import PRADA
+from knockoff_lab.api import PredictionAPI
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.defences import PRADA
 from tests.conftest import CONFIGS
 
 
@@ -95,7 +95,7 @@ def test_bad_options(options, message):
 
 def attack_through_prada(victim_ckpt, *overrides: str):
     """The embedded Knockoff config behind PRADA: 600 queries, 3 rounds."""
-    from pipeline.cli import cli_main
+    from knockoff_lab.pipeline.cli import cli_main
 
     cli = cli_main(["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
                     "--config", str(CONFIGS / "defences/prada.yaml"), *overrides,

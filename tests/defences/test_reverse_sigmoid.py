@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from core.errors import ConfigError
-from defences import QueryBatch, ReverseSigmoid
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.defences import QueryBatch, ReverseSigmoid
 
 
 def answer(defence: ReverseSigmoid, posteriors: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from api import PredictionAPI
-from core.errors import ConfigError
-from defences import DawnWatermark, QueryBatch, ownership_test
+from knockoff_lab.api import PredictionAPI
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.defences import DawnWatermark, QueryBatch, ownership_test
 
 
 def served(defence: DawnWatermark, posteriors, images, client: str = "c") -> torch.Tensor:

@@ -26,7 +26,7 @@ def small_in_out(**kwargs):
 def cv_run(victim_ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
     """configs/detector/digits_cv.yaml run end to end on the small in/out data (3 folds, 4 Cs),
     with the test victim as frozen backbone: (the CLI after fit + test, the exported detector)."""
-    from pipeline.cli import cli_main
+    from knockoff_lab.pipeline.cli import cli_main
 
     folder = tmp_path_factory.mktemp("cv_detector")
     with contextlib.chdir(folder):
@@ -48,7 +48,7 @@ def check_saved_scores(folder: Path, data, metrics: dict[str, float]) -> None:
     import csv
     from collections import Counter
 
-    from lightning_modules.ood_metrics import TEST_SETS, read_scores, tpr_at_tnr
+    from knockoff_lab.evaluation.ood_metrics import TEST_SETS, read_scores, tpr_at_tnr
 
     with open(folder / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -12,13 +12,13 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from api import PredictionAPI
-from core.errors import ConfigError
 from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
-from defences import DawnWatermark, DetectorFilter, TopK
-from defences.watermark import binomial_tail
+from knockoff_lab.api import PredictionAPI
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.defences import DawnWatermark, DetectorFilter, TopK
+from knockoff_lab.defences.watermark import binomial_tail
+from knockoff_lab.nets.guard import load_detector
 from lightning_modules import DefenceReport, Surrogate
-from lightning_modules.guard import load_detector
 from tests.toy_defence import RefuseAfter
 
 QUIET = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False,

@@ -12,11 +12,11 @@ from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from core.errors import ConfigError
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.nets.guard import load_detector
 from lightning_modules import Detector, FrozenFeaturesDetector
 from lightning_modules.binary_detector import BinaryDetector
 from lightning_modules.detector import fit_logistic_head
-from lightning_modules.guard import load_detector
 from lightning_modules.victim import VictimClassifier
 from tests.datamodules import layouts
 from tests.lightning_modules.conftest import check_saved_scores, small_in_out

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.fragments import read_config
-from pipeline.cli import cli_main
-from pipeline.stages import set_dotted
+from knockoff_lab.core.fragments import read_config
+from knockoff_lab.pipeline.cli import cli_main
+from knockoff_lab.pipeline.stages import set_dotted
 from tests.conftest import CONFIGS, REPO
 from tests.lightning_modules.conftest import QUIET, SMALL_IN_OUT
 
@@ -61,7 +61,7 @@ def test_paper_baseline_stage_parses_with_its_scorer(stage: dict, tmp_path: Path
         cli_main(["test", "--config", str(path), "--print_config"])
     scorer = yaml.safe_load(out.getvalue())["model"]["init_args"]["scorer"]
     name, layers = SCORERS[stage["name"].split("-", 2)[2]]
-    assert scorer["class_path"] == f"lightning_modules.ood.{name}"
+    assert scorer["class_path"] == f"knockoff_lab.ood.{name}"
     assert scorer.get("init_args", {}).get("layers") == layers
     assert len(PAPER_BASELINES) == len(SCORERS)
 

@@ -14,18 +14,18 @@ import torch
 from lightning.pytorch import Trainer
 from torch import nn
 
-from api.victim import load_victim
-from core.errors import ConfigError
-from core.normalization import IMAGENET_STD
 from datamodules import DigitsDataModule
-from lightning_modules.features import layer_features
-from lightning_modules.ood import (
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.core.normalization import IMAGENET_STD
+from knockoff_lab.evaluation.ood_metrics import read_scores, roc
+from knockoff_lab.nets.features import layer_features
+from knockoff_lab.nets.victim import load_victim
+from knockoff_lab.ood import (
     MSP,
     ODIN,
     OOD_SCORERS,
     ClassGaussians,
     Mahalanobis,
-    OODBaseline,
     OODScorer,
     closest_distance,
     list_ood_scorers,
@@ -33,7 +33,7 @@ from lightning_modules.ood import (
     max_softmax,
     odin_inputs,
 )
-from lightning_modules.ood_metrics import read_scores, roc
+from lightning_modules import OODBaseline
 from tests.lightning_modules.conftest import check_saved_scores, small_in_out
 
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

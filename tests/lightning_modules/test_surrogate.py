@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from api import PredictionAPI
-from core.errors import ConfigError
 from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
+from knockoff_lab.api import PredictionAPI
+from knockoff_lab.core.errors import ConfigError
 from lightning_modules import Surrogate
 from lightning_modules.surrogate import soft_cross_entropy
 

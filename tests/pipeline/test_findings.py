@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from pipeline.findings import FINDINGS, compare, paired_interval
-from pipeline.report import read_results, write_results
+from knockoff_lab.pipeline.findings import FINDINGS, compare, paired_interval
+from knockoff_lab.pipeline.report import read_results, write_results
 
 LABEL_LOWER = compare("6", "label", "6", "probs", "acc_surrogate", lower=True)
 

@@ -9,12 +9,12 @@ import io
 import pytest
 import yaml
 
-from core.errors import ConfigError
-from pipeline.cli import cli_main
-from pipeline.grid import Grid, Plot, Reference, Variant
-from pipeline.report import grid_table
-from pipeline.reproduce import reproduce_main
-from pipeline.stages import Stage, read_yaml
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.pipeline.cli import cli_main
+from knockoff_lab.pipeline.grid import Grid, Plot, Reference, Variant
+from knockoff_lab.pipeline.report import grid_table
+from knockoff_lab.pipeline.reproduce import reproduce_main
+from knockoff_lab.pipeline.stages import Stage, read_yaml
 from tests.conftest import CONFIGS
 from tests.pipeline.test_reproduce import TINY
 

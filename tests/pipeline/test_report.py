@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from core.errors import ConfigError
-from pipeline.report import read_results, write_results, write_tables
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.pipeline.report import read_results, write_results, write_tables
 
 OLD = {("2", "digits-cnn", "probs", "acc_surrogate"): [0.5]}
 NEW = {("2", "digits-cnn", "probs", "acc_surrogate"): [0.9, 0.8]}

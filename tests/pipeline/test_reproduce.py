@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import cli_main  # noqa: F401  (registers the model and data classes)
-from pipeline.findings import FINDINGS
-from pipeline.keys import check_keys
-from pipeline.report import PAPER, write_tables
-from pipeline.reproduce import reproduce_main
-from pipeline.stages import stage_output
+from knockoff_lab.pipeline.cli import cli_main  # noqa: F401  (registers the model and data classes)
+from knockoff_lab.pipeline.findings import FINDINGS
+from knockoff_lab.pipeline.keys import check_keys
+from knockoff_lab.pipeline.report import PAPER, write_tables
+from knockoff_lab.pipeline.reproduce import reproduce_main
+from knockoff_lab.pipeline.stages import stage_output
 from tests.conftest import CONFIGS
 
 TINY = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 3, "trainer.limit_val_batches": 2}
@@ -220,7 +220,7 @@ def test_stage_reading_a_later_stage_is_a_clear_error(tmp_path):
     config["stages"] = config["stages"][1:]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
-    from core.errors import ConfigError
+    from knockoff_lab.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="stage 'knockoff-probs' reads \\['victim'\\]"):
         reproduce_main(["--config", str(path)])
@@ -232,7 +232,7 @@ def test_stage_reading_a_later_stage_is_a_clear_error(tmp_path):
 def test_reproduce_configs_parse(path: Path):
     from jsonargparse import ArgumentParser
 
-    from pipeline.reproduce import reproduce
+    from knockoff_lab.pipeline.reproduce import reproduce
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_function_arguments(reproduce, skip={"source"})
@@ -300,7 +300,7 @@ TYPO = (r"bad\.yaml: stage victim: {where} key 'trainer\.max_epoch' is not a set
 def test_bad_stages_fail_before_any_stage_runs(tmp_path, stage, top, message):
     """Checked when the preset is read: a name outside output_dir, a missing config, a `set`
     key the stage's YAML does not have (a typo would otherwise fail, or be ignored, hours in)."""
-    from core.errors import ConfigError
+    from knockoff_lab.core.errors import ConfigError
 
     config = yaml.safe_load(tiny_config(tmp_path).read_text())
     config["stages"][0].update(stage)

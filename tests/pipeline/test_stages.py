@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import ConfigError
-from core.fragments import read_config
-from pipeline.keys import check_keys, missing_setting
-from pipeline.stages import Stage, read_result
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.core.fragments import read_config
+from knockoff_lab.pipeline.keys import check_keys, missing_setting
+from knockoff_lab.pipeline.stages import Stage, read_result
 from tests.conftest import CONFIGS
 
 VICTIM = str(CONFIGS / "victim/digits_cnn.yaml")

@@ -1,8 +1,0 @@
-"""The prediction API, the only door to the victim, and the owner's side of it: the victim,
-the cache of its posteriors and the per-client books."""
-
-from api.ledger import ClientRecord, Ledger
-from api.prediction import PredictionAPI
-from api.victim import load_victim, read_victim
-
-__all__ = ["ClientRecord", "Ledger", "PredictionAPI", "load_victim", "read_victim"]

@@ -1,0 +1,12 @@
+"""knockoff-lab's framework-free layers, under one name so they install beside other packages.
+
+Every import points down this stack (a test, `tests/test_layers.py`, keeps it so):
+
+    core                         errors, atomic writes, checkpoints, digests, config fragments
+    nets, evaluation             the network registry and loading; metrics and figures
+    attacks, defences, ood       query strategies; answer transforms; OOD scorers
+    api                          the prediction API, its books, server and remote client
+    datamodules                  (top level) datasets, pools, the stored transfer set
+    lightning_modules            (top level) LightningModules and callbacks
+    pipeline                     the command line, the trust policy, reproduce presets, report
+"""

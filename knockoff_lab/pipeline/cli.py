@@ -1,0 +1,131 @@
+"""LightningCLI for `fit`, `validate`, `test` and `predict` (`main.py` dispatches here through
+`pipeline.entry`; `reproduce` runs every stage of a preset through `cli_main`).
+
+LightningCLI in subclass mode: any LightningModule of `lightning_modules` and any DataModule of
+`datamodules` is chosen by class name or by a config file. `num_classes` flows from the data to
+the model, so no config states it twice. Checkpoints follow the run folder: a ModelCheckpoint
+without a `dirpath` writes to `<trainer.default_root_dir>/checkpoints` (stable, not inside the
+logger's `version_N`), so `--trainer.default_root_dir elsewhere` moves them too.
+"""
+
+import os
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from torch import nn
+
+import datamodules  # noqa: F401  (registers the DataModules as subclass choices)
+import lightning_modules  # noqa: F401  (registers the LightningModules as subclass choices)
+from datamodules.on_disk import check_present
+from knockoff_lab.core.checkpoints import disagreement, net_state, read_checkpoint
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.pipeline.trust import check_trusted
+
+CKPT_KEYWORDS = ("best", "last", "hpc")  # Lightning resolves these itself
+
+
+def read_ckpt_path(path: str | None) -> dict[str, Any] | None:
+    """The `--ckpt_path` checkpoint, memory-mapped and unpickling no code, or a one-line error
+    naming the file (Lightning's own are tracebacks). None for keywords and remote paths."""
+    if not path or path in CKPT_KEYWORDS or ":" in str(path).split("/")[0]:
+        return None
+    return read_checkpoint(path, "ckpt_path", mmap=True)
+
+
+def check_fits(path: str, checkpoint: dict[str, Any], model: LightningModule) -> None:
+    """A one-line error naming `path` if its network (`net.*`) does not fit `model.net`."""
+    if not isinstance(net := getattr(model, "net", None), nn.Module):
+        return
+    if problem := disagreement(net, net_state(checkpoint)):
+        keys = ("arch", "num_classes")
+        saved = checkpoint.get("hyper_parameters") or {}
+        want = ", ".join(f"{k}={model.hparams[k]}" for k in keys if k in model.hparams)
+        was = ", ".join(f"{k}={saved[k]}" for k in keys if k in saved) or "no arch recorded"
+        raise ConfigError(
+            f"ckpt_path {path} does not fit the model ({want}): saved with {was} ({problem})"
+        )
+
+
+def checkpoints_follow_run_folder(trainer: Trainer) -> list[str]:
+    """Give every ModelCheckpoint of `trainer` without a `dirpath` the run folder's stable
+    `<default_root_dir>/checkpoints` (Lightning's default would be the logger's `version_N`);
+    one with an explicit dirpath keeps it. Returns where each writes. The config fragments under
+    `configs/checkpoints/` turn Lightning's version counter off, so a rerun overwrites best.ckpt
+    rather than leaving it stale beside best-v1.ckpt."""
+    run_folder = trainer.default_root_dir
+    if "://" not in run_folder:  # a local folder, resolved as ModelCheckpoint resolves it
+        run_folder = os.path.realpath(os.path.expanduser(run_folder))
+    where = []
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            if callback.dirpath is None:
+                callback.dirpath = os.path.join(run_folder, "checkpoints")
+            where.append(str(callback.dirpath))
+    return where
+
+
+class KnockoffCLI(LightningCLI):
+    _checkpoint: tuple[str, dict[str, Any]] | None = None
+
+    def _parse_ckpt_path(self) -> None:
+        """Check `--ckpt_path` before Lightning reads its hyperparameters into the config."""
+        if subcommand := self.config.get("subcommand"):
+            path = self.config[subcommand].get("ckpt_path")
+            if (checkpoint := read_ckpt_path(path)) is not None:
+                self._checkpoint = (str(path), checkpoint)
+        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_trusted(config.as_dict())
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, its checkpoints in the run folder (one line says where they go)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        where = checkpoints_follow_run_folder(trainer)
+        if self.subcommand == "fit" and where and trainer.is_global_zero:
+            print(f"checkpoints go to {', '.join(dict.fromkeys(where))}", flush=True)
+        return trainer
+
+    def after_instantiate_classes(self) -> None:
+        """A checkpoint of another network or absent data fails here, before any run folder is
+        written and before any dataset starts its expensive work."""
+        if self._checkpoint is not None:
+            check_fits(*self._checkpoint, self.model)
+            self._checkpoint = None
+        if self.datamodule is not None:
+            check_present(self.datamodule)
+            for callback in self.trainer.callbacks:  # e.g. DefenceReport's: before the queries
+                if callable(check_data := getattr(callback, "check_data", None)):
+                    check_data(self.datamodule)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments(
+            "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"
+        )
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True,
+            help="After `fit`, test the best checkpoint on the test split (default: true).",
+        )  # fmt: skip
+
+    def after_fit(self) -> None:
+        if self.config_init[self.subcommand].get("test_after_fit", False):
+            saved = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+            ckpt = "best" if saved else None  # fast_dev_run saves nothing: test as trained
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+
+def cli_main(args: list[str] | None = None) -> KnockoffCLI:
+    """Run the CLI on `args` (default: sys.argv). User mistakes raise `ConfigError`."""
+    return KnockoffCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,  # the optimizer is a model argument, in one place
+        save_config_kwargs={"overwrite": True},  # reruns into one directory must not crash
+        parser_kwargs={"exit_on_error": False},
+        args=args,
+    )

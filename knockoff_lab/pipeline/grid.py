@@ -1,0 +1,153 @@
+"""Grids of a reproduce preset: one experiment crossed with variants along named axes (attack x
+defence, strategy x budget), expanded into ordinary stages and reported as one table, one
+figure and one paired comparison per cell against a reference variant.
+
+A cell's stage is named `<grid>-<variant>-<variant>...`, its config is the grid's YAML with each
+variant's overlays merged over it in axis order, and its `set` / `inputs` are the grid's with
+the variants' on top. Its results go to results.csv as table `<grid>`, setting
+`<variant>/<variant>...`. The comparison is decided by the spread over seeds, as the paper's
+findings are (`pipeline.findings`): a cell "beats" its reference only when the whole paired 95%
+interval of the difference lies above zero.
+"""
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.evaluation.figures import Points, plot_points
+from knockoff_lab.pipeline.findings import Results, decide, paired_interval
+from knockoff_lab.pipeline.stages import Row, Stage
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*")  # no '-': it joins a stage's variant names
+
+
+@dataclass
+class Variant:
+    config: list[str] = field(default_factory=list)  # overlays, merged over the grid's YAML
+    set: dict[str, Any] = field(default_factory=dict)  # dotted key -> value
+    inputs: dict[str, str] = field(default_factory=dict)  # dotted key -> upstream stage
+
+
+@dataclass
+class Plot:
+    """`x`: a metric (one point per cell) or an axis whose variant names are numbers (one line
+    per series, in their order); `y`: a metric; `series`: the axis drawn as one colour each."""
+
+    x: str
+    y: str
+    series: str
+
+
+@dataclass
+class Reference:
+    """Each cell compared with the cell that has `variant` on `axis` (the rest equal), on
+    `metrics`, paired across seeds."""
+
+    axis: str
+    variant: str
+    metrics: list[str]
+
+
+@dataclass
+class Grid:
+    name: str  # the table in results.csv and the prefix of the stages' names
+    title: str
+    victim: str  # the results.csv victim column
+    config: str | list[str]  # the experiment YAML every cell starts from (then overlays)
+    axes: dict[str, dict[str, Variant]]  # axis -> variant name -> what it changes
+    metrics: dict[str, str]  # results.csv metric -> logged metric
+    set: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
+    seeds: int | None = None  # None: the preset's
+    plot: Plot | None = None
+    reference: Reference | None = None
+
+    def __post_init__(self) -> None:
+        """Checked when the preset is read, before any stage runs."""
+        where = f"grid {self.name}"
+        for name in [self.name, *self.axes, *(v for a in self.axes.values() for v in a)]:
+            if not NAME.fullmatch(name):
+                raise ConfigError(f"{where}: name {name!r} must be letters, digits, '_' or '.'")
+        if not self.axes or not all(self.axes.values()):
+            raise ConfigError(f"{where}: axes must name at least one variant each")
+        if (plot := self.plot) is not None:
+            for axis in (plot.series, *([plot.x] if plot.x not in self.metrics else [])):
+                if axis not in self.axes:
+                    raise ConfigError(f"{where}: plot names {axis!r}, neither an axis "
+                                      f"({', '.join(self.axes)}) nor a metric")  # fmt: skip
+            if plot.y not in self.metrics:
+                raise ConfigError(f"{where}: plot.y {plot.y!r} is not one of its metrics")
+        if (ref := self.reference) is not None:
+            if ref.variant not in self.axes.get(ref.axis, {}):
+                raise ConfigError(f"{where}: reference {ref.axis}={ref.variant} is no variant "
+                                  "of its axes")  # fmt: skip
+            if unknown := [m for m in ref.metrics if m not in self.metrics]:
+                raise ConfigError(f"{where}: reference metrics {unknown} are not its metrics")
+
+    def cells(self) -> list[tuple[str, ...]]:
+        """Every combination of variant names, in axis order."""
+        return list(itertools.product(*(list(variants) for variants in self.axes.values())))
+
+    def stages(self) -> list[Stage]:
+        stages, base = [], [self.config] if isinstance(self.config, str) else self.config
+        for cell in self.cells():
+            variants = [self.axes[axis][name] for axis, name in zip(self.axes, cell, strict=True)]
+            stages.append(Stage(
+                name="-".join([self.name, *cell]),
+                config=[*base, *(path for v in variants for path in v.config)],
+                set={**self.set, **{k: x for v in variants for k, x in v.set.items()}},
+                inputs={**self.inputs, **{k: x for v in variants for k, x in v.inputs.items()}},
+                rows=[Row(self.name, self.victim, "/".join(cell), self.metrics)],
+                seeds=self.seeds,
+            ))  # fmt: skip
+        return stages
+
+    def get(self, results: Results, cell: tuple[str, ...], metric: str) -> list[float] | None:
+        return results.get((self.name, self.victim, "/".join(cell), metric))
+
+    def comparisons(self, results: Results) -> list[str]:
+        """One line per cell and reference metric: its paired difference from the reference cell
+        and what the seed spread allows one to say."""
+        if (ref := self.reference) is None:
+            return []
+        axis = list(self.axes).index(ref.axis)
+        lines = []
+        for cell in self.cells():
+            if cell[axis] == ref.variant:
+                continue
+            other = (*cell[:axis], ref.variant, *cell[axis + 1 :])
+            for metric in ref.metrics:
+                a, b = self.get(results, cell, metric), self.get(results, other, metric)
+                if not a or not b:
+                    continue
+                centre, half, n = paired_interval(a, b)
+                verdict = {"reproduced": "higher", "NOT reproduced": "lower"}.get(
+                    decide(centre, half, n), "inconclusive")  # fmt: skip
+                spread = "1 seed: no spread to judge by" if n < 2 else f"+- {half:.3f}, {n} seeds"
+                lines.append(f"- {'/'.join(cell)} vs {'/'.join(other)}: {metric} "
+                             f"{centre:+.3f} ({spread}): **{verdict}**")  # fmt: skip
+        return lines
+
+    def figure(self, results: Results, path: Path) -> Path | None:
+        """The grid's `plot` of this run's results (None without a plot or results)."""
+        if (plot := self.plot) is None:
+            return None
+        names = list(self.axes)
+        points: Points = {}
+        for cell in self.cells():
+            ys = self.get(results, cell, plot.y)
+            if plot.x in self.metrics:
+                xs = self.get(results, cell, plot.x)
+            else:
+                xs = [float(cell[names.index(plot.x)])] * len(ys or [])
+            if ys and xs:
+                label = "/".join(n for a, n in zip(names, cell, strict=True)
+                                 if a not in (plot.series, plot.x))  # fmt: skip
+                points.setdefault(cell[names.index(plot.series)], []).append((label, xs, ys))
+        if not points:
+            return None
+        return plot_points(points, path, plot.x, plot.y, self.title,
+                           lines=plot.x not in self.metrics)  # fmt: skip

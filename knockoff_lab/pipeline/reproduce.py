@@ -1,0 +1,162 @@
+"""`python main.py reproduce --config configs/reproduce/<preset>.yaml`: every experiment of the
+paper, in order, cached stage by stage, then the report (results.csv, tables.md, figures),
+optionally logged to W&B (`--wandb true`)."""
+
+import csv
+import dataclasses
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from knockoff_lab.core.atomic import atomic_write_text
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.evaluation.figures import plot_accuracy_over_epochs
+from knockoff_lab.evaluation.ood_metrics import TEST_SETS
+from knockoff_lab.pipeline.findings import Results
+from knockoff_lab.pipeline.grid import Grid
+from knockoff_lab.pipeline.keys import check_keys
+from knockoff_lab.pipeline.report import (
+    Scored,
+    log_to_wandb,
+    plot_table_rocs,
+    write_results,
+    write_tables,
+)
+from knockoff_lab.pipeline.stages import Stage, StageRunner, read_yaml
+
+
+def curve_metrics(folder: Path) -> dict[str, float]:
+    """From a surrogate's metrics.csv: the epoch of best victim-test accuracy (analysis only),
+    the epoch selected by the transfer set's val/acc, and the epochs run."""
+    path = folder / "metrics.csv"
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("analysis/test_acc")]
+    if not rows:
+        return {}
+    epochs = [int(r["epoch"]) for r in rows]
+    test = [float(r["analysis/test_acc"]) for r in rows]
+    val = [float(r.get("val/acc") or "nan") for r in rows]
+    best = max(range(len(rows)), key=test.__getitem__)
+    selected = max(range(len(rows)), key=lambda i: (val[i] == val[i], val[i]))
+    return {
+        "curve/best_test_epoch": epochs[best],
+        "curve/best_test_acc": test[best],
+        "curve/selected_epoch": epochs[selected],
+        "curve/epochs_run": epochs[-1] + 1,
+    }
+
+
+def is_attack(stage: Stage) -> bool:
+    """An attack stage trains a surrogate on a transfer set: the stages repeated per seed."""
+    data = read_yaml(stage).get("data") or {}
+    return stage.command == "fit" and "TransferSet" in str(data.get("class_path", ""))
+
+
+def seeded(stage: Stage, seed: int) -> Stage:
+    """Seed `seed` of an attack stage: its own query order, validation split and initialisation.
+    Seed 0 is the stage as written, so a one-seed run is the stage's own result."""
+    if seed == 0:
+        return stage
+    settings = {"seed_everything": seed, "data.init_args.seed": seed}
+    return dataclasses.replace(stage, name=f"{stage.name}.s{seed}", set={**stage.set, **settings})
+
+
+def reproduce(
+    stages: list[Stage],
+    grids: Sequence[Grid] = (),
+    output_dir: str = "runs/reproduce",
+    set: dict[str, Any] | None = None,
+    seeds: int = 1,
+    preset: Literal["embedded", "paper"] = "embedded",
+    force: bool = False,
+    verbose: bool = False,
+    wandb: bool = False,
+    wandb_project: str = "knockoff-lab",
+    source: str = "reproduce",
+) -> Path:
+    """Run `stages` in order, then the stages of `grids` (`pipeline.grid`), into `output_dir`
+    and write the report there.
+
+    `set` applies dotted-key settings to every stage (e.g. `trainer.accelerator: gpu`);
+    `seeds` repeats every attack stage with that many seeds, unless the stage sets its own
+    (tables show the mean and range, the findings are decided by the spread:
+    `pipeline.findings`);
+    `force` redoes every stage instead of reusing finished ones; `verbose` shows Lightning's
+    output of each stage on the console (it always goes to the stage's `stdout.log`); `wandb`
+    logs the report to one W&B run in `wandb_project` (offline under `output_dir/wandb` unless
+    logged in to W&B: `wandb sync` uploads it later). `source` names the preset in errors
+    (its file, from the command line).
+    """
+    cells = [stage for grid in grids for stage in grid.stages()]
+    stages = [*stages, *cells]
+    names = [stage.name for stage in stages]
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        raise ConfigError(f"{source}: stage names {repeated} are given twice")
+    for stage in stages:  # before any stage runs
+        if missing := [path for path in stage.configs if not Path(path).is_file()]:
+            raise ConfigError(f"stage {stage.name}: config {missing[0]} does not exist")
+    check_keys(stages, set or {}, source)  # a typo fails now, not hours into a run
+    if seeds < 1:
+        raise ConfigError(f"seeds must be >= 1, got {seeds}")
+    runs = [(stage, seed) for stage in stages
+            for seed in range((stage.seeds or seeds) if is_attack(stage) else 1)]  # fmt: skip
+    output = Path(output_dir)
+    runner = StageRunner(output, set or {}, force, verbose)
+    results: Results = {}
+    scored: list[Scored] = []
+    figures = output / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    width = len(str(len(runs)))
+    for number, (stage, seed) in enumerate(runs, 1):
+        result = runner.run(seeded(stage, seed), f"[{number:>{width}}/{len(runs)}]")
+        folder = Path(result["folder"])
+        result["metrics"].update(curve_metrics(folder))
+        for row in stage.rows:
+            for name, logged in row.metrics.items():
+                if logged in result["metrics"]:
+                    key = (row.table, row.victim, row.setting, name)
+                    results.setdefault(key, []).append(result["metrics"][logged])
+            if (folder / "scores.csv").exists():  # a detector's or an OOD baseline's
+                ood_sets = {logged.rsplit("/", 1)[-1] for logged in row.metrics.values()}
+                scored += [(row.table, row.victim, row.setting, ood_set, folder / "scores.csv")
+                           for ood_set in TEST_SETS[1:] if ood_set in ood_sets]  # fmt: skip
+        if seed > 0 or stage in cells:
+            continue  # the figures show seed 0 (a grid cell's stay in its stage folder)
+        for png in [*folder.glob("figure*.png"), *folder.glob("roc.png")]:
+            shutil.copy(png, figures / f"{stage.name}_{png.name}")
+        if "curve/epochs_run" in result["metrics"]:
+            plot_accuracy_over_epochs(folder / "metrics.csv", figures / f"{stage.name}_figure2.png",
+                                      title=stage.name)  # fmt: skip
+    write_results(output / ".results.csv", results)
+    (output / ".results.csv").replace(output / "results.csv")
+    drawn = plot_table_rocs(scored, figures)
+    for grid in grids:
+        if png := grid.figure(results, figures / f"grid_{grid.name}.png"):
+            drawn[grid.name] = png
+    shown = {table: f"figures/{png.name}" for table, png in drawn.items()}
+    write_tables(output / ".tables.md", results, preset == "paper", shown, grids)
+    (output / ".tables.md").replace(output / "tables.md")
+    atomic_write_text(output / "elapsed.txt", f"{time.time() - start:.1f} s\n")
+    print(f"report: {output / 'tables.md'}, {output / 'results.csv'}, {figures}/ "
+          f"({time.time() - start:.0f} s)", flush=True)  # fmt: skip
+    if wandb:
+        print(f"W&B: {log_to_wandb(output, wandb_project)}", flush=True)
+    return output
+
+
+def reproduce_main(args: list[str] | None = None) -> Path:
+    parser = ArgumentParser(prog="main.py reproduce", description=__doc__, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_function_arguments(reproduce, skip={"source"})
+    config = parser.parse_args(sys.argv[2:] if args is None else args)
+    config = parser.instantiate(config)
+    files = [str(path) for path in config.pop("config", None) or [] if path is not None]
+    return reproduce(**config, source=" + ".join(files) or "main.py reproduce")

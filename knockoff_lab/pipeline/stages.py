@@ -1,0 +1,277 @@
+"""Stages of `python main.py reproduce`: each one is an ordinary experiment YAML run through the
+same LightningCLI as `python main.py fit`, so a paper-scale preset and the embedded one differ
+only in config. A stage's `config` may be a list: an experiment YAML, then overlays merged
+over it in order, as `python main.py fit --config a.yaml --config b.yaml` merges them; its `set`
+and `inputs` apply to the merged config (their keys are checked by `pipeline.keys`).
+`result.json` records the checkpoint relative to its stage folder, so a rerun from another
+working directory finds what the first run made.
+
+A stage's folder is named by a key over everything that determines its result (the YAMLs' texts,
+the settings applied to them, the keys of the stages it reads from). `result.json` is written
+last, atomically: a folder with it is finished and reused; a folder without it is resumed from its
+`last.ckpt`. A changed setting changes the keys of that stage and of the stages downstream of it,
+and nothing else.
+
+The console shows one line per stage event (cached / running / resuming / done / failed); what
+Lightning prints, logs and warns while a stage runs goes to the stage's `stdout.log`, and also
+to the console with `verbose`.
+"""
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import yaml
+
+from knockoff_lab.core.atomic import atomic_write_text
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.core.fragments import read_config
+from knockoff_lab.pipeline.cli import cli_main
+from knockoff_lab.pipeline.loggers import LIGHTNING_LOGGERS
+
+
+@dataclass
+class Row:
+    """Where a stage's metrics go in results.csv: one row per (table, victim, setting, metric)."""
+
+    table: str
+    victim: str
+    setting: str
+    metrics: dict[str, str]  # results.csv metric name -> logged metric name
+
+
+@dataclass
+class Stage:
+    name: str
+    config: str | list[str]  # an experiment YAML (then overlays), as for `main.py fit --config`
+    command: Literal["fit", "test"] = "fit"
+    set: dict[str, Any] = field(
+        default_factory=dict
+    )  # dotted key -> value, e.g. trainer.max_epochs
+    inputs: dict[str, str] = field(
+        default_factory=dict
+    )  # dotted key -> upstream stage's checkpoint
+    rows: list[Row] = field(default_factory=list)
+    seeds: int | None = None  # an attack stage's own number of seeds (None: the preset's)
+
+    def __post_init__(self) -> None:
+        """Checked when the preset is read: a stage's name is a folder under `output_dir`
+        (never outside it: `--force` deletes there)."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) or ".." in self.name:
+            raise ConfigError(f"stage name {self.name!r} must be letters, digits, '-', '_' or "
+                              "'.' (it names a folder under output_dir)")  # fmt: skip
+        if not self.configs:
+            raise ConfigError(f"stage {self.name}: config names no YAML")
+        if self.seeds is not None and self.seeds < 1:
+            raise ConfigError(f"stage {self.name}: seeds must be >= 1, got {self.seeds}")
+
+    @property
+    def configs(self) -> list[str]:
+        return [self.config] if isinstance(self.config, str) else list(self.config)
+
+    @property
+    def shown(self) -> str:
+        """The YAMLs as a user would pass them: `a.yaml + overlay.yaml`."""
+        return " + ".join(self.configs)
+
+
+def set_dotted(config: dict, key: str, value: Any) -> None:
+    """Set `key` (dotted; a number indexes a list, as in `defences.0.init_args.detector`)."""
+    node = config
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def merge(base: Any, overlay: Any) -> Any:
+    """`overlay` over `base` as a second `--config` merges it: mappings key by key; a list or a
+    value replaces; a mapping naming another `class_path` replaces the whole class."""
+    if not (isinstance(base, dict) and isinstance(overlay, dict)):
+        return copy.deepcopy(overlay)
+    if "class_path" in overlay and overlay["class_path"] != base.get("class_path"):
+        return copy.deepcopy(overlay)
+    merged = dict(base)
+    for key, value in overlay.items():
+        merged[key] = merge(base[key], value) if key in base else copy.deepcopy(value)
+    return merged
+
+
+def read_yaml(stage: "Stage") -> dict:
+    """The stage's YAMLs, fragments inlined (`core.fragments`) and merged in order, or a
+    one-line ConfigError naming the file at fault."""
+    merged: dict = {}
+    for path in stage.configs:
+        try:
+            config = read_config(path) or {}
+        except ConfigError as err:
+            raise ConfigError(f"stage {stage.name}: {err}") from err
+        if not isinstance(config, dict):
+            raise ConfigError(f"stage {stage.name}: config {path} is not a mapping of "
+                              f"settings (got a {type(config).__name__})")  # fmt: skip
+        merged = merge(merged, config)
+    return merged
+
+
+def stage_key(stage: Stage, settings: dict[str, Any], upstream: dict[str, str]) -> str:
+    """What the stage runs: its configs with their fragments (an edited fragment is a new key,
+    an edited comment is not), its command, settings and upstream results."""
+    configs = [read_config(path) for path in stage.configs]
+    blob = json.dumps([configs, stage.command, settings, upstream], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+class Tee:
+    """A text stream writing to several: a stage's log file and, when verbose, the console."""
+
+    def __init__(self, *streams: IO[str]):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def stage_output(log_file: Path, verbose: bool = False) -> Iterator[None]:
+    """Route a stage's prints, warnings and Lightning's log messages ("GPU available", the test
+    table, ...) into `log_file` (line-buffered, so a crash keeps what came before), and also to
+    the console when `verbose`. Lightning's loggers hold their own handle on stderr, so they are
+    re-pointed here and restored afterwards."""
+    with open(log_file, "w", buffering=1) as log:
+        out = Tee(log, sys.stdout) if verbose else log
+        err = Tee(log, sys.stderr) if verbose else log
+        handler = logging.StreamHandler(err)
+        loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+        saved = [(logger.handlers, logger.propagate) for logger in loggers]
+        for logger in loggers:
+            logger.handlers, logger.propagate = [handler], False
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                yield
+        finally:
+            for logger, (handlers, propagate) in zip(loggers, saved, strict=True):
+                logger.handlers, logger.propagate = handlers, propagate
+
+
+def read_result(result_file: Path) -> dict:
+    """A finished stage's record with its paths resolved against the folder it lies in (not
+    the working directory of the run that wrote it): `folder` and `checkpoint` absolute."""
+    result = json.loads(result_file.read_text())
+    folder = result_file.parent.absolute()
+    if (checkpoint := result.get("checkpoint")) is not None:
+        relative = Path(checkpoint)
+        if relative.is_absolute() or relative.parts[:1] != ("checkpoints",):  # an older record
+            relative = Path("checkpoints", relative.name)  # stage checkpoints live there
+        result["checkpoint"] = str(folder / relative)
+    return {**result, "folder": str(folder)}
+
+
+class StageRunner:
+    """Runs stages in order into `output_dir/stages/<name>-<key>/`, reusing finished ones."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        settings: dict[str, Any],
+        force: bool = False,
+        verbose: bool = False,
+    ):
+        self.output_dir, self.settings, self.force = output_dir, settings, force
+        self.verbose = verbose
+        self.done: dict[str, dict] = {}  # stage name -> result
+
+    def folder(self, stage: Stage) -> Path:
+        upstream = {key: self.done[name]["key"] for key, name in stage.inputs.items()}
+        key = stage_key(stage, {**self.settings, **stage.set}, upstream)
+        return self.output_dir / "stages" / f"{stage.name}-{key}"
+
+    def effective_config(self, stage: Stage, folder: Path) -> dict:
+        """The stage's YAML with the pipeline's settings, inputs, logger and checkpoint folder."""
+        config = read_yaml(stage)
+        for key, value in {**self.settings, **stage.set}.items():
+            set_dotted(config, key, value)
+        for key, name in stage.inputs.items():
+            set_dotted(config, key, self.done[name]["checkpoint"])
+        trainer = config.setdefault("trainer", {})
+        trainer.update(default_root_dir=str(folder), enable_progress_bar=False,
+                       enable_model_summary=False)  # fmt: skip
+        trainer["logger"] = {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(folder), "name": "", "version": ""},
+        }
+        checkpoints = [
+            c for c in trainer.get("callbacks", []) if "ModelCheckpoint" in c["class_path"]
+        ]
+        for callback in checkpoints:
+            callback.setdefault("init_args", {}).update(
+                dirpath=str(folder / "checkpoints"), filename="best", save_last=True,
+                enable_version_counter=False,
+            )  # fmt: skip
+        return config
+
+    def run(self, stage: Stage, position: str) -> dict:
+        if missing := [name for name in stage.inputs.values() if name not in self.done]:
+            raise ConfigError(
+                f"stage {stage.name!r} reads {missing}, which run later or not at all"
+            )
+        folder = self.folder(stage)
+        result_file = folder / "result.json"
+        if self.force and folder.exists():
+            shutil.rmtree(folder)
+        if result_file.exists():
+            print(f"{position} {stage.name}: cached ({folder})", flush=True)
+            self.done[stage.name] = read_result(result_file)
+            return self.done[stage.name]
+        folder.mkdir(parents=True, exist_ok=True)
+        config_file = folder / "config.yaml"
+        atomic_write_text(config_file, yaml.safe_dump(self.effective_config(stage, folder)))
+        args = [stage.command, "--config", str(config_file)]
+        last = folder / "checkpoints" / "last.ckpt"
+        if stage.command == "fit" and last.exists():
+            print(f"{position} {stage.name}: resuming from {last}", flush=True)
+            args += ["--ckpt_path", str(last)]
+        else:
+            print(f"{position} {stage.name}: running {stage.command} {stage.shown}", flush=True)
+        start = time.time()
+        try:
+            with stage_output(folder / "stdout.log", self.verbose):
+                cli = cli_main(args)
+        except BaseException:
+            print(f"{position} {stage.name}: FAILED after {time.time() - start:.1f} s; its "
+                  f"output: {folder / 'stdout.log'}", flush=True)  # fmt: skip
+            raise
+        metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
+        saved = [Path("checkpoints", name) for name in ("best.ckpt", "last.ckpt")]
+        record = {
+            "key": folder.name.rsplit("-", 1)[1],
+            "checkpoint": next((p.as_posix() for p in saved if (folder / p).exists()), None),
+            "metrics": metrics,
+        }  # paths relative to the folder: the record holds wherever the folder is reached from
+        atomic_write_text(result_file, json.dumps(record, indent=1))
+        result = read_result(result_file)
+        shown = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if "class" not in k)
+        print(f"{position} {stage.name}: done in {time.time() - start:.1f} s  {shown}", flush=True)
+        self.done[stage.name] = result
+        return result
