@@ -49,6 +49,7 @@ def transfer_set_build(victim: Path, pool: CropsPoolDataModule, cache: Path, bat
     _ = data.victim_labels  # the owner's evaluation labels: not part of the attack, not timed
     start = time.perf_counter()
     data.setup()
+    data.grow_to(0)
     return data.budget / (time.perf_counter() - start)
 
 

@@ -161,6 +161,11 @@ class InOutDataModule(ImageDataModule):
             "image_shape": list(self.image_shape()),
         }
 
+    def state_dict(self) -> dict:
+        """Saved in a detector's checkpoints (Lightning writes the DataModule's state there), so
+        `nets.guard.load_detector` knows what the detector is for."""
+        return {"trained_on": self.training_record()}
+
     def description(self) -> str:
         """Everything that determines the images and labels of the splits: a cache key."""
         parts = [self, self.in_data, self.out_data, self.out_test_data]

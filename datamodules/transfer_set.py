@@ -1,18 +1,22 @@
-"""The transfer set {D_A, F_V(D_A)} of a model-extraction attack, and the DataModule that grows
-it round by round and trains the surrogate on it.
+"""The transfer set {D_A, F_V(D_A)} of a model-extraction attack: the DataModule that stores what
+the prediction API answered, round by round, and serves it to the surrogate.
 
-Before training (round 0), and then every `epochs_per_round` epochs, the attack's query
-strategy proposes the round's queries from what the attacker has (its pool, the answers so far,
-the current surrogate); they go through the prediction API, the only door to the victim, as
-`client`; the answers are stored (`datamodules.rounds`) and the transfer set grows. Knockoff's
-random policy is one round of a seeded random order of the pool.
+Rounds are asked by `lightning_modules.AttackRounds`, a callback, from Lightning's own hooks:
+round 0 before training, then the next round at each boundary its strategy names (every
+`epochs_per_round` epochs, or every optimiser step for a strategy whose `round_unit` is
+"step"). Each round, the query strategy proposes queries from what the attacker has (its pool,
+the answers so far, the current surrogate, handed in by the callback); they go through the
+prediction API, the only door to the victim, as `client`; the answers are stored
+(`datamodules.rounds`). This module never touches the trainer or the model: it serves what is
+stored. Knockoff's random policy is one round of a seeded random order of the pool.
 
 Storage holds only what the API returned, under `cache_dir/<key>/`. The key covers what decides
 the answers and the queries: the API (victim bytes, defences), the pool, the attack, the seed,
 the client; for an adaptive or several-round attack also the budget and the surrogate's
-training settings. A one-round non-adaptive attack's order does not depend on the budget, so a
-smaller budget reads a prefix and a larger one asks only the new queries. Each API batch is
-written as its own file, atomically: a killed run resumes at the first unanswered query.
+training settings (`begin`). A one-round non-adaptive attack's order does not depend on the
+budget, so a smaller budget reads a prefix and a larger one asks only the new queries. Each API
+batch is written as its own file, atomically: a killed run resumes at the first unanswered
+query, and `state_dict` (saved in Lightning's checkpoints) says how many rounds it had.
 
 Under DDP every process queries: rank 0 proposes (written before anything is asked), the
 round's unanswered positions are cut into API batches, and batch i goes to rank i % world_size,
@@ -24,18 +28,25 @@ the second finds the round stored and asks nothing.
 Splits: `train` and `val` (a seeded `val_fraction` of each round, the attacker's only
 model-selection data; refused queries are dropped from both), and `test`, the victim's test set
 with its labels and the victim's own predictions (owner-side, for Acc(F_A), recovery and
-fidelity; the surrogate also scores it every epoch for analysis, never for selection).
+fidelity; the surrogate also scores it every epoch for analysis, never for selection). While a
+step-round strategy has rounds left, the train loader yields one placeholder per round and
+`on_before_batch_transfer` turns it into that round's training rows: one optimiser step per
+round, on the queries asked for it.
 """
 
 import json
 import math
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, WeightedRandomSampler
 
 from datamodules.base import ImageDataModule, describe
 from datamodules.rounds import Round, build_lock
@@ -45,6 +56,30 @@ from knockoff_lab.attacks.base import Queries, QueryStrategy, Seen
 from knockoff_lab.attacks.random_sampling import RandomSampling
 from knockoff_lab.core.digests import digest
 from knockoff_lab.core.errors import ConfigError
+
+
+@dataclass
+class Dealer:
+    """How a round's API batches are dealt among the processes of one job (DDP): batch i goes to
+    `rank` i % `world`; `barrier(name)` waits for every process; the API runs the victim on
+    `device`. One process on the CPU by default."""
+
+    rank: int = 0
+    world: int = 1
+    barrier: Callable[[str], None] = field(default=lambda name: None)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+class StepTickets(IterableDataset):
+    """`count` placeholders: one optimiser step each, resolved to a round's rows by
+    `TransferSetDataModule.on_before_batch_transfer` just before the step (never prefetched
+    stale: the placeholder carries nothing). Iterable, so DDP gives every process all of them."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (torch.tensor(-1) for _ in range(self.count))
 
 
 class TransferSetDataModule(ImageDataModule):
@@ -87,6 +122,8 @@ class TransferSetDataModule(ImageDataModule):
             raise ConfigError(f"data.budget must be >= 1 query, got {budget}")
         if epochs_per_round is not None and epochs_per_round < 1:
             raise ConfigError(f"data.epochs_per_round must be >= 1, got {epochs_per_round}")
+        if query_batch_size < 1:
+            raise ConfigError(f"data.query_batch_size must be >= 1, got {query_batch_size}")
         api.check_data(type(victim_data).__name__)  # a detector for other data: fail now
         self.budget, self.sizes = budget, self.attack.round_sizes(budget)
         if 0 < val_fraction and math.floor(val_fraction * self.sizes[0]) == 0:
@@ -101,7 +138,11 @@ class TransferSetDataModule(ImageDataModule):
             raise ConfigError(f"data.sybils must be >= 1 client, got {sybils}")
         self.client_name, self.sybils, self.cache_dir = client, sybils, Path(cache_dir)
         self.query_batch_size = query_batch_size
-        self.rounds_done = 0
+        self.training: str | None = None  # the surrogate's settings, for an adaptive key
+        self.dealer = Dealer()
+        self.rounds_done = 0  # rounds stored and read into memory
+        self.steps_served = 0  # step rounds turned into training batches
+        self.restored_rounds = 0  # rounds a checkpoint had (`load_state_dict`)
         self.indices = np.empty(0, np.int64)
         self.images: torch.Tensor | None = None
         self.answers: torch.Tensor | None = None
@@ -114,23 +155,29 @@ class TransferSetDataModule(ImageDataModule):
         the budget, so every budget shares one cache."""
         return not self.attack.adaptive and len(self.sizes) == 1
 
+    @property
+    def stepping(self) -> bool:
+        """A step-round strategy with rounds left to train on: one optimiser step per round."""
+        return self.attack.round_unit == "step" and self.steps_served < len(self.sizes)
+
+    def begin(self, training: str | None = None, dealer: Dealer | None = None) -> None:
+        """Before any round: `training` names the surrogate's training (model settings,
+        schedule), part of an adaptive attack's key; `dealer` deals API batches among the
+        job's processes and names the device the surrogate runs on."""
+        if self.rounds_done:
+            raise ConfigError("the transfer set was already begun: one fit per DataModule")
+        self.training = training if self.attack.adaptive and not self.shares_prefixes else None
+        self.dealer = dealer or Dealer()
+        self.api.to(self.dealer.device)
+        self.__dict__.pop("folder", None)  # the key may have changed
+
     @cached_property  # hashes the victim once per DataModule
     def folder(self) -> Path:
         key = [self.api.describe(), describe(self.pool), self.attack.describe(), self.seed,
                self.client_name] + ([self.sybils] if self.sybils > 1 else [])  # fmt: skip
         if not self.shares_prefixes:
-            key += [self.budget, self.training_settings()]
+            key += [self.budget, self.training]
         return self.cache_dir / digest(json.dumps(key, default=str))
-
-    def training_settings(self) -> str | None:
-        """What shapes the surrogate between rounds (an adaptive attack's proposals depend on
-        it): the model's hyperparameters, the schedule and the batch size."""
-        trainer = getattr(self, "trainer", None)
-        if not self.attack.adaptive or trainer is None or trainer.lightning_module is None:
-            return None
-        hparams = dict(trainer.lightning_module.hparams)
-        return json.dumps([hparams, trainer.max_epochs, self.epochs_per_round, self.batch_size],
-                          sort_keys=True, default=str)  # fmt: skip
 
     @property
     def client(self) -> str:
@@ -150,74 +197,59 @@ class TransferSetDataModule(ImageDataModule):
 
     # -- the rounds ------------------------------------------------------------------------
 
-    def _rank_and_world(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
-    def _barrier(self, name: str) -> None:
-        if self._rank_and_world()[1] > 1:
-            self.trainer.strategy.barrier(name)
-
-    def _device(self) -> torch.device:
-        trainer = getattr(self, "trainer", None)
-        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-
     def setup(self, stage: str | None = None) -> None:
+        """Checks that need no query; the rounds themselves are asked by `AttackRounds`, or
+        read back from the cache by `read_stored` (evaluation outside a fit)."""
         if self.rounds_done == 0:
             self.attack.check_budget(self.budget, len(self.pool.split("pool")))
-            trainer = getattr(self, "trainer", None)
-            if trainer is not None and len(self.sizes) > 1:
-                schedule = self.epochs_per_round or max(1, trainer.max_epochs // len(self.sizes))
-                if trainer.max_epochs <= schedule * (len(self.sizes) - 1):
-                    raise ConfigError(
-                        f"trainer.max_epochs {trainer.max_epochs} leaves no training after the "
-                        f"last of {len(self.sizes)} rounds of {schedule} epochs "
-                        "(data.epochs_per_round)"
-                    )
-                self.epochs_per_round = schedule
-                trainer.reload_dataloaders_every_n_epochs = 1  # each epoch asks for its round
-            self._check_monitors(trainer)
-            self.api.to(self._device())
-            self.grow_to(0)
 
-    def _check_monitors(self, trainer) -> None:
-        """With `val_fraction: 0` there is no validation split: a callback selecting on it
-        fails here, before any query, not after training."""
-        for callback in getattr(trainer, "callbacks", []) if self.val_fraction == 0 else []:
-            monitor = getattr(callback, "monitor", None) or ""
-            if monitor.startswith("val/"):
-                raise ConfigError(
-                    f"{type(callback).__name__} monitors {monitor!r}, but data.val_fraction is "
-                    "0 (no validation split): set val_fraction > 0 or the monitor to null"
-                )
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in Lightning's checkpoints: how much of the attack the surrogate had seen."""
+        return {"rounds_done": self.rounds_done, "steps_served": self.steps_served}
 
-    def grow_to(self, last: int) -> None:
-        """Run (or read back) rounds up to `last`, then rebuild the splits."""
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A resumed fit: `AttackRounds` reads those rounds back (they are stored) before the
+        first loader is built."""
+        self.restored_rounds = int(state.get("rounds_done", 0))
+        self.steps_served = int(state.get("steps_served", 0))
+
+    def next_round(self, surrogate: nn.Module | None = None) -> int:
+        """Ask (or read back from the cache) the next round, with `surrogate` (in eval mode)
+        as the strategy's view of what was learnt; returns its number."""
+        r = self.rounds_done
+        if r >= len(self.sizes):
+            raise ConfigError(f"the attack's {len(self.sizes)} rounds are all asked")
+        self._run_round(r, surrogate)
+        self.rounds_done += 1
+        # the splits now (a round all refused fails here), but not per step: built when served
+        self.splits = {} if self.attack.round_unit == "step" else self.build_splits()
+        return r
+
+    def grow_to(self, last: int, surrogate: nn.Module | None = None) -> None:
+        """Rounds up to `last` (capped at the attack's last) asked or read back."""
         while self.rounds_done <= min(last, len(self.sizes) - 1):
-            self._run_round(self.rounds_done)
-            self._log_strategy(self.rounds_done)
-            self.rounds_done += 1
-            self.splits = {}
-        if not self.splits:
-            self.splits = self.build_splits()
+            self.next_round(surrogate)
 
-    def _log_strategy(self, r: int) -> None:
-        """The strategy's own metrics after round `r`, to the trainer's logger (rank 0)."""
-        trainer = getattr(self, "trainer", None)
-        metrics = self.attack.metrics()
-        if not metrics or trainer is None or trainer.logger is None or not trainer.is_global_zero:
-            return
-        logged = {f"attack/{name}": value for name, value in metrics.items()}
-        trainer.logger.log_metrics({**logged, "attack/round": float(r)}, step=trainer.global_step)
+    def read_stored(self) -> None:
+        """Every round the cache holds complete, read back without asking (evaluating a
+        surrogate outside its fit)."""
+        while self.rounds_done < len(self.sizes):
+            stored = self.round(self.rounds_done).proposal()
+            if stored is None or self.round(self.rounds_done).missing(
+                self.sizes[self.rounds_done], self.query_batch_size
+            ):
+                return
+            self.next_round()
 
-    def seen(self, r: int) -> Seen:
-        trainer = getattr(self, "trainer", None)
-        surrogate = trainer.lightning_module if trainer is not None else None
+    def seen(self, r: int, surrogate: nn.Module | None = None) -> Seen:
+        """What the strategy sees for round `r`; it runs the surrogate where the surrogate is
+        (on the CPU when round 0 is asked, before Lightning moves the model)."""
         answers = self.answers if self.answers is not None else torch.empty(0, self.num_classes)
+        device = next(surrogate.parameters()).device if surrogate is not None else None
         return Seen(self.pool.split("pool"), self.indices, self.images, answers, surrogate,
-                    self._device(), r, self.seed)  # fmt: skip
+                    device or self.dealer.device, r, self.seed)  # fmt: skip
 
-    def _propose(self, r: int) -> Queries:
+    def _propose(self, r: int, surrogate: nn.Module | None = None) -> Queries:
         """The round's queries: stored (a resumed or repeated attack), else from the strategy,
         saved before any is asked. A prefix-sharing attack checks the stored order agrees."""
         current = self.round(r)
@@ -227,15 +259,7 @@ class TransferSetDataModule(ImageDataModule):
             queries, state = stored
             self.attack.load_state_dict(state)
             return queries
-        surrogate = self.seen(r).surrogate
-        was_training = surrogate.training if surrogate is not None else False
-        if surrogate is not None:
-            surrogate.eval()
-        try:
-            fresh = self.attack.propose(self.seen(r), size)
-        finally:
-            if surrogate is not None:
-                surrogate.train(was_training)
+        fresh = self.attack.propose(self.seen(r, surrogate), size)
         if len(fresh) != size:
             raise ConfigError(f"attack {type(self.attack).__name__} proposed {len(fresh)} "
                               f"queries for a round of {size}")  # fmt: skip
@@ -250,12 +274,12 @@ class TransferSetDataModule(ImageDataModule):
         current.save_proposal(fresh, self.attack.state_dict())
         return fresh
 
-    def _run_round(self, r: int) -> None:
-        rank, world = self._rank_and_world()
+    def _run_round(self, r: int, surrogate: nn.Module | None = None) -> None:
+        rank, world, barrier = self.dealer.rank, self.dealer.world, self.dealer.barrier
         with build_lock(self.folder) if rank == 0 else nullcontext():  # the job's turn
             if rank == 0:
-                self._propose(r)
-            self._barrier(f"round {r} proposed")
+                self._propose(r, surrogate)
+            barrier(f"round {r} proposed")
             queries, state = self.round(r).proposal()
             size = self.sizes[r]
             queries = (
@@ -263,9 +287,9 @@ class TransferSetDataModule(ImageDataModule):
             )
             self.attack.load_state_dict(state)
             pieces = self.round(r).missing(size, self.query_batch_size)
-            self._barrier(f"round {r} planned")  # every rank plans from the same cache state
+            barrier(f"round {r} planned")  # every rank plans from the same cache state
             self.ask(r, queries, pieces[rank::world])
-            self._barrier(f"round {r} answered")
+            barrier(f"round {r} answered")
         answers = torch.from_numpy(self.round(r).read(size))
         indices = queries.indices if queries.indices is not None else np.full(size, -1)
         self.indices = np.concatenate([self.indices, indices])
@@ -314,46 +338,59 @@ class TransferSetDataModule(ImageDataModule):
         return torch.cat([self.api.victim_labels(images) for images, _ in loader])
 
     def build_splits(self) -> dict[str, Dataset]:
-        generator = np.random.default_rng(self.seed + 1)  # one permutation per round, in order
-        refused = self.answers.isnan().any(dim=-1).numpy()
-        train, val, offset = [], [], 0
-        for size in self.sizes[: self.rounds_done]:
-            shuffled = offset + generator.permutation(size)
-            shuffled = shuffled[~refused[shuffled]]  # the attacker got no answer: nothing to learn
-            n_val = math.floor(self.val_fraction * len(shuffled))
-            val.append(shuffled[:n_val])
-            train.append(shuffled[n_val:])
-            offset += size
-        train, val = np.concatenate(train), np.concatenate(val)
+        splits: dict[str, Dataset] = {
+            "test": VictimLabelled(self.victim_data.split("test"), self.victim_labels)
+        }
+        if self.rounds_done == 0:
+            return splits  # nothing asked yet: the test split alone
+        train, val = self.split_rows()
         if len(train) == 0 or (self.val_fraction > 0 and len(val) == 0):
+            refused = int(self.answers.isnan().any(dim=-1).sum())
             raise ConfigError(
-                f"the API refused {int(refused.sum())} of {len(refused)} queries: "
-                f"{len(refused) - int(refused.sum())} answers are too few to train and validate "
+                f"the API refused {refused} of {len(self.answers)} queries: "
+                f"{len(self.answers) - refused} answers are too few to train and validate "
                 f"a surrogate on (data.val_fraction {self.val_fraction})"
             )
         pool = self.pool.split("pool")
-        splits = {
-            "train": TransferDataset(pool, self.indices, self.images, self.answers, train),
-            "test": VictimLabelled(self.victim_data.split("test"), self.victim_labels),
-        }
+        splits["train"] = TransferDataset(pool, self.indices, self.images, self.answers, train)
         if len(val):
             splits["val"] = TransferDataset(pool, self.indices, self.images, self.answers, val)
         return splits
 
+    def split_rows(self, rounds: range | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(train rows, val rows) of the rounds done (or of `rounds`): a seeded `val_fraction`
+        of each round to validation, refused queries to neither."""
+        generator = np.random.default_rng(self.seed + 1)  # one permutation per round, in order
+        refused = self.answers.isnan().any(dim=-1).numpy()
+        train, val, offset = [], [], 0
+        wanted = range(self.rounds_done) if rounds is None else rounds
+        for r, size in enumerate(self.sizes[: self.rounds_done]):
+            shuffled = offset + generator.permutation(size)
+            shuffled = shuffled[~refused[shuffled]]  # the attacker got no answer: nothing to learn
+            n_val = math.floor(self.val_fraction * len(shuffled))
+            if r in wanted:
+                val.append(shuffled[:n_val])
+                train.append(shuffled[n_val:])
+            offset += size
+        return np.concatenate(train or [[]]).astype(np.int64), np.concatenate(
+            val or [[]]
+        ).astype(np.int64)
+
     def class_histogram(self) -> torch.Tensor:
         """How many answered queries name each class as the most likely (Figure 1, left)."""
-        self.setup()
+        if self.answers is None:
+            return torch.zeros(self.num_classes, dtype=torch.long)
         answered = self.answers[~self.answers.isnan().any(dim=-1)].float()
         return torch.bincount(answered.argmax(-1), minlength=self.num_classes)
 
-    def current_round(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None or len(self.sizes) == 1:
-            return 0
-        return min(trainer.current_epoch // self.epochs_per_round, len(self.sizes) - 1)
-
     def train_dataloader(self) -> DataLoader:
-        self.grow_to(self.current_round())
+        if self.rounds_done == 0:
+            raise ConfigError(
+                "the transfer set holds no round: its rounds are asked by the callback "
+                "lightning_modules.AttackRounds; add it to trainer.callbacks"
+            )
+        if self.stepping:
+            return DataLoader(StepTickets(len(self.sizes) - self.steps_served), batch_size=None)
         if not self.balance:
             return super().train_dataloader()
         train = self.split("train")
@@ -365,7 +402,29 @@ class TransferSetDataModule(ImageDataModule):
             train, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers
         )
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A step placeholder becomes the training rows of the round it stands for (this
+        process's share of them under DDP); every other batch passes unchanged."""
+        if not (isinstance(batch, torch.Tensor) and batch.ndim == 0):
+            return batch
+        r = self.steps_served
+        if r >= self.rounds_done:
+            raise ConfigError(f"step round {r} was not asked before its training step: "
+                              "lightning_modules.AttackRounds asks it")  # fmt: skip
+        self.steps_served += 1
+        train, _ = self.split_rows(range(r, r + 1))
+        rows = np.sort(train)[self.dealer.rank :: self.dealer.world]  # in the order asked
+        data = TransferDataset(self.pool.split("pool"), self.indices, self.images, self.answers,
+                               rows)  # fmt: skip
+        return next(iter(DataLoader(data, batch_size=len(data))))
+
+    def split(self, name: str) -> Dataset:
+        """Splits are built on first use, from the rounds done so far."""
+        if not self.splits:
+            self.splits = self.build_splits()
+        return super().split(name)
+
     def val_dataloader(self) -> list[DataLoader]:
         """[transfer-set validation (selection), victim test set (analysis only, Figure 2)]."""
-        loaders = [self.loader("val")] if "val" in self.splits else []
-        return [*loaders, self.loader("test")]
+        test = self.loader("test")
+        return [self.loader("val"), test] if "val" in self.splits else [test]

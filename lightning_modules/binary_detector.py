@@ -1,9 +1,9 @@
 """What every Knockoff detector of section 4 is, however it learns: a binary in/out classifier.
 
 `BinaryDetector` holds a registry network with a two-class head (0 = the victim's data, 1 = an
-attack query, out-of-distribution) and `trained_on`, the record of the in-distribution data it
-was fitted for (DataModule class, settings, image shape), saved in and read back from its
-checkpoints, so that `guard.load_detector` can rebuild it as an API filter. It validates
+attack query, out-of-distribution); its checkpoints also hold the `InOutDataModule`'s state,
+the record of the in-distribution data it was fitted for (DataModule class, settings, image
+shape), so that `nets.guard.load_detector` can rebuild it as an API filter. It validates
 (`val/acc`, `val/loss`) and tests; how the head is learnt is the subclass's business
 (`detector.Detector`: an optimiser loop; `detector.FrozenFeaturesDetector`: one pass and a
 logistic regression).
@@ -81,24 +81,15 @@ class BinaryDetector(LightningModule):
         self.net = build_network(arch, num_classes, weights)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.scores = ScoresBySet()
-        self.trained_on: dict | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     def on_fit_start(self) -> None:
         atomic_checkpoints(self.trainer)  # a full disk never truncates last.ckpt
+
+    def on_train_start(self) -> None:
         log_global_batch_size(self)
-        record = getattr(self.trainer.datamodule, "training_record", None)
-        if record is None:
-            raise ConfigError("a detector trains on data: datamodules.InOutDataModule")
-        self.trained_on = record()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["trained_on"] = self.trained_on
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.trained_on = checkpoint.get("trained_on")
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch

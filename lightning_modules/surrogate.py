@@ -5,22 +5,16 @@ sum to one. For `probs`, `top_k` and `rounded` this is soft-label distillation; 
 is one-hot, where the same formula is exactly hard-label cross-entropy.
 
 Model selection uses only the transfer set's validation split (`val/acc`: agreement with the
-API's answers). The victim's test set is scored every epoch as `analysis/test_acc` for Figure 2,
-and `fit` refuses a checkpoint or early-stopping callback that monitors it (Knockoff's public
-code selects on the test set; the paper's 5.2.1 does not).
+API's answers). The victim's test set is scored every epoch as `analysis/test_acc` for Figure 2;
+`lightning_modules.AttackRounds` refuses a checkpoint or early-stopping callback that monitors
+it (Knockoff's public code selects on the test set; the paper's 5.2.1 does not). Figure 1 is
+drawn by `lightning_modules.TransferHistogram` from the per-class accuracies logged here.
 """
 
-from pathlib import Path
-
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torchmetrics.classification import MulticlassAccuracy
 
-from knockoff_lab.core.errors import ConfigError
-from knockoff_lab.evaluation.figures import plot_transfer_histogram
 from lightning_modules.victim import VictimClassifier
-
-FORBIDDEN_MONITORS = ("analysis/", "test/")
 
 
 def soft_cross_entropy(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
@@ -47,17 +41,6 @@ class Surrogate(VictimClassifier):
         self.victim_acc = MulticlassAccuracy(classes, average="micro")
         self.fidelity = MulticlassAccuracy(classes, average="micro")
         self.victim_acc_class = MulticlassAccuracy(classes, average=None)
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        for callback in self.trainer.callbacks:
-            if isinstance(callback, ModelCheckpoint | EarlyStopping):
-                monitor = callback.monitor or ""
-                if monitor.startswith(FORBIDDEN_MONITORS):
-                    raise ConfigError(
-                        f"{type(callback).__name__} monitors {monitor!r}, the victim's test set: "
-                        "select on 'val/acc' or 'val/loss' (the transfer set's validation split)"
-                    )
 
     def training_step(self, batch, batch_idx: int):
         x, answers = batch
@@ -94,32 +77,11 @@ class Surrogate(VictimClassifier):
             "test/recovery": acc / victim_acc.clamp_min(1e-12),
             "test/fidelity": self.fidelity.compute(),
         })  # fmt: skip
-        self.per_class = {"acc_class": self.test_acc_class.compute(),
-                          "acc_victim_class": self.victim_acc_class.compute()}  # fmt: skip
-        for name, values in self.per_class.items():
+        per_class = {"acc_class": self.test_acc_class.compute(),
+                     "acc_victim_class": self.victim_acc_class.compute()}  # fmt: skip
+        for name, values in per_class.items():
             for cls, value in enumerate(values):
                 self.log(f"test/{name}/{cls}", value)
         for metric in (self.test_acc, self.victim_acc, self.fidelity, self.test_acc_class,
                        self.victim_acc_class):  # fmt: skip
             metric.reset()
-
-    def on_test_end(self) -> None:
-        """Figure 1 and the transfer-set histogram (CSV) beside the run's logs."""
-        histogram = getattr(self.trainer.datamodule, "class_histogram", None)
-        # log_dir is a collective under DDP: every rank asks for it
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        if histogram is None or not self.trainer.is_global_zero:
-            return
-        counts = histogram()
-        rows = ["class,queries,acc_victim,acc_surrogate"] + [
-            f"{c},{int(n)},{float(v):.4f},{float(a):.4f}"
-            for c, (n, v, a) in enumerate(zip(counts, self.per_class["acc_victim_class"],
-                                              self.per_class["acc_class"], strict=True))
-        ]  # fmt: skip
-        (folder / "transfer_histogram.csv").write_text("\n".join(rows) + "\n")
-        figure = plot_transfer_histogram(
-            counts, self.per_class["acc_victim_class"].cpu(), self.per_class["acc_class"].cpu(),
-            folder / "figure1_transfer_histogram.png", title=f"surrogate {self.hparams.arch}",
-        )  # fmt: skip
-        if hasattr(self.logger, "log_image"):
-            self.logger.log_image("figure1_transfer_histogram", [str(figure)])

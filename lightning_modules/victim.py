@@ -16,11 +16,11 @@ from knockoff_lab.nets.networks import build_network
 
 
 def log_global_batch_size(module: LightningModule) -> None:
-    """Log the effective global batch size of a fit: `data.batch_size` is per device."""
-    data = module.trainer.datamodule
-    if module.logger is not None and hasattr(data, "batch_size"):
-        trainer = module.trainer
-        total = data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    """Log the effective global batch size of a fit: a loader's batch size is per device."""
+    trainer = module.trainer
+    batch_size = getattr(trainer.train_dataloader, "batch_size", None)
+    if module.logger is not None and batch_size:
+        total = batch_size * trainer.world_size * trainer.accumulate_grad_batches
         module.logger.log_hyperparams({"global_batch_size": total})
 
 
@@ -82,6 +82,8 @@ class VictimClassifier(LightningModule):
 
     def on_fit_start(self) -> None:
         atomic_checkpoints(self.trainer)
+
+    def on_train_start(self) -> None:
         log_global_batch_size(self)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):

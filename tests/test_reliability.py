@@ -36,6 +36,7 @@ BUILD = textwrap.dedent("""
                                  victim_data=DigitsDataModule(), budget=320, cache_dir=cache,
                                  query_batch_size=32)
     data.setup()
+    data.grow_to(0)
     print(data.folder)
 """)
 
@@ -69,9 +70,12 @@ def test_sigkill_during_transfer_set_build_then_rerun(victim_ckpt, tmp_path):
     assert not list(folder.rglob(".*.tmp"))
 
 
-def fit(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    base = [sys.executable, str(REPO / "main.py"), "fit", "--config",
-            str(CONFIGS / "victim/digits_cnn.yaml"), "--trainer.max_epochs", "3",
+VICTIM = ["--config", str(CONFIGS / "victim/digits_cnn.yaml"), "--trainer.max_epochs", "3"]
+
+
+def fit(args: list[str], cwd: Path, base: list[str] = VICTIM) -> subprocess.CompletedProcess:
+    """`python main.py fit` in a fresh process in `cwd` (its own runs/ folder)."""
+    base = [sys.executable, str(REPO / "main.py"), "fit", *base,
             "--trainer.enable_progress_bar", "false"]  # fmt: skip
     cwd.mkdir(exist_ok=True)
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "WANDB_MODE": "offline",
@@ -97,6 +101,44 @@ def test_training_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
                ["state_dict"] for p in (tmp_path / "reference", tmp_path / "killed")]  # fmt: skip
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+def test_an_attack_killed_between_rounds_resumes_to_the_same_surrogate(victim_ckpt, tmp_path):
+    """Three rounds of two epochs; killed in epoch 3, after round 1 was asked. The resumed fit
+    reads the rounds its checkpoint had back from the cache (asking nothing twice) and ends
+    with the weights and the transfer set of an uninterrupted run."""
+    toy = str(REPO / "tests/toy_strategy.yaml")
+    attack = ["--config", toy, "--data.init_args.api.init_args.victim", str(victim_ckpt),
+              "--data.init_args.budget", "150", "--data.init_args.pool.init_args.size", "300",
+              "--data.init_args.api.init_args.ledger", "books.sqlite",
+              "--trainer.max_epochs", "6", "--model.init_args.lr_scheduler.init_args.T_max", "6",
+              "--trainer.limit_test_batches", "1"]  # fmt: skip
+
+    def attack_fit(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+        config = ["--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml")]
+        return fit([*config, *attack, *args], cwd, base=[])
+
+    reference = attack_fit([], tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    killer = ["--trainer.callbacks+=tests.kill_switch.KillMidEpoch",
+              "--trainer.callbacks.epoch=3", "--trainer.callbacks.batch=1"]  # fmt: skip
+    assert attack_fit(killer, tmp_path / "killed").returncode == -signal.SIGKILL
+    run = tmp_path / "killed/runs/surrogate/digits_natural_probs"
+    last = run / "checkpoints/last.ckpt"
+    state = torch.load(last, weights_only=True)
+    assert state["TransferSetDataModule"]["rounds_done"] == 1 + (state["epoch"] + 1) // 2
+    resumed = attack_fit(["--ckpt_path", str(last)], tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    import sqlite3
+
+    books = sqlite3.connect(tmp_path / "killed/books.sqlite")
+    assert books.execute("SELECT SUM(asked) FROM clients").fetchone()[0] == 150  # never twice
+    final = [torch.load(p / "runs/surrogate/digits_natural_probs/checkpoints/last.ckpt",
+                        weights_only=True) for p in (tmp_path / "reference", tmp_path / "killed")]  # fmt: skip
+    for key in final[0]["state_dict"]:
+        assert torch.equal(final[0]["state_dict"][key], final[1]["state_dict"][key]), key
+    assert final[1]["TransferSetDataModule"]["rounds_done"] == 3
 
 
 def test_same_seed_same_metrics_on_cpu(tmp_path):

@@ -3,7 +3,9 @@
 Before each round the strategy sees what the attacker has (`Seen`: its pool, the queries asked
 so far and the API's answers, the current surrogate) and proposes the round's queries: pool
 indices, or images it synthesised. The transfer set sends them through the API, stores the
-answers, and the surrogate trains for the round (`TransferSetDataModule.epochs_per_round`).
+answers, and the surrogate trains for the round (`epochs_per_round` epochs, or one optimiser
+step when `round_unit` is "step"); `lightning_modules.AttackRounds` asks each round from
+Lightning's hooks.
 A one-round strategy that ignores the surrogate (random sampling) is the Knockoff attack of
 paper 3.1.2.
 
@@ -14,7 +16,7 @@ its class path in a YAML (`data.init_args.attack`).
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -71,10 +73,15 @@ class Queries:
 
 class QueryStrategy(ABC):
     """Base class. `rounds` splits the budget into rounds of (nearly) equal size; override
-    `round_sizes` for another schedule (`seeded_round_sizes`: an initial seed set)."""
+    `round_sizes` for another schedule (`seeded_round_sizes`: an initial seed set).
+
+    `round_unit` says what a round is to the surrogate: "epoch" (it trains on everything asked
+    so far for `epochs_per_round` epochs before the next round) or "step" (one optimiser step
+    on exactly the round's queries, then the next round: a generator-based attack)."""
 
     adaptive: ClassVar[bool] = True  # proposals depend on answers or the surrogate
     synthetic: ClassVar[bool] = False  # proposes images, not pool indices
+    round_unit: ClassVar[Literal["epoch", "step"]] = "epoch"
 
     def __init__(self, rounds: int = 1):
         if rounds < 1:

@@ -36,7 +36,9 @@ def load_detector(path: str | Path) -> OODGuard:
     """The detector of a `Detector` or `FrozenFeaturesDetector` checkpoint, in eval mode."""
     checkpoint = read_checkpoint(path, "detector checkpoint")
     hparams = checkpoint.get("hyper_parameters") or {}
-    trained_on = checkpoint.get("trained_on")
+    # the InOutDataModule's state in the checkpoint; checkpoints of older versions held it on top
+    trained_on = (checkpoint.get("InOutDataModule") or {}).get("trained_on")
+    trained_on = trained_on or checkpoint.get("trained_on")
     if trained_on is None or hparams.get("num_classes") != 2 or "arch" not in hparams:
         raise ConfigError(
             f"{path} is not a detector checkpoint (no record of in/out training data); "

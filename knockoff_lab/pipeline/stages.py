@@ -99,14 +99,18 @@ def set_dotted(config: dict, key: str, value: Any) -> None:
 
 def merge(base: Any, overlay: Any) -> Any:
     """`overlay` over `base` as a second `--config` merges it: mappings key by key; a list or a
-    value replaces; a mapping naming another `class_path` replaces the whole class."""
+    value replaces, but a key ending in `+` (`callbacks+:`) appends its list to the base's; a
+    mapping naming another `class_path` replaces the whole class."""
     if not (isinstance(base, dict) and isinstance(overlay, dict)):
         return copy.deepcopy(overlay)
     if "class_path" in overlay and overlay["class_path"] != base.get("class_path"):
         return copy.deepcopy(overlay)
     merged = dict(base)
     for key, value in overlay.items():
-        merged[key] = merge(base[key], value) if key in base else copy.deepcopy(value)
+        if isinstance(key, str) and key.endswith("+") and isinstance(value, list):
+            merged[key[:-1]] = [*base.get(key[:-1], []), *copy.deepcopy(value)]
+        else:
+            merged[key] = merge(base[key], value) if key in base else copy.deepcopy(value)
     return merged
 
 

@@ -74,6 +74,7 @@ def transfer(api, cache_dir: str, budget: int = 100) -> TransferSetDataModule:
                                victim_data=DigitsDataModule(), budget=budget,
                                query_batch_size=32, cache_dir=cache_dir)  # fmt: skip
     dm.setup()
+    dm.grow_to(0)
     return dm
 
 

@@ -105,3 +105,35 @@ def test_toy_strategy_runs_in_rounds_from_yaml(victim_ckpt, tmp_path):
     rerun = cli_main(args).datamodule  # everything from the attacker's cache: nothing asked
     assert data.api.record(data.client).asked == 150 == rerun.api.record(rerun.client).asked
     assert torch.equal(rerun.answers, answers)
+
+
+def test_a_strategy_whose_rounds_are_training_steps_runs_from_yaml(victim_ckpt, monkeypatch):
+    """Each round is one optimiser step on exactly the queries asked for it, asked after the
+    previous step (so each round sees a surrogate one step further on), and the API is asked
+    exactly the budget, the last round the remainder."""
+    from pathlib import Path
+
+    import tests.toy_step_strategy
+    from knockoff_lab.pipeline.cli import cli_main
+    from lightning_modules import Surrogate
+
+    trained_on = []
+    step = Surrogate.training_step
+    monkeypatch.setattr(Surrogate, "training_step", lambda self, batch, i: (
+        trained_on.append(batch[0].detach().cpu().clone()), step(self, batch, i))[1])
+    args = ["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
+            "--config", str(Path(tests.toy_step_strategy.__file__).with_suffix(".yaml")),
+            "--data.init_args.api.init_args.victim", str(victim_ckpt),
+            "--data.init_args.budget", "100", "--trainer.limit_val_batches", "1",
+            "--test_after_fit", "false"]  # fmt: skip
+    cli = cli_main(args)
+    data = cli.datamodule
+    assert data.sizes == [16] * 6 + [4]
+    assert cli.trainer.global_step == 7 == data.rounds_done == data.steps_served
+    record = data.api.record(data.client)
+    assert (record.asked, record.answered) == (100, 100)  # the books: the budget, exactly
+    assert [len(x) for x in trained_on] == data.sizes  # one step per round, all of it
+    starts = np.cumsum([0, *data.sizes])
+    for r, images in enumerate(trained_on):  # step r trained on round r's own queries
+        assert torch.equal(images, data.images[starts[r] : starts[r + 1]])
+    assert len(set(data.attack._seen_surrogates)) == 7  # each round saw a newer surrogate

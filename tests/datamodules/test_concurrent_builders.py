@@ -37,6 +37,7 @@ def build_in_child(victim: str, root: str, barrier, results) -> None:
         dm = builder(victim, root)
         barrier.wait(timeout=120)  # both start building together
         dm.setup()
+        dm.grow_to(0)
         results.put((dm.answers.float().numpy(), dm.indices, None))
     except BaseException as err:  # noqa: B036 (reported to the test, which fails on it)
         results.put((None, None, repr(err)))
@@ -60,6 +61,7 @@ def test_two_builders_of_one_transfer_set_ask_each_query_once(victim_ckpt, tmp_p
         dm = builder(str(victim_ckpt), str(tmp_path))
         barrier.wait(timeout=120)
         dm.setup()
+        dm.grow_to(0)
         other = results.get(timeout=60)
     except queue.Empty:
         other = (None, None, "the spawned builder sent nothing")

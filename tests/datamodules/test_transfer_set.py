@@ -60,6 +60,7 @@ def transfer(victim_ckpt, budget=100, defences=(), pool_seed=0, api_options=None
         budget=budget, query_batch_size=32, **kwargs,
     )  # fmt: skip
     dm.setup()
+    dm.grow_to(0)
     return dm
 
 
@@ -285,7 +286,7 @@ def test_sharded_querying_answers_each_query_once_and_matches_one_process(
     assert sharded.ask(0, queries, plan[0::2]) == 64
     assert sharded.round(0).missing(100, 32) == []
     assert counted["asked"] == 100
-    sharded.setup()
+    sharded.read_stored()  # complete: read back, nothing asked
     assert counted["asked"] == 100
     single = transfer(victim_ckpt, budget=100)
     assert torch.equal(sharded.answers, single.answers)

@@ -149,7 +149,7 @@ def test_a_checkpointed_detector_rejects_queries_of_another_size_uncounted(
 
 def test_a_detector_for_other_data_is_refused(detector_ckpt, tmp_path):
     checkpoint = torch.load(detector_ckpt, weights_only=True)
-    checkpoint["trained_on"]["in_data"] = "CUBS200DataModule"
+    checkpoint["InOutDataModule"]["trained_on"]["in_data"] = "CUBS200DataModule"
     torch.save(checkpoint, tmp_path / "cubs.ckpt")
     with pytest.raises(ConfigError, match="trained for CUBS200DataModule, not DigitsDataModule"):
         DetectorFilter(str(tmp_path / "cubs.ckpt")).check_data("DigitsDataModule")

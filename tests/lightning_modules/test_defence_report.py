@@ -51,6 +51,7 @@ def guarded(
         api=api, pool=pool, victim_data=digits, budget=budget, cache_dir="cache", **kwargs
     )
     data.setup()
+    data.grow_to(0)
     return data
 
 

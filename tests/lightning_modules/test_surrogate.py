@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
 from knockoff_lab.api import PredictionAPI
 from knockoff_lab.core.errors import ConfigError
-from lightning_modules import Surrogate
+from lightning_modules import AttackRounds, Surrogate
 from lightning_modules.surrogate import soft_cross_entropy
 
 
@@ -41,7 +41,7 @@ def transfer_data(victim_ckpt, tmp_path, **kwargs) -> TransferSetDataModule:
 @pytest.mark.parametrize("monitor", ["analysis/test_acc", "test/acc"])
 @pytest.mark.parametrize("callback", [ModelCheckpoint, EarlyStopping])
 def test_selection_on_the_victims_test_set_is_refused(victim_ckpt, tmp_path, monitor, callback):
-    trainer = Trainer(max_epochs=1, logger=False, callbacks=[callback(monitor=monitor)],
+    trainer = Trainer(max_epochs=1, logger=False, callbacks=[callback(monitor=monitor), AttackRounds()],
                       enable_progress_bar=False)  # fmt: skip
     with pytest.raises(ConfigError, match="the victim's test set"):
         trainer.fit(Surrogate(num_classes=10), transfer_data(victim_ckpt, tmp_path))
@@ -51,6 +51,7 @@ def test_validation_is_the_transfer_set_and_test_set_is_analysis_only(victim_ckp
     data = transfer_data(victim_ckpt, tmp_path)
     data.prepare_data()
     data.setup()
+    data.grow_to(0)
     selection, analysis = data.val_dataloader()
     x, answers = next(iter(selection))  # pool images with API answers: no victim test data
     assert answers.shape[-1] == 10 and len(data.split("val")) == 12
@@ -80,7 +81,8 @@ def test_a_surrogate_trained_on_the_victims_answers_beats_chance(victim_ckpt, tm
     )  # fmt: skip
     trainer = Trainer(max_epochs=6, logger=False, enable_progress_bar=False,
                       enable_model_summary=False,
-                      callbacks=[ModelCheckpoint(monitor="val/acc", mode="max")])  # fmt: skip
+                      callbacks=[ModelCheckpoint(monitor="val/acc", mode="max"),
+                                 AttackRounds()])  # fmt: skip
     model = Surrogate(num_classes=10, optimizer=partial(torch.optim.Adam, lr=3e-3))
     trainer.fit(model, data)
     metrics = trainer.test(model, data, ckpt_path="best", verbose=False)[0]
