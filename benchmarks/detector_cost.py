@@ -68,12 +68,16 @@ def main() -> None:
     start = time.perf_counter()
     _, _, cv_score, c = fit_logistic_head(features, labels, n_jobs=args.jobs)
     fit = time.perf_counter() - start
-    print(f"head fit {args.samples} x {args.dims}, 10 C x 10 folds, {args.jobs} jobs: "
-          f"{fit:8.1f} s (one run; cv accuracy {cv_score:.3f}, C {c:.3g})")  # fmt: skip
+    print(
+        f"head fit {args.samples} x {args.dims}, 10 C x 10 folds, {args.jobs} jobs: "
+        f"{fit:8.1f} s (one run; cv accuracy {cv_score:.3f}, C {c:.3g})"
+    )
     for (arch, size), rate in rates.items():
         embed = args.samples / rate
-        print(f"one {arch} {size} px embedding pass over {args.samples}: {embed:9.0f} s; "
-              f"head fit / embedding pass: {fit / embed:.3f}")  # fmt: skip
+        print(
+            f"one {arch} {size} px embedding pass over {args.samples}: {embed:9.0f} s; "
+            f"head fit / embedding pass: {fit / embed:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -75,8 +75,10 @@ def main() -> None:
                 surrogate = train(pool[:count], targets, args.epochs)
                 with torch.no_grad():
                     acc = (surrogate(test_images).argmax(-1) == test_labels).float().mean().item()
-                print(f"{name:9s} {count:5d} queries {answers:5s}: acc {acc:.3f} "
-                      f"recovery {acc / victim_acc:.2f} ({time.time() - start:.0f} s)")  # fmt: skip
+                print(
+                    f"{name:9s} {count:5d} queries {answers:5s}: acc {acc:.3f} "
+                    f"recovery {acc / victim_acc:.2f} ({time.time() - start:.0f} s)"
+                )
 
 
 if __name__ == "__main__":

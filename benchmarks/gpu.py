@@ -26,8 +26,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_rate(arch: str, size: int, batch: int, steps: int, device: torch.device,
-               fast: bool) -> float:  # fmt: skip
+def train_rate(
+    arch: str, size: int, batch: int, steps: int, device: torch.device, fast: bool
+) -> float:
     """Training images/s; `fast` = bf16 autocast + channels-last."""
     fmt = torch.channels_last if fast else torch.contiguous_format
     net = build_network(arch, 256).to(device, memory_format=fmt).train()
@@ -84,14 +85,16 @@ def main() -> None:
     row_hours = (100_000 / queries + 200 * 100_000 / fast) / 3600
     figures = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "arch": args.arch, "size": args.size, "batch": args.batch,
+        "arch": args.arch,
+        "size": args.size,
+        "batch": args.batch,
         "train_images_per_s_fp32": round(fp32, 1),
         "train_images_per_s_bf16_channels_last": round(fast, 1),
         "speedup_bf16_channels_last": round(fast / fp32, 3),
         "queries_per_s_bf16": round(queries, 1),
         "table2_row_hours_extrapolated": round(row_hours, 2),
         "paper_hours": 72,
-    }  # fmt: skip
+    }
     args.out.write_text(json.dumps(figures, indent=1))
     for key, value in figures.items():
         print(f"{key:40s} {value}")

@@ -35,9 +35,13 @@ def plain_loop(model: VictimClassifier, loader, epochs: int) -> float:
 
 def lightning_fit(model: VictimClassifier, loader, epochs: int) -> float:
     trainer = Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     start = time.perf_counter()
     trainer.fit(model, train_dataloaders=loader)
     return epochs * len(loader.dataset) / (time.perf_counter() - start)
@@ -60,8 +64,10 @@ def main() -> None:
         seed_everything(repeat, verbose=False)
         ours.append(lightning_fit(VictimClassifier(args.arch, 10), loader, args.epochs))
     p, o = statistics.median(plain), statistics.median(ours)
-    print(f"arch={args.arch} batch={args.batch_size} epochs={args.epochs} "
-          f"threads={torch.get_num_threads()} repeats={args.repeats}")  # fmt: skip
+    print(
+        f"arch={args.arch} batch={args.batch_size} epochs={args.epochs} "
+        f"threads={torch.get_num_threads()} repeats={args.repeats}"
+    )
     print(f"plain PyTorch loop: {p:9.1f} images/s (median)")
     print(f"Lightning fit:      {o:9.1f} images/s (median)")
     print(f"ratio Lightning/plain: {o / p:6.3f}  (target >= 0.95)")

@@ -99,8 +99,10 @@ def main() -> None:
         for images in requests:
             local.answer(torch.from_numpy(images), "local")
         baseline = queries / (time.perf_counter() - start)
-        print(f"{args.requests} requests of {args.images} images, {torch.get_num_threads()} "
-              f"threads; in process: {baseline:8.0f} queries/s")  # fmt: skip
+        print(
+            f"{args.requests} requests of {args.images} images, {torch.get_num_threads()} "
+            f"threads; in process: {baseline:8.0f} queries/s"
+        )
         keys = [add_client(folder / "keys.json", f"c{i}") for i in range(max(args.clients))]
         url = f"http://127.0.0.1:{args.port}"
         spawn = multiprocessing.get_context("spawn")
@@ -113,9 +115,11 @@ def main() -> None:
             for clients in args.clients:
                 wall, latencies = load(url, keys[:clients], bodies)
                 q = statistics.quantiles(latencies, n=100)
-                print(f"{clients:3d} clients: {args.requests / wall:7.1f} requests/s, p50 "
-                      f"{1e3 * statistics.median(latencies):7.1f} ms, p99 {1e3 * q[98]:7.1f} ms,"
-                      f"  served/in-process x{queries / wall / baseline:.2f}")  # fmt: skip
+                print(
+                    f"{clients:3d} clients: {args.requests / wall:7.1f} requests/s, p50 "
+                    f"{1e3 * statistics.median(latencies):7.1f} ms, p99 {1e3 * q[98]:7.1f} ms,"
+                    f"  served/in-process x{queries / wall / baseline:.2f}"
+                )
         finally:
             server.terminate()
             server.join(10)

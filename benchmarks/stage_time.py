@@ -29,11 +29,14 @@ from knockoff_lab.pipeline.cli import cli_main
 CONFIG = Path(__file__).resolve().parents[1] / "configs/surrogate/digits_natural_probs.yaml"
 PHASES = {  # SimpleProfiler actions, by the phase they belong to
     "setup": ("[LightningDataModule]TransferSetDataModule.setup",),
-    "training steps": ("[Strategy]SingleDeviceStrategy.training_step", "optimizer_step",
-                       "[Strategy]SingleDeviceStrategy.backward"),
+    "training steps": (
+        "[Strategy]SingleDeviceStrategy.training_step",
+        "optimizer_step",
+        "[Strategy]SingleDeviceStrategy.backward",
+    ),
     "validation": ("[Strategy]SingleDeviceStrategy.validation_step",),
     "testing": ("[Strategy]SingleDeviceStrategy.test_step",),
-}  # fmt: skip
+}
 
 
 def bare_loop(images: torch.Tensor, targets: torch.Tensor, epochs: int, batch: int) -> float:
@@ -65,26 +68,46 @@ def main() -> None:
     startup = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        cli = cli_main(["fit", "--config", str(CONFIG), "--trainer.profiler",
-                        "lightning.pytorch.profilers.SimpleProfiler", "--trainer.profiler.dirpath",
-                        tmp, "--trainer.profiler.filename", "profile", "--trainer.default_root_dir",
-                        tmp, "--trainer.enable_progress_bar", "false",
-                        "--data.init_args.api.init_args.victim", args.victim,
-                        "--data.init_args.budget", str(args.budget), "--trainer.max_epochs",
-                        str(args.epochs), "--model.init_args.lr_scheduler.init_args.T_max",
-                        str(args.epochs)])  # fmt: skip
+        cli = cli_main(
+            [
+                "fit",
+                "--config",
+                str(CONFIG),
+                "--trainer.profiler",
+                "lightning.pytorch.profilers.SimpleProfiler",
+                "--trainer.profiler.dirpath",
+                tmp,
+                "--trainer.profiler.filename",
+                "profile",
+                "--trainer.default_root_dir",
+                tmp,
+                "--trainer.enable_progress_bar",
+                "false",
+                "--data.init_args.api.init_args.victim",
+                args.victim,
+                "--data.init_args.budget",
+                str(args.budget),
+                "--trainer.max_epochs",
+                str(args.epochs),
+                "--model.init_args.lr_scheduler.init_args.T_max",
+                str(args.epochs),
+            ]
+        )
         stage = time.perf_counter() - start
     durations = cli.trainer.profiler.recorded_durations
-    phases = {name: sum(sum(v) for k, v in durations.items() if any(k.startswith(a) for a in
-                                                                    actions))
-              for name, actions in PHASES.items()}  # fmt: skip
+    phases = {
+        name: sum(sum(v) for k, v in durations.items() if any(k.startswith(a) for a in actions))
+        for name, actions in PHASES.items()
+    }
     phases["rest"] = stage - sum(phases.values())
     train = cli.datamodule.split("train")
     images = torch.stack([train[i][0] for i in range(len(train))])
     targets = torch.stack([train[i][1] for i in range(len(train))]).float()
     bare = bare_loop(images, targets, args.epochs, cli.datamodule.batch_size)
-    print(f"stage: {stage:.1f} s in process (+ {startup:.1f} s startup), {args.budget} queries, "
-          f"{args.epochs} epochs, {torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"stage: {stage:.1f} s in process (+ {startup:.1f} s startup), {args.budget} queries, "
+        f"{args.epochs} epochs, {torch.get_num_threads()} threads"
+    )
     for name, seconds in phases.items():
         print(f"  {name:15s} {seconds:6.1f} s  {100 * seconds / stage:5.1f}%")
     print(f"bare loop, same epochs and data: {bare:.1f} s; stage / bare x{stage / bare:.2f}")

@@ -58,8 +58,10 @@ def main() -> None:
         "JacobianAugmentation": JacobianAugmentation,
         "JacobianAugmentation(T-RND)": lambda: JacobianAugmentation(target="random"),
     }
-    print(f"pool {args.pool}, asked {args.asked}, round of {args.count}, "
-          f"median of {args.repeats}, {torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"pool {args.pool}, asked {args.asked}, round of {args.count}, "
+        f"median of {args.repeats}, {torch.get_num_threads()} threads"
+    )
     baseline = None
     for name, build in strategies.items():
         strategy = build()
@@ -68,16 +70,21 @@ def main() -> None:
         if isinstance(strategy, KnockoffAdaptive):  # time the reward step too: the asked
             arms = strategy.clusters(seen)[asked]  # queries were the last round's
             levels = strategy.levels(np.ones(strategy.arms, bool))
-            state |= {"last_indices": asked.tolist(), "last_arms": arms.tolist(),
-                      "last_levels": [level.tolist() for level in levels]}  # fmt: skip
+            state |= {
+                "last_indices": asked.tolist(),
+                "last_arms": arms.tolist(),
+                "last_levels": [level.tolist() for level in levels],
+            }
         times = []
         for _ in range(args.repeats):
             strategy.load_state_dict(state)  # the same round each repeat
             times.append(timed(strategy, seen, args.count))
         median = statistics.median(times)
         baseline = baseline or median
-        print(f"{name:28s} {1e3 * median:9.2f} ms/round  x{median / baseline:8.1f} of random"
-              f"  (first call {1e3 * first:.1f} ms)")  # fmt: skip
+        print(
+            f"{name:28s} {1e3 * median:9.2f} ms/round  x{median / baseline:8.1f} of random"
+            f"  (first call {1e3 * first:.1f} ms)"
+        )
 
 
 if __name__ == "__main__":

@@ -55,15 +55,23 @@ def main() -> None:
     try:
         net = build_network("digits_cnn", args.classes)
         victim = folder / "victim.ckpt"
-        torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-                    "hyper_parameters": {"arch": "digits_cnn", "num_classes": args.classes}},
-                   victim)  # fmt: skip
+        torch.save(
+            {
+                "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                "hyper_parameters": {"arch": "digits_cnn", "num_classes": args.classes},
+            },
+            victim,
+        )
         pool = RandomPool(size=args.queries)
         api = PredictionAPI(str(victim), posterior_cache=None, ledger=None)
         data = TransferSetDataModule(
-            api=api, pool=pool, victim_data=Victim256(args.classes),
-            budget=args.queries, cache_dir=str(folder / "cache"), query_batch_size=1024,
-        )  # fmt: skip
+            api=api,
+            pool=pool,
+            victim_data=Victim256(args.classes),
+            budget=args.queries,
+            cache_dir=str(folder / "cache"),
+            query_batch_size=1024,
+        )
         pool.setup()
         data.victim_data.setup()
         _ = data.victim_labels  # the owner's evaluation labels, before the baseline

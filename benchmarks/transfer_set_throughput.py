@@ -43,9 +43,14 @@ def transfer_set_build(victim: Path, pool: CropsPoolDataModule, cache: Path, bat
     """Queries/s of building the transfer set from nothing, through a fresh API."""
     shutil.rmtree(cache, ignore_errors=True)
     api = PredictionAPI(str(victim), posterior_cache=None, ledger=None)
-    data = TransferSetDataModule(api=api, pool=pool, victim_data=DigitsDataModule(),
-                                 budget=len(pool.split("pool")), cache_dir=str(cache),
-                                 query_batch_size=batch)  # fmt: skip
+    data = TransferSetDataModule(
+        api=api,
+        pool=pool,
+        victim_data=DigitsDataModule(),
+        budget=len(pool.split("pool")),
+        cache_dir=str(cache),
+        query_batch_size=batch,
+    )
     _ = data.victim_labels  # the owner's evaluation labels: not part of the attack, not timed
     start = time.perf_counter()
     data.setup()
@@ -75,8 +80,10 @@ def main() -> None:
     finally:
         shutil.rmtree(folder)
     b, o = statistics.median(bare), statistics.median(ours)
-    print(f"arch={args.arch} queries={args.queries} batch={args.batch_size} "
-          f"threads={torch.get_num_threads()} repeats={args.repeats}")  # fmt: skip
+    print(
+        f"arch={args.arch} queries={args.queries} batch={args.batch_size} "
+        f"threads={torch.get_num_threads()} repeats={args.repeats}"
+    )
     print(f"bare model(x) loop:      {b:9.1f} queries/s (median)")
     print(f"transfer-set building:   {o:9.1f} queries/s (median)")
     print(f"ratio transfer/bare:     {o / b:9.3f}  (target >= 0.9)")

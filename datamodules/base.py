@@ -142,5 +142,6 @@ def describe(datamodule: ImageDataModule) -> str:
             own |= set(inspect.signature(cls.__init__).parameters)
     skip = {"self", "batch_size", "num_workers", *datamodule.not_hparams}
     settings = {k: v for k, v in datamodule.hparams.items() if k in own and k not in skip}
-    return json.dumps({"class": type(datamodule).__qualname__, **settings}, sort_keys=True,
-                      default=str)  # fmt: skip
+    return json.dumps(
+        {"class": type(datamodule).__qualname__, **settings}, sort_keys=True, default=str
+    )

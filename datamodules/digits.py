@@ -46,8 +46,11 @@ class DigitsDataModule(ImageDataModule):
         pool_fraction: float = 0.2,
     ):
         super().__init__(batch_size, num_workers, seed)
-        fractions = {"val_fraction": val_fraction, "test_fraction": test_fraction,
-                     "pool_fraction": pool_fraction}  # fmt: skip
+        fractions = {
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "pool_fraction": pool_fraction,
+        }
         for key, value in fractions.items():
             if not 0 < value < 1:
                 raise ConfigError(f"data.{key} must be in (0, 1), got {value}")

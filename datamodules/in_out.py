@@ -80,8 +80,10 @@ class InOutDataModule(ImageDataModule):
         seed: int = 0,
     ):
         super().__init__(batch_size, num_workers, seed)
-        for key, value in (("out_test_fraction", out_test_fraction),
-                           ("out_val_fraction", out_val_fraction)):  # fmt: skip
+        for key, value in (
+            ("out_test_fraction", out_test_fraction),
+            ("out_val_fraction", out_val_fraction),
+        ):
             if not 0 <= value < 1:
                 raise ConfigError(f"data.{key} must be in [0, 1), got {value}")
         excluded = sorted(set(exclude_classes or []))
@@ -115,25 +117,36 @@ class InOutDataModule(ImageDataModule):
         order = np.random.default_rng(self.seed + 1).permutation(len(out_train)).tolist()
         n_val = int(self.out_val_fraction * len(out_train))
         splits: dict[str, Dataset] = {
-            "train": ConcatDataset([WithLabel(self._in_split("train"), IN),
-                                    WithLabel(Subset(out_train, order[n_val:]), OUT)]),
-            "val": ConcatDataset([WithLabel(self._in_split("val"), IN),
-                                  WithLabel(Subset(out_train, order[:n_val]), OUT)]),
-        }  # fmt: skip
+            "train": ConcatDataset(
+                [
+                    WithLabel(self._in_split("train"), IN),
+                    WithLabel(Subset(out_train, order[n_val:]), OUT),
+                ]
+            ),
+            "val": ConcatDataset(
+                [
+                    WithLabel(self._in_split("val"), IN),
+                    WithLabel(Subset(out_train, order[:n_val]), OUT),
+                ]
+            ),
+        }
         tests = {"in": self._in_split("test"), "out": out_test}
         if self.out_test_data is not None:
             tests["out_test"] = self.out_test_data.split("pool")
         for name, images in tests.items():
             if not len(images):
-                raise ConfigError(f"the {name!r} test set of the in/out data is empty; "
-                                  f"{self._hint(name)}")  # fmt: skip
+                raise ConfigError(
+                    f"the {name!r} test set of the in/out data is empty; {self._hint(name)}"
+                )
         shapes = {name: tuple(WithLabel(images, IN)[0][0].shape) for name, images in tests.items()}
         if len(set(shapes.values())) > 1:
             raise ConfigError(f"in/out images differ in shape: {shapes}; set one image_size")
-        test = ConcatDataset([
-            WithLabel(images, IN if name == "in" else OUT, TEST_SETS.index(name))
-            for name, images in tests.items()
-        ])  # fmt: skip
+        test = ConcatDataset(
+            [
+                WithLabel(images, IN if name == "in" else OUT, TEST_SETS.index(name))
+                for name, images in tests.items()
+            ]
+        )
         order = np.random.default_rng(self.seed + 2).permutation(len(test)).tolist()
         splits["test"] = Subset(test, order)  # mixed: a `limit_test_batches` run samples all sets
         return splits

@@ -27,12 +27,31 @@ from knockoff_lab.core.errors import ConfigError
 from knockoff_lab.core.normalization import denormalize, normalize
 
 PHOTOS: dict[str, tuple[str, ...]] = {
-    "natural": ("sklearn:china.jpg", "astronaut", "chelsea", "coffee", "rocket", "camera",
-                "coins", "brick", "grass", "moon", "text"),
-    "other": ("sklearn:flower.jpg", "stereo_motorcycle", "hubble_deep_field",
-              "immunohistochemistry", "clock", "gravel", "page", "cell"),
+    "natural": (
+        "sklearn:china.jpg",
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "camera",
+        "coins",
+        "brick",
+        "grass",
+        "moon",
+        "text",
+    ),
+    "other": (
+        "sklearn:flower.jpg",
+        "stereo_motorcycle",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "clock",
+        "gravel",
+        "page",
+        "cell",
+    ),
     "narrow": ("retina",),
-}  # fmt: skip
+}
 
 
 @cache
@@ -135,8 +154,9 @@ class CropsPoolDataModule(ImageDataModule):
     def labelled_crops(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The crops in their style, and the index of the photo each comes from: copies of the
         ones built once per process (every attack stage of a preset queries the same pool)."""
-        crops, sources = styled_crops(self.source, self.size, self.image_size, self.seed,
-                                      self.style)  # fmt: skip
+        crops, sources = styled_crops(
+            self.source, self.size, self.image_size, self.seed, self.style
+        )
         return crops.clone(), sources.clone()
 
     def build_splits(self) -> dict[str, Dataset]:
@@ -164,6 +184,8 @@ class PhotoCropsDataModule(CropsPoolDataModule):
     def build_splits(self) -> dict[str, Dataset]:
         crops, photos = self.labelled_crops()
         val, test = int(0.8 * self.size), int(0.9 * self.size)
-        return {"train": TensorDataset(crops[:val], photos[:val]),
-                "val": TensorDataset(crops[val:test], photos[val:test]),
-                "test": TensorDataset(crops[test:], photos[test:])}  # fmt: skip
+        return {
+            "train": TensorDataset(crops[:val], photos[:val]),
+            "val": TensorDataset(crops[val:test], photos[val:test]),
+            "test": TensorDataset(crops[test:], photos[test:]),
+        }

@@ -49,8 +49,10 @@ def build_lock(folder: Path) -> Iterator[None]:
         fd = os.open(folder / ".lock", os.O_RDONLY | os.O_CREAT, 0o644)  # no write: read-only ok
     except OSError as err:
         if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not folder.is_dir():
-            raise ConfigError(f"cannot use the transfer-set cache {folder} ({err.strerror}); "
-                              "set data.cache_dir to a writable folder") from None  # fmt: skip
+            raise ConfigError(
+                f"cannot use the transfer-set cache {folder} ({err.strerror}); "
+                "set data.cache_dir to a writable folder"
+            ) from None
         fd = None  # read-only: nothing to exclude
     if fd is None:
         yield
@@ -59,8 +61,11 @@ def build_lock(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for another process building the transfer set {folder}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"waiting for another process building the transfer set {folder}",
+                file=sys.stderr,
+                flush=True,
+            )
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
@@ -96,8 +101,10 @@ class Round:
             ) from None
         if path == indices:
             if stored.ndim != 1 or stored.dtype.kind not in "iu":
-                raise ConfigError(f"{path} holds {stored.dtype} {stored.shape}, not pool indices; "
-                                  "delete the folder")  # fmt: skip
+                raise ConfigError(
+                    f"{path} holds {stored.dtype} {stored.shape}, not pool indices; "
+                    "delete the folder"
+                )
             return Queries(indices=stored), state
         return Queries(images=torch.from_numpy(stored)), state
 
@@ -131,8 +138,9 @@ class Round:
         except (OSError, ValueError, EOFError) as err:
             problem = f"unreadable ({type(err).__name__}: {err})"
         if problem is not None:
-            warnings.warn(f"ignoring transfer-set answers {path}: {problem}; asking them again",
-                          stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"ignoring transfer-set answers {path}: {problem}; asking them again", stacklevel=2
+            )
         return problem is None
 
     def missing(self, count: int, piece: int) -> list[tuple[int, int]]:

@@ -11,8 +11,14 @@ class TransferDataset(Dataset):
     from the pool by index, synthetic ones from the stored images; answers are kept in their
     stored precision and served as float32."""
 
-    def __init__(self, pool: Dataset, indices: np.ndarray, images: torch.Tensor | None,
-                 answers: torch.Tensor, rows: np.ndarray):  # fmt: skip
+    def __init__(
+        self,
+        pool: Dataset,
+        indices: np.ndarray,
+        images: torch.Tensor | None,
+        answers: torch.Tensor,
+        rows: np.ndarray,
+    ):
         self.pool, self.indices, self.images = pool, indices, images
         self.answers_, self.rows = answers, torch.from_numpy(rows)
         self.synthetic_position = np.cumsum(indices < 0) - 1  # row -> its place in `images`

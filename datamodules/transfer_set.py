@@ -173,8 +173,13 @@ class TransferSetDataModule(ImageDataModule):
 
     @cached_property  # hashes the victim once per DataModule
     def folder(self) -> Path:
-        key = [self.api.describe(), describe(self.pool), self.attack.describe(), self.seed,
-               self.client_name] + ([self.sybils] if self.sybils > 1 else [])  # fmt: skip
+        key = [
+            self.api.describe(),
+            describe(self.pool),
+            self.attack.describe(),
+            self.seed,
+            self.client_name,
+        ] + ([self.sybils] if self.sybils > 1 else [])
         if not self.shares_prefixes:
             key += [self.budget, self.training]
         return self.cache_dir / digest(json.dumps(key, default=str))
@@ -246,8 +251,16 @@ class TransferSetDataModule(ImageDataModule):
         (on the CPU when round 0 is asked, before Lightning moves the model)."""
         answers = self.answers if self.answers is not None else torch.empty(0, self.num_classes)
         device = next(surrogate.parameters()).device if surrogate is not None else None
-        return Seen(self.pool.split("pool"), self.indices, self.images, answers, surrogate,
-                    device or self.dealer.device, r, self.seed)  # fmt: skip
+        return Seen(
+            self.pool.split("pool"),
+            self.indices,
+            self.images,
+            answers,
+            surrogate,
+            device or self.dealer.device,
+            r,
+            self.seed,
+        )
 
     def _propose(self, r: int, surrogate: nn.Module | None = None) -> Queries:
         """The round's queries: stored (a resumed or repeated attack), else from the strategy,
@@ -261,14 +274,18 @@ class TransferSetDataModule(ImageDataModule):
             return queries
         fresh = self.attack.propose(self.seen(r, surrogate), size)
         if len(fresh) != size:
-            raise ConfigError(f"attack {type(self.attack).__name__} proposed {len(fresh)} "
-                              f"queries for a round of {size}")  # fmt: skip
+            raise ConfigError(
+                f"attack {type(self.attack).__name__} proposed {len(fresh)} "
+                f"queries for a round of {size}"
+            )
         if stored is not None:
             known = stored[0].indices
             common = min(len(known), size)
             if not np.array_equal(known[:common], fresh.indices[:common]):
-                raise ConfigError(f"transfer-set cache {current.folder} holds another query order "
-                                  "than this attack proposes; delete the folder")  # fmt: skip
+                raise ConfigError(
+                    f"transfer-set cache {current.folder} holds another query order "
+                    "than this attack proposes; delete the folder"
+                )
             if len(known) >= size:
                 return Queries(indices=known[:size])
         current.save_proposal(fresh, self.attack.state_dict())
@@ -293,9 +310,13 @@ class TransferSetDataModule(ImageDataModule):
         answers = torch.from_numpy(self.round(r).read(size))
         indices = queries.indices if queries.indices is not None else np.full(size, -1)
         self.indices = np.concatenate([self.indices, indices])
-        self.answers = answers if self.answers is None else torch.cat(
-            [self.answers, answers.to(torch.promote_types(self.answers.dtype, answers.dtype))]
-        )  # fmt: skip
+        self.answers = (
+            answers
+            if self.answers is None
+            else torch.cat(
+                [self.answers, answers.to(torch.promote_types(self.answers.dtype, answers.dtype))]
+            )
+        )
         if queries.images is not None:
             previous = [] if self.images is None else [self.images]
             self.images = torch.cat([*previous, queries.images.float()])
@@ -307,8 +328,9 @@ class TransferSetDataModule(ImageDataModule):
             return 0
         if queries.indices is not None:
             batches = [queries.indices[start:end].tolist() for start, end in pieces]
-            loader = DataLoader(self.pool.split("pool"), batch_sampler=batches,
-                                num_workers=self.num_workers)  # fmt: skip
+            loader = DataLoader(
+                self.pool.split("pool"), batch_sampler=batches, num_workers=self.num_workers
+            )
         else:
             loader = [queries.images[start:end] for start, end in pieces]
         current, offset = self.round(r), sum(self.sizes[:r])
@@ -372,9 +394,9 @@ class TransferSetDataModule(ImageDataModule):
                 val.append(shuffled[:n_val])
                 train.append(shuffled[n_val:])
             offset += size
-        return np.concatenate(train or [[]]).astype(np.int64), np.concatenate(
-            val or [[]]
-        ).astype(np.int64)
+        return np.concatenate(train or [[]]).astype(np.int64), np.concatenate(val or [[]]).astype(
+            np.int64
+        )
 
     def class_histogram(self) -> torch.Tensor:
         """How many answered queries name each class as the most likely (Figure 1, left)."""
@@ -409,13 +431,16 @@ class TransferSetDataModule(ImageDataModule):
             return batch
         r = self.steps_served
         if r >= self.rounds_done:
-            raise ConfigError(f"step round {r} was not asked before its training step: "
-                              "lightning_modules.AttackRounds asks it")  # fmt: skip
+            raise ConfigError(
+                f"step round {r} was not asked before its training step: "
+                "lightning_modules.AttackRounds asks it"
+            )
         self.steps_served += 1
         train, _ = self.split_rows(range(r, r + 1))
         rows = np.sort(train)[self.dealer.rank :: self.dealer.world]  # in the order asked
-        data = TransferDataset(self.pool.split("pool"), self.indices, self.images, self.answers,
-                               rows)  # fmt: skip
+        data = TransferDataset(
+            self.pool.split("pool"), self.indices, self.images, self.answers, rows
+        )
         return next(iter(DataLoader(data, batch_size=len(data))))
 
     def split(self, name: str) -> Dataset:

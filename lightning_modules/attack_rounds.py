@@ -45,8 +45,9 @@ class AttackRounds(Callback):
         if data.rounds_done:
             return  # a test after the fit, in the same process: the rounds are in memory
         strategy = trainer.strategy
-        dealer = Dealer(trainer.global_rank, trainer.world_size, strategy.barrier,
-                        strategy.root_device)  # fmt: skip
+        dealer = Dealer(
+            trainer.global_rank, trainer.world_size, strategy.barrier, strategy.root_device
+        )
         data.begin(self.training_settings(trainer, pl_module, data), dealer)
         if stage != "fit":
             data.read_stored()  # evaluation: what the cache holds, nothing asked
@@ -55,8 +56,10 @@ class AttackRounds(Callback):
         rounds = len(data.sizes)
         if data.attack.round_unit == "step":
             if trainer.accumulate_grad_batches != 1:
-                raise ConfigError("a step-round attack trains one optimiser step per round: "
-                                  "trainer.accumulate_grad_batches must be 1")  # fmt: skip
+                raise ConfigError(
+                    "a step-round attack trains one optimiser step per round: "
+                    "trainer.accumulate_grad_batches must be 1"
+                )
         elif rounds > 1:
             every = self.epochs_per_round(trainer, data)
             if trainer.max_epochs <= every * (rounds - 1):
@@ -80,8 +83,11 @@ class AttackRounds(Callback):
         every = data.epochs_per_round
         if data.attack.round_unit == "epoch" and trainer.max_epochs is not None:
             every = self.epochs_per_round(trainer, data)
-        return json.dumps([dict(pl_module.hparams), trainer.max_epochs, every, data.batch_size],
-                          sort_keys=True, default=str)  # fmt: skip
+        return json.dumps(
+            [dict(pl_module.hparams), trainer.max_epochs, every, data.batch_size],
+            sort_keys=True,
+            default=str,
+        )
 
     @staticmethod
     def check_selection(trainer: Trainer, data: TransferSetDataModule) -> None:
@@ -111,8 +117,10 @@ class AttackRounds(Callback):
         data = trainer.datamodule
         due = self.due_round(trainer, data, trainer.current_epoch)
         if data.attack.round_unit == "epoch" and data.rounds_done <= due:
-            rank_zero_warn(f"AttackRounds: the checkpoint predates round {due}; epoch "
-                           f"{trainer.current_epoch} trains without it")  # fmt: skip
+            rank_zero_warn(
+                f"AttackRounds: the checkpoint predates round {due}; epoch "
+                f"{trainer.current_epoch} trains without it"
+            )
             self.grow(trainer, pl_module, due)
 
     def due_round(self, trainer: Trainer, data: TransferSetDataModule, epoch: int) -> int:

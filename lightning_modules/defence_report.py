@@ -85,11 +85,11 @@ class DefenceReport(Callback):
         if api is None:
             raise ConfigError("DefenceReport needs data: datamodules.TransferSetDataModule")
         metrics = {**benign_metrics(api, data), **self.ledger_metrics(api, data)}
-        dawn = next((d for d in getattr(api, "defences", []) if isinstance(d, DawnWatermark)),
-                    None)  # fmt: skip
+        dawn = next((d for d in getattr(api, "defences", []) if isinstance(d, DawnWatermark)), None)
         if dawn is not None or self.watermark is not None:
-            metrics.update(watermark_metrics(dawn or self.watermark, data, pl_module,
-                                             applied=dawn is not None))  # fmt: skip
+            metrics.update(
+                watermark_metrics(dawn or self.watermark, data, pl_module, applied=dawn is not None)
+            )
         pl_module.log_dict(metrics)
 
     def ledger_metrics(self, api, data) -> dict[str, float]:
@@ -108,8 +108,11 @@ class DefenceReport(Callback):
             "transfer/clients_flagged": sum(r.flagged > 0 for r in records) / len(records),
         }
         # account k's j-th query (1-based) is the attack's query (j - 1) * N + k + 1
-        firsts = [(r.first_flagged - 1) * len(clients) + k + 1
-                  for k, r in enumerate(records) if r.first_flagged is not None]  # fmt: skip
+        firsts = [
+            (r.first_flagged - 1) * len(clients) + k + 1
+            for k, r in enumerate(records)
+            if r.first_flagged is not None
+        ]
         if firsts:
             metrics["transfer/queries_to_detection"] = float(min(firsts))
         return metrics
@@ -159,8 +162,9 @@ def watermark_metrics(
     for k, client in enumerate(clients):  # query p was asked by account p % N
         mine = rows[rows % len(clients) == k]
         queries = TransferDataset(data.pool.split("pool"), data.indices, data.images, answers, mine)
-        for images, received in DataLoader(queries, batch_size=data.query_batch_size,
-                                           num_workers=data.num_workers):  # fmt: skip
+        for images, received in DataLoader(
+            queries, batch_size=data.query_batch_size, num_workers=data.num_workers
+        ):
             marked, labels = dawn.watermarks(images, received, client, applied)
             count = int(marked.sum())
             if count:

@@ -91,10 +91,15 @@ def fit_logistic_head(
         )
     scaler = StandardScaler().fit(features)
     regression = LogisticRegressionCV(
-        Cs=Cs, l1_ratios=(0.0,), cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-        solver="lbfgs", scoring=scoring, max_iter=max_iter, n_jobs=n_jobs,
+        Cs=Cs,
+        l1_ratios=(0.0,),
+        cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+        solver="lbfgs",
+        scoring=scoring,
+        max_iter=max_iter,
+        n_jobs=n_jobs,
         use_legacy_attributes=False,
-    ).fit(scaler.transform(features), labels)  # fmt: skip
+    ).fit(scaler.transform(features), labels)
     coef = regression.coef_[0] / scaler.scale_
     intercept = regression.intercept_[0] - float(coef @ scaler.mean_)
     weight = torch.from_numpy(np.stack([np.zeros_like(coef), coef])).float()
@@ -191,8 +196,11 @@ class FrozenFeaturesDetector(BinaryDetector):
         record_file = folder / RECORD
         if not record_file.is_file():
             if (folder / FEATURES).is_file():
-                warnings.warn(f"ignoring cached embeddings {folder}: no {RECORD} (an older or "
-                              "unfinished cache); computing them again", stacklevel=2)  # fmt: skip
+                warnings.warn(
+                    f"ignoring cached embeddings {folder}: no {RECORD} (an older or "
+                    "unfinished cache); computing them again",
+                    stacklevel=2,
+                )
             return None
         count, classes = len(self.trainer.datamodule.split("train")), self.hparams.num_classes
         arrays, problem = {}, None
@@ -221,8 +229,10 @@ class FrozenFeaturesDetector(BinaryDetector):
             elif record.get("data") != self.trainer.datamodule.description():
                 problem = f"{RECORD} records other data"
         if problem is not None:
-            warnings.warn(f"ignoring cached embeddings {folder}: {problem}; computing them again",
-                          stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"ignoring cached embeddings {folder}: {problem}; computing them again",
+                stacklevel=2,
+            )
             return None
         return arrays[FEATURES], arrays[LABELS]
 

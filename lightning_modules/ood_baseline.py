@@ -39,8 +39,10 @@ class OODBaseline(LightningModule):
             raise ConfigError(f"scorer must be an OODScorer ({known}), got {scorer!r}")
         self.save_hyperparameters(ignore=["scorer"])
         cls = type(scorer)
-        self.hparams["scorer"] = {"class_path": f"{cls.__module__}.{cls.__qualname__}",
-                                  "init_args": scorer.settings()}  # fmt: skip
+        self.hparams["scorer"] = {
+            "class_path": f"{cls.__module__}.{cls.__qualname__}",
+            "init_args": scorer.settings(),
+        }
         if num_classes != 2:
             raise ConfigError(f"OOD baselines test on an InOutDataModule, got {num_classes=}")
         check_threshold(detector_threshold, "detector_threshold")
@@ -70,8 +72,10 @@ class OODBaseline(LightningModule):
     def on_test_epoch_end(self) -> None:
         scores = self.scores.pop()
         outs = [name for name in scores if name != "in"]
-        metrics = {f"test/tpr_at_tnr95/{name}": tpr_at_tnr(scores["in"], scores[name], 0.95)[0]
-                   for name in outs}  # fmt: skip
+        metrics = {
+            f"test/tpr_at_tnr95/{name}": tpr_at_tnr(scores["in"], scores[name], 0.95)[0]
+            for name in outs
+        }
         if self.guard is not None:
             ours, threshold = self.ours.pop(), self.hparams.detector_threshold
             for name in outs:

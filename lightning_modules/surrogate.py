@@ -57,8 +57,12 @@ class Surrogate(VictimClassifier):
         x, answers = batch
         logits = self(x)
         self.val_acc(logits, answers.argmax(dim=-1))
-        self.log("val/loss", soft_cross_entropy(logits, answers), add_dataloader_idx=False,
-                 sync_dist=True)  # fmt: skip
+        self.log(
+            "val/loss",
+            soft_cross_entropy(logits, answers),
+            add_dataloader_idx=False,
+            sync_dist=True,
+        )
         self.log("val/acc", self.val_acc, prog_bar=True, add_dataloader_idx=False)
 
     def test_step(self, batch, batch_idx: int):
@@ -72,16 +76,26 @@ class Surrogate(VictimClassifier):
 
     def on_test_epoch_end(self) -> None:
         acc, victim_acc = self.test_acc.compute(), self.victim_acc.compute()
-        self.log_dict({
-            "test/acc": acc, "test/acc_victim": victim_acc,
-            "test/recovery": acc / victim_acc.clamp_min(1e-12),
-            "test/fidelity": self.fidelity.compute(),
-        })  # fmt: skip
-        per_class = {"acc_class": self.test_acc_class.compute(),
-                     "acc_victim_class": self.victim_acc_class.compute()}  # fmt: skip
+        self.log_dict(
+            {
+                "test/acc": acc,
+                "test/acc_victim": victim_acc,
+                "test/recovery": acc / victim_acc.clamp_min(1e-12),
+                "test/fidelity": self.fidelity.compute(),
+            }
+        )
+        per_class = {
+            "acc_class": self.test_acc_class.compute(),
+            "acc_victim_class": self.victim_acc_class.compute(),
+        }
         for name, values in per_class.items():
             for cls, value in enumerate(values):
                 self.log(f"test/{name}/{cls}", value)
-        for metric in (self.test_acc, self.victim_acc, self.fidelity, self.test_acc_class,
-                       self.victim_acc_class):  # fmt: skip
+        for metric in (
+            self.test_acc,
+            self.victim_acc,
+            self.fidelity,
+            self.test_acc_class,
+            self.victim_acc_class,
+        ):
             metric.reset()

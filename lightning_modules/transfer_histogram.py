@@ -42,8 +42,11 @@ class TransferHistogram(Callback):
         (folder / "transfer_histogram.csv").write_text("\n".join(rows) + "\n")
         arch = getattr(pl_module.hparams, "arch", type(pl_module).__name__)
         figure = plot_transfer_histogram(
-            counts, victim, surrogate, folder / "figure1_transfer_histogram.png",
+            counts,
+            victim,
+            surrogate,
+            folder / "figure1_transfer_histogram.png",
             title=f"surrogate {arch}",
-        )  # fmt: skip
+        )
         if hasattr(trainer.logger, "log_image"):
             trainer.logger.log_image("figure1_transfer_histogram", [str(figure)])

@@ -36,8 +36,13 @@ def victim_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     seed_everything(0)
     path = tmp_path_factory.mktemp("victim") / "victim.ckpt"
-    trainer = Trainer(max_epochs=6, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = Trainer(
+        max_epochs=6,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     adam = partial(torch.optim.Adam, lr=3e-3)
     cosine = partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=6)
     victim = VictimClassifier("digits_cnn", 10, optimizer=adam, lr_scheduler=cosine)

@@ -44,8 +44,13 @@ def make_keys(path: Path, clients: dict[str, dict]) -> dict[str, str]:
 def run_server(service: Service, log_level: str = "warning") -> Iterator[str]:
     """`service` served by uvicorn in a thread on its settings' loopback port: its URL."""
     settings = service.settings
-    config = uvicorn.Config(create_app(service), host="127.0.0.1", port=settings.port,
-                            log_level=log_level, access_log=settings.access_log)  # fmt: skip
+    config = uvicorn.Config(
+        create_app(service),
+        host="127.0.0.1",
+        port=settings.port,
+        log_level=log_level,
+        access_log=settings.access_log,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

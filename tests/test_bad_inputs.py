@@ -22,16 +22,28 @@ from tests.datamodules import layouts
 
 GTSRB = ["fit", "--config", str(CONFIGS / "victim/gtsrb_5l.yaml"), "--data.init_args.root"]
 DIGITS = str(CONFIGS / "victim/digits_cnn.yaml")
-SURROGATE = ["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
-             "--data.init_args.pool.init_args.size", "300", "--data.init_args.budget", "100",
-             "--data.init_args.api.init_args.victim"]  # fmt: skip
+SURROGATE = [
+    "fit",
+    "--config",
+    str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
+    "--data.init_args.pool.init_args.size",
+    "300",
+    "--data.init_args.budget",
+    "100",
+    "--data.init_args.api.init_args.victim",
+]
 DEFENCES = ["--data.init_args.api.init_args.defences"]
 TRAIN = Path("data/gtsrb/GTSRB/Training")
 TEST_TABLE = Path("data/gtsrb/GT-final_test.csv")
 
 
-def checkpoint(arch: str = "digits_cnn", classes: int = 10, weights_of: str | None = None,
-               hparams: bool = True, truncated: bool = False) -> str:  # fmt: skip
+def checkpoint(
+    arch: str = "digits_cnn",
+    classes: int = 10,
+    weights_of: str | None = None,
+    hparams: bool = True,
+    truncated: bool = False,
+) -> str:
     """A VictimClassifier checkpoint `v.ckpt` (weights of `weights_of`, if given, under the
     hyper-parameters of `arch`), as Lightning saves one."""
     net = build_network(weights_of or arch, classes)
@@ -70,110 +82,182 @@ def empty_class() -> None:
 
 BAD = TRAIN / "00003/00001_00001.ppm"
 CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
-    "missing root": (lambda: [*GTSRB, "nope"],
-                     "GTSRBDataModule: the dataset's folder not found under data.root=nope; "
-                     "looked at nope/gtsrb; expected <root>/gtsrb/ holding GTSRB/Training/000NN/"
-                     "*.ppm"),
-    "empty root": (lambda: [*GTSRB, (os.mkdir("empty"), "empty")[1]],
-                   "not found under data.root=empty; looked at empty/gtsrb; expected <root>/gtsrb/"
-                   " holding GTSRB/Training/000NN/*.ppm"),
-    "dataset not in its own folder": (lambda: [*GTSRB, gtsrb(flatten)],
-                                      "the dataset's folder not found under data.root=data; "
-                                      "looked at data/gtsrb; expected <root>/gtsrb/"),
-    "part of a dataset missing": (lambda: [*GTSRB, gtsrb(lambda: os.remove(TEST_TABLE))],
-                                  f"GTSRBDataModule: gtsrb/GT-final_test.csv not found under "
-                                  f"data.root=data; looked at {TEST_TABLE}; expected"),
-    "other layout": (lambda: [*GTSRB, gtsrb(rename_classes)],
-                     f"the 43 class folders 00000..00042 in {TRAIN} not found"),
-    "truncated image": (lambda: [*GTSRB, gtsrb(lambda: layouts.truncate(BAD))],
-                        f"unreadable image {BAD} (1 unreadable in"),
-    "not an image": (lambda: [*GTSRB, gtsrb(lambda: BAD.write_text("<html>404</html>"))],
-                     f"unreadable image {BAD} (1 unreadable in"),
-    "decompression bomb": (lambda: [*GTSRB, gtsrb(lambda: layouts.bomb(BAD))],
-                           f"unreadable image {BAD} (1 unreadable in {TRAIN}): over the limit of "
-                           "89,478,485 pixels (datamodules.images.MAX_PIXELS): Image size "
-                           "(400000000 pixels)"),
-    "symlink loop": (lambda: [*GTSRB, gtsrb(lambda: (BAD.unlink(), BAD.symlink_to(BAD.name)))],
-                     f"unreadable image {BAD} (1 unreadable in {TRAIN}): Too many levels of "
-                     "symbolic links"),
-    "empty class": (lambda: [*GTSRB, gtsrb(empty_class)],
-                    f"class folder {TRAIN}/00007 holds no images; every class needs"),
-    "victim missing": (lambda: [*SURROGATE, "nope.ckpt"],
-                       "victim checkpoint nope.ckpt does not exist"),
-    "victim truncated": (lambda: [*SURROGATE, checkpoint(truncated=True)],
-                         "v.ckpt is not a readable checkpoint: PytorchStreamReader failed"),
-    "victim of 5 classes": (lambda: [*SURROGATE, checkpoint(classes=5)],
-                            "v.ckpt has num_classes=5 but data.victim_data has 10"),
-    "victim of another arch": (lambda: [*SURROGATE, checkpoint(weights_of="gtsrb_5l")],
-                               "v.ckpt does not fit its arch digits_cnn (missing: features."),
-    "victim not a checkpoint": (lambda: [*SURROGATE, checkpoint(hparams=False)],
-                                "v.ckpt is not a VictimClassifier checkpoint: expected"),
-    "ckpt_path missing": (lambda: ["test", "--config", DIGITS, "--ckpt_path", "nope.ckpt"],
-                          "ckpt_path nope.ckpt does not exist"),
-    "ckpt_path truncated": (lambda: ["test", "--config", DIGITS, "--ckpt_path",
-                                     checkpoint(truncated=True)],
-                            "v.ckpt is not a readable checkpoint: PytorchStreamReader failed"),
-    "ckpt_path of 5 classes": (lambda: ["test", "--config", DIGITS, "--ckpt_path",
-                                        checkpoint(classes=5)],
-                               "v.ckpt does not fit the model (arch=digits_cnn, num_classes=10): "
-                               "saved with arch=digits_cnn, num_classes=5 (shape: fc.weight"),
-    "ckpt_path of another arch": (lambda: ["fit", "--config", DIGITS, "--ckpt_path",
-                                           checkpoint("gtsrb_5l", hparams=False)],
-                                  "v.ckpt does not fit the model (arch=digits_cnn, num_classes=10)"
-                                  ": saved with no arch recorded (missing: features."),
-    "top_k above classes": (lambda: [*SURROGATE, checkpoint(), *DEFENCES,
-                                     '[{"class_path": "knockoff_lab.defences.TopK", '
-                                     '"init_args": {"k": 11}}]'],
-                            "TopK: k must be in 1..10 (num_classes), got 11"),
-    "negative decimals": (lambda: [*SURROGATE, checkpoint(), *DEFENCES,
-                                   '[{"class_path": "knockoff_lab.defences.Rounded", "init_args": '
-                                   '{"decimals": -1}}]'],
-                          "Rounded: decimals must be an integer >= 0, got -1"),
-    "val_fraction 0 with a val/ monitor": (lambda: [*SURROGATE, checkpoint(),
-                                                    "--data.init_args.val_fraction", "0"],
-                                           "ModelCheckpoint monitors 'val/acc', but "
-                                           "data.val_fraction is 0 (no validation split)"),
+    "missing root": (
+        lambda: [*GTSRB, "nope"],
+        "GTSRBDataModule: the dataset's folder not found under data.root=nope; "
+        "looked at nope/gtsrb; expected <root>/gtsrb/ holding GTSRB/Training/000NN/"
+        "*.ppm",
+    ),
+    "empty root": (
+        lambda: [*GTSRB, (os.mkdir("empty"), "empty")[1]],
+        "not found under data.root=empty; looked at empty/gtsrb; expected <root>/gtsrb/"
+        " holding GTSRB/Training/000NN/*.ppm",
+    ),
+    "dataset not in its own folder": (
+        lambda: [*GTSRB, gtsrb(flatten)],
+        "the dataset's folder not found under data.root=data; "
+        "looked at data/gtsrb; expected <root>/gtsrb/",
+    ),
+    "part of a dataset missing": (
+        lambda: [*GTSRB, gtsrb(lambda: os.remove(TEST_TABLE))],
+        f"GTSRBDataModule: gtsrb/GT-final_test.csv not found under "
+        f"data.root=data; looked at {TEST_TABLE}; expected",
+    ),
+    "other layout": (
+        lambda: [*GTSRB, gtsrb(rename_classes)],
+        f"the 43 class folders 00000..00042 in {TRAIN} not found",
+    ),
+    "truncated image": (
+        lambda: [*GTSRB, gtsrb(lambda: layouts.truncate(BAD))],
+        f"unreadable image {BAD} (1 unreadable in",
+    ),
+    "not an image": (
+        lambda: [*GTSRB, gtsrb(lambda: BAD.write_text("<html>404</html>"))],
+        f"unreadable image {BAD} (1 unreadable in",
+    ),
+    "decompression bomb": (
+        lambda: [*GTSRB, gtsrb(lambda: layouts.bomb(BAD))],
+        f"unreadable image {BAD} (1 unreadable in {TRAIN}): over the limit of "
+        "89,478,485 pixels (datamodules.images.MAX_PIXELS): Image size "
+        "(400000000 pixels)",
+    ),
+    "symlink loop": (
+        lambda: [*GTSRB, gtsrb(lambda: (BAD.unlink(), BAD.symlink_to(BAD.name)))],
+        f"unreadable image {BAD} (1 unreadable in {TRAIN}): Too many levels of symbolic links",
+    ),
+    "empty class": (
+        lambda: [*GTSRB, gtsrb(empty_class)],
+        f"class folder {TRAIN}/00007 holds no images; every class needs",
+    ),
+    "victim missing": (
+        lambda: [*SURROGATE, "nope.ckpt"],
+        "victim checkpoint nope.ckpt does not exist",
+    ),
+    "victim truncated": (
+        lambda: [*SURROGATE, checkpoint(truncated=True)],
+        "v.ckpt is not a readable checkpoint: PytorchStreamReader failed",
+    ),
+    "victim of 5 classes": (
+        lambda: [*SURROGATE, checkpoint(classes=5)],
+        "v.ckpt has num_classes=5 but data.victim_data has 10",
+    ),
+    "victim of another arch": (
+        lambda: [*SURROGATE, checkpoint(weights_of="gtsrb_5l")],
+        "v.ckpt does not fit its arch digits_cnn (missing: features.",
+    ),
+    "victim not a checkpoint": (
+        lambda: [*SURROGATE, checkpoint(hparams=False)],
+        "v.ckpt is not a VictimClassifier checkpoint: expected",
+    ),
+    "ckpt_path missing": (
+        lambda: ["test", "--config", DIGITS, "--ckpt_path", "nope.ckpt"],
+        "ckpt_path nope.ckpt does not exist",
+    ),
+    "ckpt_path truncated": (
+        lambda: ["test", "--config", DIGITS, "--ckpt_path", checkpoint(truncated=True)],
+        "v.ckpt is not a readable checkpoint: PytorchStreamReader failed",
+    ),
+    "ckpt_path of 5 classes": (
+        lambda: ["test", "--config", DIGITS, "--ckpt_path", checkpoint(classes=5)],
+        "v.ckpt does not fit the model (arch=digits_cnn, num_classes=10): "
+        "saved with arch=digits_cnn, num_classes=5 (shape: fc.weight",
+    ),
+    "ckpt_path of another arch": (
+        lambda: ["fit", "--config", DIGITS, "--ckpt_path", checkpoint("gtsrb_5l", hparams=False)],
+        "v.ckpt does not fit the model (arch=digits_cnn, num_classes=10)"
+        ": saved with no arch recorded (missing: features.",
+    ),
+    "top_k above classes": (
+        lambda: [
+            *SURROGATE,
+            checkpoint(),
+            *DEFENCES,
+            '[{"class_path": "knockoff_lab.defences.TopK", "init_args": {"k": 11}}]',
+        ],
+        "TopK: k must be in 1..10 (num_classes), got 11",
+    ),
+    "negative decimals": (
+        lambda: [
+            *SURROGATE,
+            checkpoint(),
+            *DEFENCES,
+            '[{"class_path": "knockoff_lab.defences.Rounded", "init_args": {"decimals": -1}}]',
+        ],
+        "Rounded: decimals must be an integer >= 0, got -1",
+    ),
+    "val_fraction 0 with a val/ monitor": (
+        lambda: [*SURROGATE, checkpoint(), "--data.init_args.val_fraction", "0"],
+        "ModelCheckpoint monitors 'val/acc', but data.val_fraction is 0 (no validation split)",
+    ),
     "val_fraction too small for a validation split": (
         lambda: [*SURROGATE, checkpoint(), "--data.init_args.val_fraction", "0.001"],
         "data.val_fraction 0.001 of data.budget 100 leaves the first round's 100 queries no "
-        "validation query: expected val_fraction >= 1/100"),
-    "budget 0": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "0"],
-                 "data.budget must be >= 1 query, got 0"),
-    "budget above pool": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "301"],
-                          "data.budget 301 exceeds the pool's 300 images"),
-    "unknown defence": (lambda: [*SURROGATE, checkpoint(), *DEFENCES,
-                                 '[{"class_path": "knockoff_lab.defences.Soft"}]'],
-                        "data.init_args.api.init_args.defences.init_args: module "
-                        "'knockoff_lab.defences' has no attribute 'Soft'"),
-    "unknown key": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.budgett", "5"],
-                    "data.init_args: Option 'budgett' is not accepted"),
-    "unknown key in a file": (lambda: ["fit", "--config", DIGITS, "--config",
-                                       (Path("x.yaml").write_text("trainer:\n  max_epoch: 3\n"),
-                                        "x.yaml")[1]],
-                              "does not accept option 'trainer.max_epoch'"),
-    "wrong type": (lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "lots"],
-                   "data.init_args.budget: Expected a <class 'int'>. Got value: lots"),
-    "wrong type of a union": (lambda: ["fit", "--config", DIGITS, "--trainer.max_epochs", "many"],
-                              "trainer.max_epochs: Expected a <class 'int'>. Got value: many"),
+        "validation query: expected val_fraction >= 1/100",
+    ),
+    "budget 0": (
+        lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "0"],
+        "data.budget must be >= 1 query, got 0",
+    ),
+    "budget above pool": (
+        lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "301"],
+        "data.budget 301 exceeds the pool's 300 images",
+    ),
+    "unknown defence": (
+        lambda: [
+            *SURROGATE,
+            checkpoint(),
+            *DEFENCES,
+            '[{"class_path": "knockoff_lab.defences.Soft"}]',
+        ],
+        "data.init_args.api.init_args.defences.init_args: module "
+        "'knockoff_lab.defences' has no attribute 'Soft'",
+    ),
+    "unknown key": (
+        lambda: [*SURROGATE, checkpoint(), "--data.init_args.budgett", "5"],
+        "data.init_args: Option 'budgett' is not accepted",
+    ),
+    "unknown key in a file": (
+        lambda: [
+            "fit",
+            "--config",
+            DIGITS,
+            "--config",
+            (Path("x.yaml").write_text("trainer:\n  max_epoch: 3\n"), "x.yaml")[1],
+        ],
+        "does not accept option 'trainer.max_epoch'",
+    ),
+    "wrong type": (
+        lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "lots"],
+        "data.init_args.budget: Expected a <class 'int'>. Got value: lots",
+    ),
+    "wrong type of a union": (
+        lambda: ["fit", "--config", DIGITS, "--trainer.max_epochs", "many"],
+        "trainer.max_epochs: Expected a <class 'int'>. Got value: many",
+    ),
     "reproduce: a typo in a stage's set": (
         lambda: preset({"name": "victim", "config": DIGITS, "set": {"trainer.max_epoch": 1}}),
         f"p.yaml: stage victim: set key 'trainer.max_epoch' is not a setting of {DIGITS}: "
         "trainer (arguments of lightning.pytorch.Trainer) has no 'max_epoch'; did you mean "
-        "'trainer.max_epochs'?"),
+        "'trainer.max_epochs'?",
+    ),
     "reproduce: a typo in the top-level set": (
         lambda: preset({"name": "victim", "config": DIGITS}, {"model.init_args.lr": 0.1}),
         f"p.yaml: stage victim: top-level set key 'model.init_args.lr' is not a setting of "
         f"{DIGITS}: model.init_args (arguments of lightning_modules.VictimClassifier) has no "
-        "'lr'; expected"),
+        "'lr'; expected",
+    ),
     "reproduce: a stage name outside output_dir": (
         lambda: preset({"name": "../../x", "config": DIGITS}),
         "stage name '../../x' must be letters, digits, '-', '_' or '.' (it names a folder under "
-        "output_dir)"),
+        "output_dir)",
+    ),
     "reproduce: a malformed stage YAML": (
-        lambda: preset({"name": "victim", "config": (Path("s.yaml").write_text("a: [b"),
-                                                     "s.yaml")[1]}),
-        "stage victim: config s.yaml is not readable YAML: while parsing a flow sequence"),
-}  # fmt: skip
+        lambda: preset(
+            {"name": "victim", "config": (Path("s.yaml").write_text("a: [b"), "s.yaml")[1]}
+        ),
+        "stage victim: config s.yaml is not readable YAML: while parsing a flow sequence",
+    ),
+}
 
 
 def preset(stage: dict, settings: dict | None = None) -> list[str]:
@@ -223,8 +307,10 @@ def test_a_dataset_missing_from_the_data_root_fails_before_any_work(monkeypatch,
     it and where it was looked for, before the other two are read (no readability check ran)."""
     layouts.cubs200(Path("data"))
     layouts.imagenet(Path("data"))
-    monkeypatch.setattr("datamodules.on_disk.check_readable",
-                        lambda *a: pytest.fail("a dataset was read before the error"))  # fmt: skip
+    monkeypatch.setattr(
+        "datamodules.on_disk.check_readable",
+        lambda *a: pytest.fail("a dataset was read before the error"),
+    )
     args = ["fit", "--config", str(CONFIGS / "detector/cubs200_rn18.yaml")]
     for key in ("in_data", "out_data", "out_test_data"):
         args += [f"--data.init_args.{key}.init_args.root", "data"]
@@ -291,8 +377,9 @@ def test_full_disk_while_saving_a_checkpoint_keeps_the_last_one(monkeypatch, cap
         return open(path, mode, *args, **kwargs)
 
     monkeypatch.setattr(atomic, "open", open_, raising=False)
-    monkeypatch.setattr(sys, "argv", ["main.py", "fit", "--config", DIGITS,
-                                      "--trainer.max_epochs", "3"])  # fmt: skip
+    monkeypatch.setattr(
+        sys, "argv", ["main.py", "fit", "--config", DIGITS, "--trainer.max_epochs", "3"]
+    )
     with pytest.raises(SystemExit) as exit:
         main()
     err = capsys.readouterr().err

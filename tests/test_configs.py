@@ -31,8 +31,16 @@ OVERLAY_DIRS = {"attacks", "defences"}  # composed with ATTACK
 OVERLAYS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name in OVERLAY_DIRS)
 ALL = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name in EXPERIMENT_DIRS | FRAGMENT_DIRS)
 ALL += OVERLAYS
-SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-         "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2"]  # fmt: skip
+SHORT = [
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.limit_test_batches",
+    "2",
+]
 
 
 def config_args(path: Path) -> list[str]:
@@ -79,17 +87,23 @@ def test_every_nested_fragment_is_a_class_some_config_uses(path: Path):
 def test_every_data_root_is_the_one_data_root():
     """One rule: every dataset lives in its own folder under one data root, so every config
     (victim, surrogate, detector, ood, fragments; in_data, pool, out blocks) says root: data."""
-    roots = {(str(p.relative_to(CONFIGS)), key): value
-             for p in YAMLS for key, value in settings(yaml.safe_load(p.read_text()))
-             if key.rsplit(".", 1)[-1] == "root"}  # fmt: skip
+    roots = {
+        (str(p.relative_to(CONFIGS)), key): value
+        for p in YAMLS
+        for key, value in settings(yaml.safe_load(p.read_text()))
+        if key.rsplit(".", 1)[-1] == "root"
+    }
     assert roots and set(roots.values()) == {"data"}, roots
 
 
 def test_no_config_fixes_a_checkpoint_folder():
     """Checkpoints follow the run folder (pipeline/cli.py): no config names a dirpath."""
-    fixed = [(str(p.relative_to(CONFIGS)), key) for p in YAMLS
-             for key, _ in settings(yaml.safe_load(p.read_text()))
-             if key.rsplit(".", 1)[-1] == "dirpath"]  # fmt: skip
+    fixed = [
+        (str(p.relative_to(CONFIGS)), key)
+        for p in YAMLS
+        for key, _ in settings(yaml.safe_load(p.read_text()))
+        if key.rsplit(".", 1)[-1] == "dirpath"
+    ]
     assert not fixed
 
 
@@ -156,9 +170,19 @@ def small_pool(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("path", EMBEDDED_ATTACKS, ids=lambda p: p.name)
 def test_embedded_attack_config_runs(path: Path, victim_ckpt: Path):
-    cli = cli_main(["fit", "--config", str(path), *SHORT, "--data.init_args.api.init_args.victim",
-                    str(victim_ckpt), "--data.init_args.budget", "150",
-                    *small_pool(path)])  # fmt: skip
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(path),
+            *SHORT,
+            "--data.init_args.api.init_args.victim",
+            str(victim_ckpt),
+            "--data.init_args.budget",
+            "150",
+            *small_pool(path),
+        ]
+    )
     metrics = cli.trainer.callback_metrics
     assert {"test/acc", "test/recovery", "test/fidelity"} <= set(metrics)
 
@@ -191,9 +215,19 @@ def test_attack_and_defence_overlays_run(path: Path, victim_ckpt: Path, request,
         )
         configs[-1] = str(tmp_path / path.name)
         Path(configs[-1]).write_text(text)
-    cli = cli_main(["fit", *configs, *SHORT, *rounds, "--data.init_args.budget", "150",
-                    "--data.init_args.api.init_args.victim", str(victim_ckpt),
-                    *pool_args])  # fmt: skip
+    cli = cli_main(
+        [
+            "fit",
+            *configs,
+            *SHORT,
+            *rounds,
+            "--data.init_args.budget",
+            "150",
+            "--data.init_args.api.init_args.victim",
+            str(victim_ckpt),
+            *pool_args,
+        ]
+    )
     assert {"test/acc", "test/recovery", "test/fidelity"} <= set(cli.trainer.callback_metrics)
     data = cli.datamodule
     assert data.api.record(data.client).asked == 150  # the budget, exactly, through the API
@@ -202,10 +236,21 @@ def test_attack_and_defence_overlays_run(path: Path, victim_ckpt: Path, request,
 def test_the_watermark_check_tests_a_model_of_a_clean_api(victim_ckpt: Path):
     """configs/callbacks/watermark_check.yaml on the embedded attack (no DAWN in the API): the
     owner's key finds its would-be watermarked queries and tests the surrogate on them."""
-    cli = cli_main(["fit", "--config", str(ATTACK), "--config",
-                    str(CONFIGS / "callbacks/watermark_check.yaml"), *SHORT,
-                    "--data.init_args.budget", "400", "--data.init_args.api.init_args.victim",
-                    str(victim_ckpt), *small_pool(ATTACK)])  # fmt: skip
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(ATTACK),
+            "--config",
+            str(CONFIGS / "callbacks/watermark_check.yaml"),
+            *SHORT,
+            "--data.init_args.budget",
+            "400",
+            "--data.init_args.api.init_args.victim",
+            str(victim_ckpt),
+            *small_pool(ATTACK),
+        ]
+    )
     metrics = cli.trainer.callback_metrics
     assert not cli.datamodule.api.defences  # a clean API
     assert metrics["watermark/queries"] > 0 and "watermark/p_value" in metrics
@@ -216,17 +261,39 @@ def test_the_served_api_and_the_attack_through_its_url_run(victim_ckpt, tmp_path
     with the embedded attack, steals it through the URL: the budget, exactly, in the books."""
     keys = make_keys(tmp_path / "keys.json", {"alice": {}, "owner": {"owner": True}})
     port = free_port()
-    config = serve_parser().parse_args(["--config", str(CONFIGS / "serve/digits.yaml"),
-        "--api.init_args.victim", str(victim_ckpt), "--api.init_args.ledger",
-        str(tmp_path / "books.sqlite"), "--api.init_args.posterior_cache", "null",
-        "--server.keys_file", str(tmp_path / "keys.json"), "--server.port", str(port)])  # fmt: skip
+    config = serve_parser().parse_args(
+        [
+            "--config",
+            str(CONFIGS / "serve/digits.yaml"),
+            "--api.init_args.victim",
+            str(victim_ckpt),
+            "--api.init_args.ledger",
+            str(tmp_path / "books.sqlite"),
+            "--api.init_args.posterior_cache",
+            "null",
+            "--server.keys_file",
+            str(tmp_path / "keys.json"),
+            "--server.port",
+            str(port),
+        ]
+    )
     service = build_service(config)
     monkeypatch.setenv("KNOCKOFF_API_KEY", keys["alice"])
     monkeypatch.setenv("KNOCKOFF_OWNER_KEY", keys["owner"])
     with run_server(service) as url:
-        cli = cli_main(["fit", "--config", str(ATTACK), "--config",
-                        str(CONFIGS / "serve/remote_attack.yaml"), *SHORT,
-                        "--data.init_args.api.init_args.url", url, "--data.init_args.budget",
-                        "150"])  # fmt: skip
+        cli = cli_main(
+            [
+                "fit",
+                "--config",
+                str(ATTACK),
+                "--config",
+                str(CONFIGS / "serve/remote_attack.yaml"),
+                *SHORT,
+                "--data.init_args.api.init_args.url",
+                url,
+                "--data.init_args.budget",
+                "150",
+            ]
+        )
         assert {"test/acc", "test/fidelity"} <= set(cli.trainer.callback_metrics)
         assert service.worker.submit(service.api.record, "alice").result(30).asked == 150

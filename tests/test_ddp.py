@@ -15,9 +15,12 @@ def run(args: list[str], cwd: Path) -> dict[str, float]:
     cwd.mkdir(exist_ok=True)
     proc = subprocess.run(
         [sys.executable, str(REPO / "main.py"), *args, "--trainer.enable_progress_bar=false"],
-        cwd=cwd, capture_output=True, text=True, timeout=600,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "WANDB_MODE": "offline"},
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {m[0]: float(m[1]) for m in re.findall(r"(test/[\w/]+)\s+([0-9.]+)", proc.stdout)}
 
@@ -41,13 +44,28 @@ def test_ddp_surrogate_training_matches_single_process(victim_ckpt, tmp_path):
     """The 2 processes share the querying (API batches 0 and 2 vs 1 of 600 queries) and build
     bitwise the single process's transfer set; both test on the whole test set. (Their surrogates
     differ: DistributedSampler shuffles other batches, so no accuracy is compared.)"""
-    args = ["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
-            "--data.init_args.api.init_args.victim", str(victim_ckpt),
-            "--data.init_args.budget", "600",
-            "--trainer.max_epochs", "3"]  # fmt: skip
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
+        "--data.init_args.api.init_args.victim",
+        str(victim_ckpt),
+        "--data.init_args.budget",
+        "600",
+        "--trainer.max_epochs",
+        "3",
+    ]
     single = run(args, tmp_path / "single")
-    ddp = run([*args, "--config", str(CONFIGS / "trainer/ddp_cpu.yaml"),
-               "--data.init_args.batch_size", "32"], tmp_path / "ddp")  # fmt: skip
+    ddp = run(
+        [
+            *args,
+            "--config",
+            str(CONFIGS / "trainer/ddp_cpu.yaml"),
+            "--data.init_args.batch_size",
+            "32",
+        ],
+        tmp_path / "ddp",
+    )
     assert abs(single["test/acc_victim"] - ddp["test/acc_victim"]) <= 1 / 359 + 1e-6
     answers = cached_answers(tmp_path / "single")
     assert answers == cached_answers(tmp_path / "ddp")
@@ -66,8 +84,12 @@ def test_ddp_detection_scores_are_gathered_from_every_process(victim_ckpt, tmp_p
     from lightning_modules import OODBaseline
     from tests.lightning_modules.conftest import SMALL_IN_OUT, small_in_out
 
-    trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      default_root_dir=str(tmp_path / "single"))  # fmt: skip
+    trainer = Trainer(
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path / "single"),
+    )
     trainer.test(OODBaseline(str(victim_ckpt), MSP()), small_in_out(), verbose=False)[0]
     photos = [
         "--data.init_args.out_data.init_args.style",
@@ -75,9 +97,22 @@ def test_ddp_detection_scores_are_gathered_from_every_process(victim_ckpt, tmp_p
         "--data.init_args.out_test_data.init_args.style",
         "photo",
     ]  # as small_in_out()
-    ddp = run(["test", "--config", str(CONFIGS / "ood/digits_msp.yaml"), *SMALL_IN_OUT, *photos,
-               "--model.init_args.victim", str(victim_ckpt), "--model.init_args.detector", "null",
-               "--config", str(CONFIGS / "trainer/ddp_cpu.yaml")], tmp_path / "ddp")  # fmt: skip
+    ddp = run(
+        [
+            "test",
+            "--config",
+            str(CONFIGS / "ood/digits_msp.yaml"),
+            *SMALL_IN_OUT,
+            *photos,
+            "--model.init_args.victim",
+            str(victim_ckpt),
+            "--model.init_args.detector",
+            "null",
+            "--config",
+            str(CONFIGS / "trainer/ddp_cpu.yaml"),
+        ],
+        tmp_path / "ddp",
+    )
     expected = read_scores(tmp_path / "single/scores.csv")
     (saved,) = (tmp_path / "ddp").rglob("scores.csv")
     got = read_scores(saved)

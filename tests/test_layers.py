@@ -116,12 +116,16 @@ def test_a_planted_loop_inside_one_package_is_caught():
     planted["knockoff_lab.pipeline.trust"] += "\nfrom knockoff_lab.pipeline.entry import main\n"
     problems = violations(planted)
     assert problems and all(p.startswith("import cycle:") for p in problems)
-    assert any("knockoff_lab.pipeline.trust" in p and "knockoff_lab.pipeline.entry" in p
-               for p in problems)  # fmt: skip
+    assert any(
+        "knockoff_lab.pipeline.trust" in p and "knockoff_lab.pipeline.entry" in p for p in problems
+    )
 
 
 def test_every_package_of_the_tree_has_a_layer():
     """A new top-level package of `knockoff_lab` must be placed in the stack."""
-    tops = {name.split(".")[1] for name in project_sources() if name.count(".") >= 1
-            and name.startswith("knockoff_lab.")}  # fmt: skip
+    tops = {
+        name.split(".")[1]
+        for name in project_sources()
+        if name.count(".") >= 1 and name.startswith("knockoff_lab.")
+    }
     assert {f"knockoff_lab.{top}" for top in tops} <= set(PACKAGES)

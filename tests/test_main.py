@@ -12,8 +12,16 @@ from knockoff_lab.pipeline.cli import cli_main
 from tests.conftest import CONFIGS, REPO
 from tests.datamodules import layouts
 
-SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
-         "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", "run"]  # fmt: skip
+SHORT = [
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "3",
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.default_root_dir",
+    "run",
+]
 
 
 def predictions(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -76,9 +84,18 @@ def test_checkpoints_follow_the_run_folder(tmp_path: Path, capsys):
     """No config fixes a checkpoint dirpath: best.ckpt and last.ckpt go to
     <default_root_dir>/checkpoints (not inside version_N), wherever the run folder is moved."""
     elsewhere = tmp_path / "elsewhere"
-    cli = cli_main(["fit", "--config", str(CONFIGS / "victim/digits_cnn.yaml"), *FAST,
-                    "--trainer.default_root_dir", str(elsewhere),
-                    "--test_after_fit", "false"])  # fmt: skip
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "victim/digits_cnn.yaml"),
+            *FAST,
+            "--trainer.default_root_dir",
+            str(elsewhere),
+            "--test_after_fit",
+            "false",
+        ]
+    )
     checkpoints = elsewhere / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
     assert cli.trainer.checkpoint_callback.best_model_path == str(checkpoints / "best.ckpt")
@@ -89,8 +106,16 @@ def test_checkpoints_follow_the_run_folder(tmp_path: Path, capsys):
 def test_a_rerun_overwrites_the_stable_checkpoints(tmp_path: Path):
     """A second run into the same folder replaces best.ckpt (no best-v1.ckpt beside a stale
     best.ckpt): the checkpoint fragments turn Lightning's version counter off."""
-    args = ["fit", "--config", str(CONFIGS / "victim/digits_cnn.yaml"), *FAST,
-            "--trainer.default_root_dir", str(tmp_path), "--test_after_fit", "false"]  # fmt: skip
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / "victim/digits_cnn.yaml"),
+        *FAST,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--test_after_fit",
+        "false",
+    ]
     cli_main(args)
     first = (tmp_path / "checkpoints/best.ckpt").stat().st_mtime_ns
     cli_main(args)
@@ -103,16 +128,34 @@ def test_a_rerun_overwrites_the_stable_checkpoints(tmp_path: Path):
 
 def test_the_config_run_folder_keeps_the_stable_path_of_the_attack_configs():
     """default_root_dir runs/victim/digits_cnn: the checkpoint the attack configs name."""
-    cli_main(["fit", "--config", str(CONFIGS / "victim/digits_cnn.yaml"), *FAST,
-              "--test_after_fit", "false"])  # fmt: skip
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "victim/digits_cnn.yaml"),
+            *FAST,
+            "--test_after_fit",
+            "false",
+        ]
+    )
     assert Path("runs/victim/digits_cnn/checkpoints/best.ckpt").is_file()
     assert Path("runs/victim/digits_cnn/checkpoints/last.ckpt").is_file()
 
 
 def test_an_explicit_checkpoint_dirpath_is_kept(tmp_path: Path, capsys):
     mine = tmp_path / "mine"
-    cli_main(["fit", "--config", str(CONFIGS / "victim/digits_cnn.yaml"), *SHORT,
-              "--trainer.callbacks.dirpath", str(mine), "--test_after_fit", "false"])  # fmt: skip
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "victim/digits_cnn.yaml"),
+            *SHORT,
+            "--trainer.callbacks.dirpath",
+            str(mine),
+            "--test_after_fit",
+            "false",
+        ]
+    )
     assert sorted(p.name for p in mine.iterdir()) == ["best.ckpt", "last.ckpt"]
     assert not Path("run/checkpoints").exists()
     assert f"checkpoints go to {mine}\n" in capsys.readouterr().out
@@ -121,9 +164,23 @@ def test_an_explicit_checkpoint_dirpath_is_kept(tmp_path: Path, capsys):
 def test_model_chosen_by_class_name():
     """`num_classes` is linked from the data: GTSRB's 43, not the model's default of 10."""
     layouts.gtsrb(Path("data"))
-    cli = cli_main(["fit", "--model", "VictimClassifier", "--data", "GTSRBDataModule",
-                    "--data.root", "data", "--data.image_size", "32",
-                    "--trainer.fast_dev_run", "true", "--test_after_fit", "false"])  # fmt: skip
+    cli = cli_main(
+        [
+            "fit",
+            "--model",
+            "VictimClassifier",
+            "--data",
+            "GTSRBDataModule",
+            "--data.root",
+            "data",
+            "--data.image_size",
+            "32",
+            "--trainer.fast_dev_run",
+            "true",
+            "--test_after_fit",
+            "false",
+        ]
+    )
     assert cli.model.hparams.num_classes == 43
     assert cli.model(torch.zeros(2, 3, 32, 32)).shape == (2, 43)
 
@@ -132,8 +189,15 @@ def test_unknown_key_rejected_before_training():
     """Rejected at parse time: the config's run folder (runs/victim/digits_cnn, under the
     working directory) is never made."""
     with pytest.raises(ArgumentError, match="foo"):
-        cli_main(["fit", "--config", str(CONFIGS / "victim/digits_cnn.yaml"),
-                  "--model.init_args.foo", "1"])  # fmt: skip
+        cli_main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "victim/digits_cnn.yaml"),
+                "--model.init_args.foo",
+                "1",
+            ]
+        )
     assert not Path("runs").exists()
 
 
@@ -148,10 +212,18 @@ def test_unknown_key_rejected_before_training():
 )
 def test_user_errors_are_one_line_and_exit_2(extra, expected):
     proc = subprocess.run(
-        [sys.executable, str(REPO / "main.py"), "fit", "--config",
-         str(CONFIGS / "victim/digits_cnn.yaml"), *extra],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "main.py"),
+            "fit",
+            "--config",
+            str(CONFIGS / "victim/digits_cnn.yaml"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], proc.stderr
@@ -172,12 +244,19 @@ def test_bf16_mixed_precision_with_channels_last_resnet():
         if isinstance(module, torch.nn.Conv2d) and module.training:
             conv_dtypes.add(output.dtype)
 
-    fast = ["--trainer.precision", "bf16-mixed", "--model.init_args.channels_last", "true",
-            "--data.init_args.image_size", "32"]  # fmt: skip
+    fast = [
+        "--trainer.precision",
+        "bf16-mixed",
+        "--model.init_args.channels_last",
+        "true",
+        "--data.init_args.image_size",
+        "32",
+    ]
     hook = torch.nn.modules.module.register_module_forward_hook(record)
     try:
-        cli = cli_main(["fit", "--config", str(CONFIGS / "victim/digits_resnet18.yaml"), *SHORT,
-                        *fast])  # fmt: skip
+        cli = cli_main(
+            ["fit", "--config", str(CONFIGS / "victim/digits_resnet18.yaml"), *SHORT, *fast]
+        )
     finally:
         hook.remove()
     assert conv_dtypes == {torch.bfloat16}

@@ -42,8 +42,12 @@ BUILD = textwrap.dedent("""
 
 
 def run_build(victim: Path, cache: str, delay: float = 0.0) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", BUILD, str(victim), cache, str(delay)],
-                            cwd=REPO, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", BUILD, str(victim), cache, str(delay)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_sigkill_during_transfer_set_build_then_rerun(victim_ckpt, tmp_path):
@@ -75,21 +79,35 @@ VICTIM = ["--config", str(CONFIGS / "victim/digits_cnn.yaml"), "--trainer.max_ep
 
 def fit(args: list[str], cwd: Path, base: list[str] = VICTIM) -> subprocess.CompletedProcess:
     """`python main.py fit` in a fresh process in `cwd` (its own runs/ folder)."""
-    base = [sys.executable, str(REPO / "main.py"), "fit", *base,
-            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    base = [
+        sys.executable,
+        str(REPO / "main.py"),
+        "fit",
+        *base,
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     cwd.mkdir(exist_ok=True)
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "WANDB_MODE": "offline",
-           "KNOCKOFF_TRUSTED_MODULES": "tests"}  # fmt: skip
-    return subprocess.run([*base, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env=env)  # fmt: skip
+    env = {
+        "PYTHONPATH": str(REPO),
+        "PATH": "/usr/bin:/bin",
+        "WANDB_MODE": "offline",
+        "KNOCKOFF_TRUSTED_MODULES": "tests",
+    }
+    return subprocess.run(
+        [*base, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def test_training_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
     reference = fit([], tmp_path / "reference")
     assert reference.returncode == 0, reference.stderr[-2000:]
 
-    killer = ["--trainer.callbacks+=tests.kill_switch.KillMidEpoch",
-              "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=5"]  # fmt: skip
+    killer = [
+        "--trainer.callbacks+=tests.kill_switch.KillMidEpoch",
+        "--trainer.callbacks.epoch=1",
+        "--trainer.callbacks.batch=5",
+    ]
     killed = fit(killer, tmp_path / "killed")
     assert killed.returncode == -signal.SIGKILL
     last = tmp_path / "killed/runs/victim/digits_cnn/checkpoints/last.ckpt"
@@ -97,8 +115,12 @@ def test_training_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
     resumed = fit(["--ckpt_path", str(last)], tmp_path / "killed")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
-    weights = [torch.load(p / "runs/victim/digits_cnn/checkpoints/last.ckpt", weights_only=True)
-               ["state_dict"] for p in (tmp_path / "reference", tmp_path / "killed")]  # fmt: skip
+    weights = [
+        torch.load(p / "runs/victim/digits_cnn/checkpoints/last.ckpt", weights_only=True)[
+            "state_dict"
+        ]
+        for p in (tmp_path / "reference", tmp_path / "killed")
+    ]
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
 
@@ -108,11 +130,24 @@ def test_an_attack_killed_between_rounds_resumes_to_the_same_surrogate(victim_ck
     reads the rounds its checkpoint had back from the cache (asking nothing twice) and ends
     with the weights and the transfer set of an uninterrupted run."""
     toy = str(REPO / "tests/toy_strategy.yaml")
-    attack = ["--config", toy, "--data.init_args.api.init_args.victim", str(victim_ckpt),
-              "--data.init_args.budget", "150", "--data.init_args.pool.init_args.size", "300",
-              "--data.init_args.api.init_args.ledger", "books.sqlite",
-              "--trainer.max_epochs", "6", "--model.init_args.lr_scheduler.init_args.T_max", "6",
-              "--trainer.limit_test_batches", "1"]  # fmt: skip
+    attack = [
+        "--config",
+        toy,
+        "--data.init_args.api.init_args.victim",
+        str(victim_ckpt),
+        "--data.init_args.budget",
+        "150",
+        "--data.init_args.pool.init_args.size",
+        "300",
+        "--data.init_args.api.init_args.ledger",
+        "books.sqlite",
+        "--trainer.max_epochs",
+        "6",
+        "--model.init_args.lr_scheduler.init_args.T_max",
+        "6",
+        "--trainer.limit_test_batches",
+        "1",
+    ]
 
     def attack_fit(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         config = ["--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml")]
@@ -120,8 +155,11 @@ def test_an_attack_killed_between_rounds_resumes_to_the_same_surrogate(victim_ck
 
     reference = attack_fit([], tmp_path / "reference")
     assert reference.returncode == 0, reference.stderr[-2000:]
-    killer = ["--trainer.callbacks+=tests.kill_switch.KillMidEpoch",
-              "--trainer.callbacks.epoch=3", "--trainer.callbacks.batch=1"]  # fmt: skip
+    killer = [
+        "--trainer.callbacks+=tests.kill_switch.KillMidEpoch",
+        "--trainer.callbacks.epoch=3",
+        "--trainer.callbacks.batch=1",
+    ]
     assert attack_fit(killer, tmp_path / "killed").returncode == -signal.SIGKILL
     run = tmp_path / "killed/runs/surrogate/digits_natural_probs"
     last = run / "checkpoints/last.ckpt"
@@ -134,8 +172,12 @@ def test_an_attack_killed_between_rounds_resumes_to_the_same_surrogate(victim_ck
 
     books = sqlite3.connect(tmp_path / "killed/books.sqlite")
     assert books.execute("SELECT SUM(asked) FROM clients").fetchone()[0] == 150  # never twice
-    final = [torch.load(p / "runs/surrogate/digits_natural_probs/checkpoints/last.ckpt",
-                        weights_only=True) for p in (tmp_path / "reference", tmp_path / "killed")]  # fmt: skip
+    final = [
+        torch.load(
+            p / "runs/surrogate/digits_natural_probs/checkpoints/last.ckpt", weights_only=True
+        )
+        for p in (tmp_path / "reference", tmp_path / "killed")
+    ]
     for key in final[0]["state_dict"]:
         assert torch.equal(final[0]["state_dict"][key], final[1]["state_dict"][key]), key
     assert final[1]["TransferSetDataModule"]["rounds_done"] == 3
@@ -143,8 +185,10 @@ def test_an_attack_killed_between_rounds_resumes_to_the_same_surrogate(victim_ck
 
 def test_same_seed_same_metrics_on_cpu(tmp_path):
     runs = [fit(["--trainer.max_epochs", "1"], tmp_path / f"run{i}") for i in range(2)]
-    metrics = [json.dumps(sorted(line for line in r.stdout.splitlines() if "test/acc " in line))
-               for r in runs]  # fmt: skip
+    metrics = [
+        json.dumps(sorted(line for line in r.stdout.splitlines() if "test/acc " in line))
+        for r in runs
+    ]
     assert metrics[0] == metrics[1] and "test/acc" in metrics[0]
 
 
@@ -214,8 +258,13 @@ def test_sigkill_while_writing_cached_embeddings_then_rerun(tmp_path, one_thread
 
     weights, cache = tmp_path / "backbone.pt", tmp_path / "killed"
     torch.save(build_network("digits_cnn", 10).state_dict(), weights)
-    killed = subprocess.run([sys.executable, "-c", EMBED, str(weights), str(cache), "kill"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, "-c", EMBED, str(weights), str(cache), "kill"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not list(cache.rglob("train_features.npy"))  # nothing taken for complete
     [partial] = cache.rglob(".train_features.npy.*.tmp")  # the features file, cut half-way
@@ -245,30 +294,48 @@ def test_sigkill_mid_stage_of_reproduce_then_rerun(
     from lightning_modules import Surrogate
 
     config = read_config(CONFIGS / "surrogate/digits_natural_probs.yaml")  # fragments inlined
-    config["trainer"]["callbacks"].append({
-        "class_path": "tests.kill_switch.KillMidEpoch",
-        "init_args": {"epoch": 1, "batch": 1, "once": str(tmp_path / "killed.once")},
-    })  # fmt: skip
+    config["trainer"]["callbacks"].append(
+        {
+            "class_path": "tests.kill_switch.KillMidEpoch",
+            "init_args": {"epoch": 1, "batch": 1, "once": str(tmp_path / "killed.once")},
+        }
+    )
     (tmp_path / "killed.yaml").write_text(yaml.safe_dump(config))
-    small = {"data.init_args.api.init_args.victim": str(victim_ckpt), "data.init_args.budget": 100,
-             "data.init_args.pool.init_args.size": 150, "data.init_args.batch_size": 16,
-             "trainer.max_epochs": 2, "model.init_args.lr_scheduler.init_args.T_max": 2,
-             "trainer.limit_val_batches": 1, "trainer.limit_test_batches": 2,
-             "trainer.accelerator": "cpu",
-             # photo crops: with digit-like ones the in-process resume differs from the
-             # subprocess twin by ~1e-3 in the weights (not root-caused; pools are identical)
-             "data.init_args.pool.init_args.style": "photo"}  # fmt: skip
-    preset = {"output_dir": "out", "set": small, "stages": [
-        {"name": "twin", "config": str(CONFIGS / "surrogate/digits_natural_probs.yaml")},
-        {"name": "killed", "config": str(tmp_path / "killed.yaml")},
-    ]}  # fmt: skip
+    small = {
+        "data.init_args.api.init_args.victim": str(victim_ckpt),
+        "data.init_args.budget": 100,
+        "data.init_args.pool.init_args.size": 150,
+        "data.init_args.batch_size": 16,
+        "trainer.max_epochs": 2,
+        "model.init_args.lr_scheduler.init_args.T_max": 2,
+        "trainer.limit_val_batches": 1,
+        "trainer.limit_test_batches": 2,
+        "trainer.accelerator": "cpu",
+        # photo crops: with digit-like ones the in-process resume differs from the
+        # subprocess twin by ~1e-3 in the weights (not root-caused; pools are identical)
+        "data.init_args.pool.init_args.style": "photo",
+    }
+    preset = {
+        "output_dir": "out",
+        "set": small,
+        "stages": [
+            {"name": "twin", "config": str(CONFIGS / "surrogate/digits_natural_probs.yaml")},
+            {"name": "killed", "config": str(tmp_path / "killed.yaml")},
+        ],
+    }
     (tmp_path / "preset.yaml").write_text(yaml.safe_dump(preset))
 
     command = [sys.executable, str(REPO / "main.py"), "reproduce", "--config", "preset.yaml"]
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "WANDB_MODE": "offline",
-           "OMP_NUM_THREADS": "1", "KNOCKOFF_TRUSTED_MODULES": "tests"}  # fmt: skip
-    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                           env=env)  # fmt: skip
+    env = {
+        "PYTHONPATH": str(REPO),
+        "PATH": "/usr/bin:/bin",
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+        "KNOCKOFF_TRUSTED_MODULES": "tests",
+    }
+    first = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
+    )
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
     stages = Path("out/stages")
     [twin], [killed] = stages.glob("twin-*"), stages.glob("killed-*")
@@ -278,15 +345,20 @@ def test_sigkill_mid_stage_of_reproduce_then_rerun(
 
     trained: list[tuple[int, int]] = []  # (epoch, batch) of every step of the rerun
     step = Surrogate.training_step
-    monkeypatch.setattr(Surrogate, "training_step", lambda self, batch, i: trained.append(
-        (self.current_epoch, i)) or step(self, batch, i))  # fmt: skip
+    monkeypatch.setattr(
+        Surrogate,
+        "training_step",
+        lambda self, batch, i: trained.append((self.current_epoch, i)) or step(self, batch, i),
+    )
     reproduce_main(["--config", "preset.yaml"])
     log = capsys.readouterr().out
     assert "twin: cached" in log and f"killed: resuming from {last}" in log
     assert trained == [(1, i) for i in range(6)]  # epoch 1 (90 queries / 16) and nothing before
     results = [json.loads((stage / "result.json").read_text()) for stage in (twin, killed)]
     assert results[0]["metrics"] == results[1]["metrics"] and "test/acc" in results[0]["metrics"]
-    weights = [torch.load(stage / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
-               for stage in (twin, killed)]  # fmt: skip
+    weights = [
+        torch.load(stage / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+        for stage in (twin, killed)
+    ]
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key

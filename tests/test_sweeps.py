@@ -30,10 +30,16 @@ def test_sweep_command_parses_and_runs(path: Path, victim_ckpt: Path):
     command = agent_command(sweep)
     assert command[:3] == ["python", "main.py", "fit"]
     args = [str(REPO / a) if a.startswith("configs/") else a for a in command[3:]]
-    cli = cli_main([
-        "fit", *args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=2", "--data.init_args.budget=150",
-        f"--data.init_args.api.init_args.victim={victim_ckpt}",
-    ])  # fmt: skip
+    cli = cli_main(
+        [
+            "fit",
+            *args,
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=2",
+            "--data.init_args.budget=150",
+            f"--data.init_args.api.init_args.victim={victim_ckpt}",
+        ]
+    )
     assert "test/acc" in cli.trainer.callback_metrics
     assert list(Path("runs/wandb").glob("offline-run-*"))

@@ -38,4 +38,3 @@ class QueryAPI(ABC):
 
     @abstractmethod
     def victim_labels(self, images: torch.Tensor) -> torch.Tensor: ...
-

@@ -33,8 +33,10 @@ def key_hash(key: str) -> str:
 def read_keys(path: str | Path) -> list[KeyEntry]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"keys file {path} does not exist: make a key with "
-                          "`python main.py serve --config CONFIG --add_client NAME`")  # fmt: skip
+        raise ConfigError(
+            f"keys file {path} does not exist: make a key with "
+            "`python main.py serve --config CONFIG --add_client NAME`"
+        )
     try:
         entries = [KeyEntry(**entry) for entry in json.loads(path.read_text())["clients"]]
     except (ValueError, KeyError, TypeError) as err:
@@ -50,8 +52,9 @@ def read_keys(path: str | Path) -> list[KeyEntry]:
     return entries
 
 
-def add_client(path: str | Path, client: str, budget: int | None = None,
-               owner: bool = False) -> str:  # fmt: skip
+def add_client(
+    path: str | Path, client: str, budget: int | None = None, owner: bool = False
+) -> str:
     """Make a key for a new `client`, store its hash (atomically, the file private to its
     owner) and return the key: the only time it is seen."""
     path = Path(path)

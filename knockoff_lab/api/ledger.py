@@ -90,8 +90,9 @@ class Ledger:
     def record(self, client: str) -> ClientRecord:
         row = self.db.execute(
             "SELECT asked, answered, flagged, refused, first_flagged FROM clients WHERE "
-            "deployment=? AND client=?", (self.deployment, client),
-        ).fetchone()  # fmt: skip
+            "deployment=? AND client=?",
+            (self.deployment, client),
+        ).fetchone()
         *counts, first = row or (0, 0, 0, 0, None)
         return ClientRecord(client, *counts, budget=self.budget, first_flagged=first)
 
@@ -99,8 +100,9 @@ class Ledger:
         """Every client's books in this deployment, by client name (a Sybil split shows here)."""
         rows = self.db.execute(
             "SELECT client, asked, answered, flagged, refused, first_flagged FROM clients "
-            "WHERE deployment=? ORDER BY client", (self.deployment,),
-        ).fetchall()  # fmt: skip
+            "WHERE deployment=? ORDER BY client",
+            (self.deployment,),
+        ).fetchall()
         return [ClientRecord(*row[:5], budget=self.budget, first_flagged=row[5]) for row in rows]
 
     def reserve(self, client: str, count: int) -> int:
@@ -117,14 +119,17 @@ class Ledger:
             self.db.execute(
                 "INSERT INTO clients (deployment, client, asked, answered, flagged, refused) "
                 "VALUES (?, ?, ?, 0, 0, 0) ON CONFLICT DO UPDATE SET "
-                "asked = asked + excluded.asked", (self.deployment, client, count),
-            )  # fmt: skip
+                "asked = asked + excluded.asked",
+                (self.deployment, client, count),
+            )
         return asked
 
     def release(self, client: str, count: int) -> None:
         """Undo a reservation whose answers were never produced (the API itself failed)."""
-        self.db.execute("UPDATE clients SET asked = asked - ? WHERE deployment=? AND client=?",
-                        (count, self.deployment, client))  # fmt: skip
+        self.db.execute(
+            "UPDATE clients SET asked = asked - ? WHERE deployment=? AND client=?",
+            (count, self.deployment, client),
+        )
 
     def settle(
         self,

@@ -43,8 +43,9 @@ class PosteriorCache:
                     rows = np.load(path, allow_pickle=False)
                     assert rows.dtype == self.dtype and rows.ndim == 1
                 except Exception:
-                    warnings.warn(f"ignoring unreadable victim-posterior cache file {path}",
-                                  stacklevel=2)  # fmt: skip
+                    warnings.warn(
+                        f"ignoring unreadable victim-posterior cache file {path}", stacklevel=2
+                    )
                     continue
                 self._index.update(zip((k.tobytes() for k in rows["key"]), rows["p"], strict=True))
         return self._index

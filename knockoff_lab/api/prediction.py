@@ -55,8 +55,17 @@ class PredictionAPI(QueryAPI):
         posterior_cache: str | None = "runs/victim_posteriors",
         ledger: str | None = "runs/api/ledger.sqlite",
     ):
-        self._start(load_victim(victim), str(victim), file_digest(Path(victim)), defences,
-                    budget, batch_size, device, posterior_cache, ledger)  # fmt: skip
+        self._start(
+            load_victim(victim),
+            str(victim),
+            file_digest(Path(victim)),
+            defences,
+            budget,
+            batch_size,
+            device,
+            posterior_cache,
+            ledger,
+        )
 
     @classmethod
     def around(
@@ -73,12 +82,33 @@ class PredictionAPI(QueryAPI):
         """An API in front of a network already in memory (tests, notebooks); `num_classes`
         defaults to the size of its `fc` head."""
         api = cls.__new__(cls)
-        api._start(network, type(network).__name__, module_digest(network), defences, budget,
-                   batch_size, device, posterior_cache, ledger, num_classes)  # fmt: skip
+        api._start(
+            network,
+            type(network).__name__,
+            module_digest(network),
+            defences,
+            budget,
+            batch_size,
+            device,
+            posterior_cache,
+            ledger,
+            num_classes,
+        )
         return api
 
-    def _start(self, network, name, victim_digest, defences, budget, batch_size, device,
-               posterior_cache, ledger, num_classes=None) -> None:  # fmt: skip
+    def _start(
+        self,
+        network,
+        name,
+        victim_digest,
+        defences,
+        budget,
+        batch_size,
+        device,
+        posterior_cache,
+        ledger,
+        num_classes=None,
+    ) -> None:
         if batch_size < 1:
             raise ConfigError(f"api batch_size must be >= 1, got {batch_size}")
         self.victim, self.victim_name = network.eval(), name
@@ -130,8 +160,9 @@ class PredictionAPI(QueryAPI):
         flags = torch.cat([b.flagged.cpu() for b in batches])  # in query order
         hits = flags.nonzero()
         first = before + int(hits[0]) + 1 if len(hits) else None  # 1-based, all its queries
-        self.ledger.settle(client, len(images) - refused, int(flags.sum()), refused, stateful,
-                           first_flagged=first)  # fmt: skip
+        self.ledger.settle(
+            client, len(images) - refused, int(flags.sum()), refused, stateful, first_flagged=first
+        )
         return torch.cat([b.answers.cpu() for b in batches])
 
     def evaluate(self, images: torch.Tensor) -> QueryBatch:
@@ -144,15 +175,22 @@ class PredictionAPI(QueryAPI):
             self._serve(chunk, "evaluation", states) for chunk in images.split(self.batch_size)
         ]
         fields = ("images", "posteriors", "answers", "flagged", "refused")
-        return QueryBatch(**{f: torch.cat([getattr(b, f).cpu() for b in batches]) for f in fields},
-                          client="evaluation", state={})  # fmt: skip
+        return QueryBatch(
+            **{f: torch.cat([getattr(b, f).cpu() for b in batches]) for f in fields},
+            client="evaluation",
+            state={},
+        )
 
     def victim_labels(self, images: torch.Tensor) -> torch.Tensor:
         """Owner-side: the victim's own predicted classes (N,), uncounted and undefended
         (evaluation, e.g. fidelity; never the attacker's door)."""
         with torch.inference_mode():
-            return torch.cat([self.victim(chunk.to(self.device)).argmax(-1).cpu()
-                              for chunk in images.split(self.batch_size)])  # fmt: skip
+            return torch.cat(
+                [
+                    self.victim(chunk.to(self.device)).argmax(-1).cpu()
+                    for chunk in images.split(self.batch_size)
+                ]
+            )
 
     def _serve(self, images: torch.Tensor, client: str, states: dict[int, dict]) -> QueryBatch:
         posteriors = self._posteriors(images)
@@ -184,8 +222,10 @@ class PredictionAPI(QueryAPI):
             logits = self.victim(images.to(self.device, non_blocking=True)).float()
         if not torch.isfinite(logits).all():
             bad = int((~torch.isfinite(logits)).any(dim=-1).sum())
-            raise ConfigError(f"victim {self.victim_name} gave non-finite outputs for {bad} of "
-                              f"{len(images)} queries")  # fmt: skip
+            raise ConfigError(
+                f"victim {self.victim_name} gave non-finite outputs for {bad} of "
+                f"{len(images)} queries"
+            )
         return logits.softmax(dim=-1).half()
 
 

@@ -124,8 +124,9 @@ class RemoteAPI(QueryAPI):
             detail = reply.text[:200]
         if reply.status_code >= 500:
             raise RuntimeError(f"the API at {self.url} failed ({reply.status_code}): {detail}")
-        raise ConfigError(f"the API at {self.url} refused the request ({reply.status_code}): "
-                          f"{detail}")  # fmt: skip
+        raise ConfigError(
+            f"the API at {self.url} refused the request ({reply.status_code}): {detail}"
+        )
 
     @property
     def info(self) -> dict:
@@ -141,8 +142,9 @@ class RemoteAPI(QueryAPI):
         array = images.detach().cpu()
         array = array if array.dtype in (torch.float16, torch.float32) else array.float()
         body = to_npy(array.numpy())
-        return self._request("POST", path, owner, content=body,
-                             headers={"Content-Type": NPY}).content  # fmt: skip
+        return self._request(
+            "POST", path, owner, content=body, headers={"Content-Type": NPY}
+        ).content
 
     def _chunks(self, images: torch.Tensor) -> list[torch.Tensor]:
         info = self.info
@@ -184,8 +186,9 @@ class RemoteAPI(QueryAPI):
         """What this key's client receives for `images`: (N, C) float32, NaN rows refused."""
         if len(images) == 0:
             return torch.empty(0, self.num_classes)
-        answers = [from_npy(self._post_images("/v1/answer", chunk)) for chunk in
-                   self._chunks(images)]  # fmt: skip
+        answers = [
+            from_npy(self._post_images("/v1/answer", chunk)) for chunk in self._chunks(images)
+        ]
         return torch.from_numpy(np.concatenate(answers).astype(np.float32, copy=False))
 
     def record(self, client: str = "default") -> ClientRecord:
@@ -199,20 +202,34 @@ class RemoteAPI(QueryAPI):
         row = row or {"asked": 0, "answered": 0, "refused": 0, "budget_left": None}
         left = row.get("budget_left")
         budget = None if left is None else left + row["asked"]
-        return ClientRecord(self.client, row["asked"], row["answered"], row.get("flagged", 0),
-                            row["refused"], budget, row.get("first_flagged"))  # fmt: skip
+        return ClientRecord(
+            self.client,
+            row["asked"],
+            row["answered"],
+            row.get("flagged", 0),
+            row["refused"],
+            budget,
+            row.get("first_flagged"),
+        )
 
     def evaluate(self, images: torch.Tensor) -> QueryBatch:
-        parts = [from_npz(self._post_images("/v1/owner/evaluate", chunk, owner=True))
-                 for chunk in self._chunks(images)]  # fmt: skip
-        fields = {f: torch.from_numpy(np.concatenate([p[f] for p in parts]))
-                  for f in ("posteriors", "answers", "flagged", "refused")}  # fmt: skip
+        parts = [
+            from_npz(self._post_images("/v1/owner/evaluate", chunk, owner=True))
+            for chunk in self._chunks(images)
+        ]
+        fields = {
+            f: torch.from_numpy(np.concatenate([p[f] for p in parts]))
+            for f in ("posteriors", "answers", "flagged", "refused")
+        }
         return QueryBatch(images=images, client="evaluation", state={}, **fields)
 
     def victim_labels(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.from_numpy(from_npy(self._post_images("/v1/owner/labels", c,
-                                                                       owner=True)))
-                          for c in self._chunks(images)])  # fmt: skip
+        return torch.cat(
+            [
+                torch.from_numpy(from_npy(self._post_images("/v1/owner/labels", c, owner=True)))
+                for c in self._chunks(images)
+            ]
+        )
 
     def close(self) -> None:
         if self._http is not None:

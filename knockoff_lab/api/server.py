@@ -70,8 +70,10 @@ class ServerSettings:
         if self.rate is not None and self.rate <= 0:
             raise ConfigError(f"server.rate must be > 0 queries/s, got {self.rate}")
         if self.burst is not None and self.burst < self.max_queries:
-            raise ConfigError(f"server.burst {self.burst} must be >= max_queries "
-                              f"{self.max_queries}: a full request could never pass")  # fmt: skip
+            raise ConfigError(
+                f"server.burst {self.burst} must be >= max_queries "
+                f"{self.max_queries}: a full request could never pass"
+            )
 
 
 class Refusal(Exception):
@@ -98,8 +100,12 @@ class RateLimiter:
         if tokens < count:
             self.buckets[client] = (tokens, now)
             wait = math.ceil((count - tokens) / self.rate)
-            raise Refusal(429, "rate", f"rate limit for client {client!r}: {self.rate:g} "
-                          f"queries/s, retry in {wait} s", {"Retry-After": str(wait)})  # fmt: skip
+            raise Refusal(
+                429,
+                "rate",
+                f"rate limit for client {client!r}: {self.rate:g} queries/s, retry in {wait} s",
+                {"Retry-After": str(wait)},
+            )
         self.buckets[client] = (tokens - count, now)
 
 
@@ -125,9 +131,13 @@ class Service:
         if entry.budget is not None:
             asked = self.api.record(entry.client).asked
             if asked + len(images) > entry.budget:
-                raise Refusal(429, "budget", f"query budget exhausted for client "
-                              f"{entry.client!r}: {asked} asked, {len(images)} more, budget "
-                              f"{entry.budget}")  # fmt: skip
+                raise Refusal(
+                    429,
+                    "budget",
+                    f"query budget exhausted for client "
+                    f"{entry.client!r}: {asked} asked, {len(images)} more, budget "
+                    f"{entry.budget}",
+                )
         try:
             answers = self.api.answer(torch.from_numpy(images.astype(np.float32)), entry.client)
         except BudgetExhausted as err:
@@ -138,24 +148,40 @@ class Service:
         record = self.api.record(client or entry.client)
         lefts = [b - record.asked for b in (self.api.ledger.budget, entry.budget) if b]
         left = min(lefts) if lefts else None
-        return {"client": record.client, "asked": record.asked, "answered": record.answered,
-                "refused": record.refused, "budget_left": left}  # fmt: skip
+        return {
+            "client": record.client,
+            "asked": record.asked,
+            "answered": record.answered,
+            "refused": record.refused,
+            "budget_left": left,
+        }
 
     def records(self) -> list[dict]:
         budgets = {e.client: e.budget for e in self.keys.entries}
         out = []
         for r in self.api.ledger.records():
             caps = [b for b in (r.budget, budgets.get(r.client)) if b]
-            out.append({"client": r.client, "asked": r.asked, "answered": r.answered,
-                        "flagged": r.flagged, "refused": r.refused,
-                        "first_flagged": r.first_flagged,
-                        "budget_left": min(caps) - r.asked if caps else None})  # fmt: skip
+            out.append(
+                {
+                    "client": r.client,
+                    "asked": r.asked,
+                    "answered": r.answered,
+                    "flagged": r.flagged,
+                    "refused": r.refused,
+                    "first_flagged": r.first_flagged,
+                    "budget_left": min(caps) - r.asked if caps else None,
+                }
+            )
         return out
 
     def evaluate(self, images: np.ndarray) -> bytes:
         batch = self.api.evaluate(torch.from_numpy(images.astype(np.float32)))
-        return to_npz(**{f: getattr(batch, f).numpy() for f in
-                         ("posteriors", "answers", "flagged", "refused")})  # fmt: skip
+        return to_npz(
+            **{
+                f: getattr(batch, f).numpy()
+                for f in ("posteriors", "answers", "flagged", "refused")
+            }
+        )
 
     def labels(self, images: np.ndarray) -> np.ndarray:
         return self.api.victim_labels(torch.from_numpy(images.astype(np.float32))).numpy()
@@ -190,8 +216,9 @@ def bearer(request: Request) -> str | None:
 
 
 def create_app(service: Service) -> FastAPI:
-    app = FastAPI(title="knockoff-lab prediction API", docs_url=None, redoc_url=None,
-                  openapi_url=None)  # fmt: skip
+    app = FastAPI(
+        title="knockoff-lab prediction API", docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.service = service
 
     @app.exception_handler(Refusal)
@@ -201,8 +228,12 @@ def create_app(service: Service) -> FastAPI:
     def client(request: Request) -> KeyEntry:
         entry = service.keys.lookup(bearer(request))
         if entry is None:  # the key itself is never logged nor echoed
-            raise Refusal(401, "auth", "missing or unknown API key (Authorization: Bearer KEY)",
-                          {"WWW-Authenticate": "Bearer"})  # fmt: skip
+            raise Refusal(
+                401,
+                "auth",
+                "missing or unknown API key (Authorization: Bearer KEY)",
+                {"WWW-Authenticate": "Bearer"},
+            )
         return entry
 
     Client = Annotated[KeyEntry, Depends(client)]
@@ -221,10 +252,16 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/deployment")
     async def deployment(entry: Client) -> dict:
         s = service.settings
-        return {"deployment": service.deployment, "name": s.name,
-                "num_classes": service.api.num_classes, "image_shape": s.image_shape,
-                "max_queries": s.max_queries, "max_body_bytes": s.max_body_bytes,
-                "batch_size": service.api.batch_size, "client": entry.client}  # fmt: skip
+        return {
+            "deployment": service.deployment,
+            "name": s.name,
+            "num_classes": service.api.num_classes,
+            "image_shape": s.image_shape,
+            "max_queries": s.max_queries,
+            "max_body_bytes": s.max_body_bytes,
+            "batch_size": service.api.batch_size,
+            "client": entry.client,
+        }
 
     @app.post("/v1/answer")
     async def answer(request: Request, entry: Client) -> Response:

@@ -37,8 +37,9 @@ def kcenter_greedy(
     O(N * (M + count)) with one cdist per pick; with no centers the first pick is row 0."""
     centers = centers.to(candidates.dtype)
     if len(centers):
-        nearest = torch.cat([torch.cdist(part, centers).min(-1).values
-                             for part in candidates.split(chunk)])  # fmt: skip
+        nearest = torch.cat(
+            [torch.cdist(part, centers).min(-1).values for part in candidates.split(chunk)]
+        )
     else:
         nearest = torch.full((len(candidates),), float("inf"))
     picks: list[int] = []
@@ -60,8 +61,10 @@ def logits_and_jacobian(
         x = chunk.to(device).requires_grad_(True)
         with torch.enable_grad():
             out = surrogate(x).float()
-            rows = [torch.autograd.grad(out[:, c].sum(), x, retain_graph=c + 1 < out.shape[1])[0]
-                    for c in range(out.shape[1])]  # fmt: skip
+            rows = [
+                torch.autograd.grad(out[:, c].sum(), x, retain_graph=c + 1 < out.shape[1])[0]
+                for c in range(out.shape[1])
+            ]
         logits.append(out.detach().cpu())
         grads.append(torch.stack(rows, 1).cpu())
     return torch.cat(logits), torch.cat(grads)
@@ -113,8 +116,9 @@ class ActiveThief(QueryStrategy):
     ):
         super().__init__(rounds)
         if selection not in ("entropy", "kcenter", "dfal", "random"):
-            raise ConfigError(f"ActiveThief selection must be entropy, kcenter, dfal or random, "
-                              f"got {selection!r}")  # fmt: skip
+            raise ConfigError(
+                f"ActiveThief selection must be entropy, kcenter, dfal or random, got {selection!r}"
+            )
         if not 0 < seed_fraction <= 1:
             raise ConfigError(f"ActiveThief seed_fraction must be in (0, 1], got {seed_fraction}")
         self.selection, self.seed_fraction = selection, seed_fraction

@@ -90,8 +90,9 @@ class QueryStrategy(ABC):
 
     def round_sizes(self, budget: int) -> list[int]:
         if budget < self.rounds:
-            raise ConfigError(f"data.budget {budget} is smaller than the attack's {self.rounds} "
-                              "rounds")  # fmt: skip
+            raise ConfigError(
+                f"data.budget {budget} is smaller than the attack's {self.rounds} rounds"
+            )
         base, extra = divmod(budget, self.rounds)
         return [base + (r < extra) for r in range(self.rounds)]
 
@@ -133,5 +134,6 @@ class QueryStrategy(ABC):
 
     def describe(self) -> str:
         cls = type(self)
-        return json.dumps([f"{cls.__module__}.{cls.__qualname__}", self.settings()],
-                          sort_keys=True, default=str)  # fmt: skip
+        return json.dumps(
+            [f"{cls.__module__}.{cls.__qualname__}", self.settings()], sort_keys=True, default=str
+        )

@@ -68,8 +68,9 @@ class JacobianAugmentation(QueryStrategy):
         if step <= 0 or tau < 1 or len(mean) != len(std):
             raise ConfigError("JacobianAugmentation needs step > 0, tau >= 1 and one std per mean")
         if not 0 < seed_fraction <= 1:
-            raise ConfigError(f"JacobianAugmentation seed_fraction must be in (0, 1], got "
-                              f"{seed_fraction}")  # fmt: skip
+            raise ConfigError(
+                f"JacobianAugmentation seed_fraction must be in (0, 1], got {seed_fraction}"
+            )
         self.seed_fraction, self.step, self.tau = seed_fraction, step, tau
         self.mean, self.std, self.target = tuple(mean), tuple(std), target
 
@@ -79,8 +80,10 @@ class JacobianAugmentation(QueryStrategy):
     def check_budget(self, budget: int, pool_size: int) -> None:
         """Only the seed round reads the pool."""
         if self.round_sizes(budget)[0] > pool_size:
-            raise ConfigError(f"the seed round of {self.round_sizes(budget)[0]} pool images "
-                              f"exceeds the pool's {pool_size}")  # fmt: skip
+            raise ConfigError(
+                f"the seed round of {self.round_sizes(budget)[0]} pool images "
+                f"exceeds the pool's {pool_size}"
+            )
 
     def lam(self, r: int) -> float:
         """lambda of round r >= 1: the sign flips every `tau` augmentation rounds."""
@@ -89,8 +92,10 @@ class JacobianAugmentation(QueryStrategy):
     def bounds(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
         mean, std = torch.tensor(self.mean), torch.tensor(self.std)
         if len(mean) != channels:
-            raise ConfigError(f"JacobianAugmentation has {len(mean)} mean values for images "
-                              f"of {channels} channels")  # fmt: skip
+            raise ConfigError(
+                f"JacobianAugmentation has {len(mean)} mean values for images "
+                f"of {channels} channels"
+            )
         shape = (1, channels, 1, 1)
         return ((0 - mean) / std).view(shape), ((1 - mean) / std).view(shape)
 

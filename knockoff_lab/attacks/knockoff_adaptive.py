@@ -53,8 +53,7 @@ def cluster_pool(
     labels = fine.fit_predict(features).astype(np.int64)
     if groups == 1:
         return labels, np.zeros(arms, np.int64)
-    coarse = KMeans(n_clusters=min(groups, len(fine.cluster_centers_)), n_init=3,
-                    random_state=seed)  # fmt: skip
+    coarse = KMeans(n_clusters=min(groups, len(fine.cluster_centers_)), n_init=3, random_state=seed)
     nodes = np.zeros(arms, np.int64)  # an arm k-means left empty stays in node 0, never drawn
     nodes[: len(fine.cluster_centers_)] = coarse.fit_predict(fine.cluster_centers_)
     return labels, nodes
@@ -86,11 +85,14 @@ class KnockoffAdaptive(QueryStrategy):
     ):
         super().__init__(rounds)
         if reward not in (*REWARDS, "all"):
-            raise ConfigError(f"KnockoffAdaptive reward must be one of {REWARDS} or 'all', "
-                              f"got {reward!r}")  # fmt: skip
+            raise ConfigError(
+                f"KnockoffAdaptive reward must be one of {REWARDS} or 'all', got {reward!r}"
+            )
         if arms < 1 or not 1 <= groups <= arms or not 0 <= explore <= 1 or lr <= 0:
-            raise ConfigError("KnockoffAdaptive needs arms >= 1, 1 <= groups <= arms, "
-                              "0 <= explore <= 1 and lr > 0")  # fmt: skip
+            raise ConfigError(
+                "KnockoffAdaptive needs arms >= 1, 1 <= groups <= arms, "
+                "0 <= explore <= 1 and lr > 0"
+            )
         self.arms, self.groups, self.reward = arms, groups, reward
         self.lr, self.explore = lr, explore
         self.feature_size, self.epsilon = feature_size, epsilon
@@ -153,8 +155,11 @@ class KnockoffAdaptive(QueryStrategy):
         if not self.last_indices or not len(seen.indices):
             return
         row_of = {int(index): row for row, index in enumerate(seen.indices.tolist())}
-        pairs = [(row_of[i], a) for i, a in zip(self.last_indices, self.last_arms, strict=True)
-                 if i in row_of]  # fmt: skip
+        pairs = [
+            (row_of[i], a)
+            for i, a in zip(self.last_indices, self.last_arms, strict=True)
+            if i in row_of
+        ]
         answered = set(answered_rows(seen).tolist())
         pairs = [(row, arm) for row, arm in pairs if row in answered]
         self.last_indices, self.last_arms = [], []
@@ -204,8 +209,9 @@ class KnockoffAdaptive(QueryStrategy):
         rng = np.random.default_rng([seen.seed, seen.round])
         left = np.ones(len(labels), bool)
         left[seen.indices[seen.indices >= 0]] = False
-        members = [rng.permutation(np.flatnonzero((labels == a) & left)).tolist()
-                   for a in range(self.arms)]  # fmt: skip
+        members = [
+            rng.permutation(np.flatnonzero((labels == a) & left)).tolist() for a in range(self.arms)
+        ]
         available = np.array([len(m) > 0 for m in members])
         if not available.any():
             raise ConfigError("KnockoffAdaptive: the pool has no unasked image left")
@@ -223,8 +229,19 @@ class KnockoffAdaptive(QueryStrategy):
         return Queries(indices=np.asarray(picks, np.int64))
 
     def state_dict(self) -> dict[str, Any]:
-        keys = ("h", "h_nodes", "counts", "baseline", "rewarded", "reward_means",
-                "reward_counts", "last_indices", "last_arms", "last_levels", "entropy")  # fmt: skip
+        keys = (
+            "h",
+            "h_nodes",
+            "counts",
+            "baseline",
+            "rewarded",
+            "reward_means",
+            "reward_counts",
+            "last_indices",
+            "last_arms",
+            "last_levels",
+            "entropy",
+        )
         return {k: getattr(self, k) for k in keys}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -82,5 +82,6 @@ class Defence(ABC):
 
     def describe(self) -> str:
         cls = type(self)
-        return json.dumps([f"{cls.__module__}.{cls.__qualname__}", self.settings()],
-                          sort_keys=True, default=str)  # fmt: skip
+        return json.dumps(
+            [f"{cls.__module__}.{cls.__qualname__}", self.settings()], sort_keys=True, default=str
+        )

@@ -94,8 +94,10 @@ class MAD(Defence):
             if classes != num_classes:
                 raise ConfigError(f"MAD: the proxy has {classes} classes, the victim {num_classes}")
         elif self.arch != "linear" and self.arch not in list_networks():
-            raise ConfigError(f"MAD: unknown proxy arch {self.arch!r}; known: linear, "
-                              f"{', '.join(list_networks())}")  # fmt: skip
+            raise ConfigError(
+                f"MAD: unknown proxy arch {self.arch!r}; known: linear, "
+                f"{', '.join(list_networks())}"
+            )
 
     def proxy(self, images: torch.Tensor, num_classes: int) -> nn.Module:
         """The proxy, built on first use (a linear one needs the image size), seeded."""
@@ -105,15 +107,18 @@ class MAD(Defence):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
                 if self.arch == "linear":
-                    self._proxy = nn.Sequential(nn.Flatten(), nn.Linear(images[0].numel(),
-                                                                        num_classes))  # fmt: skip
+                    self._proxy = nn.Sequential(
+                        nn.Flatten(), nn.Linear(images[0].numel(), num_classes)
+                    )
                 else:
                     self._proxy = build_network(self.arch, num_classes)
             self._proxy.eval()
         linear = self._proxy[1] if isinstance(self._proxy, nn.Sequential) else None
         if linear is not None and linear.in_features != images[0].numel():
-            raise ConfigError(f"MAD: the linear proxy was built for {linear.in_features} values "
-                              f"per image, queries have {images[0].numel()}")  # fmt: skip
+            raise ConfigError(
+                f"MAD: the linear proxy was built for {linear.in_features} values "
+                f"per image, queries have {images[0].numel()}"
+            )
         return self._proxy.to(images.device)
 
     def apply(self, batch: QueryBatch) -> None:

@@ -71,13 +71,19 @@ class PRADA(Defence):
         x = batch.images.detach().flatten(1).to("cpu", torch.float16)
         if not s:
             c = batch.posteriors.shape[-1]
-            s.update(growing=x[:0], members=torch.zeros(0, dtype=torch.long),
-                     threshold=torch.zeros(c, dtype=torch.float64),
-                     admitted=torch.zeros(c, 3, dtype=torch.float64),  # count, sum, sum of squares
-                     distances=torch.zeros(0), detected_at=-1)  # fmt: skip
+            s.update(
+                growing=x[:0],
+                members=torch.zeros(0, dtype=torch.long),
+                threshold=torch.zeros(c, dtype=torch.float64),
+                admitted=torch.zeros(c, 3, dtype=torch.float64),  # count, sum, sum of squares
+                distances=torch.zeros(0),
+                detected_at=-1,
+            )
         if s["growing"].shape[1:] != x.shape[1:] and len(s["growing"]):
-            raise ConfigError(f"PRADA: this client's queries changed size ({x.shape[1]} values per "
-                              f"image, earlier {s['growing'].shape[1]})")  # fmt: skip
+            raise ConfigError(
+                f"PRADA: this client's queries changed size ({x.shape[1]} values per "
+                f"image, earlier {s['growing'].shape[1]})"
+            )
         start = 0 if s["detected_at"] >= 0 else self._scan(s, x, batch.posteriors.argmax(-1).cpu())
         hit = torch.arange(n, device=batch.flagged.device) >= start
         batch.flagged |= hit

@@ -33,8 +33,13 @@ def plot_roc(panels: dict[str, Curves], path: Path, title: str = "") -> Path:
             text = f"{label}: AUROC {auroc:.3f}, TPR {at95:.1%} at TNR 95%"
             (line,) = ax.plot(fpr, tpr, label=text)
             ax.scatter([1 - tnr], [at95], color=line.get_color(), zorder=3, s=18)
-        ax.set(xlabel="FPR (in-distribution queries flagged)", xlim=(0, 1), ylim=(0, 1.02),
-               ylabel="TPR (out-of-distribution queries flagged)", title=name)  # fmt: skip
+        ax.set(
+            xlabel="FPR (in-distribution queries flagged)",
+            xlim=(0, 1),
+            ylim=(0, 1.02),
+            ylabel="TPR (out-of-distribution queries flagged)",
+            title=name,
+        )
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # off the curves
     fig.suptitle(textwrap.fill(title, 55 * columns), fontsize=11)
     fig.tight_layout()
@@ -62,9 +67,13 @@ def plot_transfer_histogram(
     right.bar(classes + width / 2, acc_surrogate, width, label="F_A (surrogate)")
     gap = int((acc_victim - acc_surrogate).argmax())
     right.annotate(
-        "largest gap", (gap, float(acc_surrogate[gap])), xytext=(0, 12), ha="center",
-        textcoords="offset points", arrowprops={"arrowstyle": "->"},
-    )  # fmt: skip
+        "largest gap",
+        (gap, float(acc_surrogate[gap])),
+        xytext=(0, 12),
+        ha="center",
+        textcoords="offset points",
+        arrowprops={"arrowstyle": "->"},
+    )
     right.set(xlabel="class", ylabel="test accuracy", ylim=(0, 1.05), title="per-class accuracy")
     right.legend(loc="lower right")
     fig.suptitle(title)
@@ -89,12 +98,21 @@ def plot_accuracy_over_epochs(metrics_csv: Path, path: Path, title: str = "") ->
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(epochs, accs, marker=".", label="Acc(F_A) on the victim's test set")
     ax.plot(epochs, vals, linestyle="--", label="val/acc (transfer set, used for selection)")
-    ax.scatter([epochs[best]], [accs[best]], color="red", zorder=3,
-               label=f"highest Acc(F_A): epoch {epochs[best]}")  # fmt: skip
+    ax.scatter(
+        [epochs[best]],
+        [accs[best]],
+        color="red",
+        zorder=3,
+        label=f"highest Acc(F_A): epoch {epochs[best]}",
+    )
     if any(v == v for v in vals):
         chosen = max((i for i in range(len(vals)) if vals[i] == vals[i]), key=vals.__getitem__)
-        ax.axvline(epochs[chosen], color="gray", linestyle=":",
-                   label=f"selected on val/acc: epoch {epochs[chosen]}")  # fmt: skip
+        ax.axvline(
+            epochs[chosen],
+            color="gray",
+            linestyle=":",
+            label=f"selected on val/acc: epoch {epochs[chosen]}",
+        )
     ax.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02), title=title)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -117,12 +135,25 @@ def plot_points(
     for series, entries in points.items():
         xs = [sum(x) / len(x) for _, x, _ in entries]
         ys = [sum(y) / len(y) for _, _, y in entries]
-        xerr = [[m - min(x) for m, (_, x, _) in zip(xs, entries, strict=True)],
-                [max(x) - m for m, (_, x, _) in zip(xs, entries, strict=True)]]  # fmt: skip
-        yerr = [[m - min(y) for m, (_, _, y) in zip(ys, entries, strict=True)],
-                [max(y) - m for m, (_, _, y) in zip(ys, entries, strict=True)]]  # fmt: skip
-        ax.errorbar(xs, ys, yerr=yerr, xerr=xerr, marker="o", markersize=4, capsize=2,
-                    linestyle="-" if lines else "none", label=series)  # fmt: skip
+        xerr = [
+            [m - min(x) for m, (_, x, _) in zip(xs, entries, strict=True)],
+            [max(x) - m for m, (_, x, _) in zip(xs, entries, strict=True)],
+        ]
+        yerr = [
+            [m - min(y) for m, (_, _, y) in zip(ys, entries, strict=True)],
+            [max(y) - m for m, (_, _, y) in zip(ys, entries, strict=True)],
+        ]
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=yerr,
+            xerr=xerr,
+            marker="o",
+            markersize=4,
+            capsize=2,
+            linestyle="-" if lines else "none",
+            label=series,
+        )
         if not lines:
             for (label, _, _), x, y in zip(entries, xs, ys, strict=True):
                 ax.annotate(label, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6)

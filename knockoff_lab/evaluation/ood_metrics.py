@@ -91,8 +91,9 @@ class ScoresBySet:
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             shards: list[dict | None] = [None] * dist.get_world_size()
             dist.all_gather_object(shards, parts)
-            parts = {name: [t for shard in shards for t in shard.get(name, [])]
-                     for name in TEST_SETS}  # fmt: skip
+            parts = {
+                name: [t for shard in shards for t in shard.get(name, [])] for name in TEST_SETS
+            }
         scores = {name: torch.cat(parts[name]) for name in TEST_SETS if parts.get(name)}
         if "in" not in scores or len(scores) < 2:
             raise ConfigError(

@@ -52,10 +52,14 @@ class DigitsCNN(nn.Module):
     def __init__(self, num_classes: int):
         super().__init__()
         self.features = nn.Sequential(
-            *_conv_bn_relu(3, 32), nn.MaxPool2d(2),
-            *_conv_bn_relu(32, 64), nn.MaxPool2d(2),
-            *_conv_bn_relu(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )  # fmt: skip
+            *_conv_bn_relu(3, 32),
+            nn.MaxPool2d(2),
+            *_conv_bn_relu(32, 64),
+            nn.MaxPool2d(2),
+            *_conv_bn_relu(64, 128),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.fc = nn.Linear(128, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,12 +83,19 @@ class GTSRB5L(nn.Module):
     def __init__(self, num_classes: int):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 2), nn.MaxPool2d(2), nn.ReLU(),
-            nn.Conv2d(32, 64, 2), nn.MaxPool2d(2), nn.ReLU(),
-            nn.Conv2d(64, 128, 2), nn.ReLU(),
-            nn.AdaptiveMaxPool2d(6), nn.Flatten(),
-            nn.Linear(128 * 6 * 6, 200), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv2d(3, 32, 2),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 2),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Conv2d(64, 128, 2),
+            nn.ReLU(),
+            nn.AdaptiveMaxPool2d(6),
+            nn.Flatten(),
+            nn.Linear(128 * 6 * 6, 200),
+            nn.ReLU(),
+        )
         self.fc = nn.Linear(200, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,16 +116,28 @@ class CIFAR109L(nn.Module):
 
         def block(cin: int, mid: int, cout: int) -> list[nn.Module]:
             return [
-                nn.Conv2d(cin, mid, 3, padding=1), nn.BatchNorm2d(mid), nn.ReLU(),
-                nn.Conv2d(mid, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            ]  # fmt: skip
+                nn.Conv2d(cin, mid, 3, padding=1),
+                nn.BatchNorm2d(mid),
+                nn.ReLU(),
+                nn.Conv2d(mid, cout, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
 
         self.features = nn.Sequential(
-            *block(3, 32, 64), *block(64, 128, 128), nn.Dropout2d(0.05), *block(128, 256, 256),
-            nn.AdaptiveMaxPool2d(4), nn.Flatten(), nn.Dropout(0.1),
-            nn.Linear(256 * 4 * 4, 1024), nn.ReLU(),
-            nn.Linear(1024, 512), nn.ReLU(), nn.Dropout(0.1),
-        )  # fmt: skip
+            *block(3, 32, 64),
+            *block(64, 128, 128),
+            nn.Dropout2d(0.05),
+            *block(128, 256, 256),
+            nn.AdaptiveMaxPool2d(4),
+            nn.Flatten(),
+            nn.Dropout(0.1),
+            nn.Linear(256 * 4 * 4, 1024),
+            nn.ReLU(),
+            nn.Linear(1024, 512),
+            nn.ReLU(),
+            nn.Dropout(0.1),
+        )
         self.fc = nn.Linear(512, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -104,8 +104,9 @@ class Mahalanobis(OODScorer):
                 "multi-layer Mahalanobis fits its combination on the validation split: it needs "
                 "out-of-distribution validation images (data.out_val_fraction > 0)"
             )
-        train = DataLoader(data.in_data.split("train"), batch_size=data.batch_size,
-                           num_workers=data.num_workers)  # fmt: skip
+        train = DataLoader(
+            data.in_data.split("train"), batch_size=data.batch_size, num_workers=data.num_workers
+        )
         self.fit_statistics(victim, train)
         if len(self.layers) > 1:
             self.fit_combination(victim, data.val_dataloader())

@@ -106,9 +106,11 @@ class KnockoffCLI(LightningCLI):
             "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"
         )
         parser.add_argument(
-            "--test_after_fit", type=bool, default=True,
+            "--test_after_fit",
+            type=bool,
+            default=True,
             help="After `fit`, test the best checkpoint on the test split (default: true).",
-        )  # fmt: skip
+        )
 
     def after_fit(self) -> None:
         if self.config_init[self.subcommand].get("test_after_fit", False):

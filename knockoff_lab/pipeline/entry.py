@@ -25,8 +25,13 @@ def user_error(err: BaseException) -> BaseException | None:
     return next((e for e in chain if isinstance(e, ArgumentError)), None)
 
 
-NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value type:",
-         "Expected a <class 'NoneType'>")  # fmt: skip
+NOISE = (
+    "Does not validate against",
+    "Subtypes:",
+    "Errors:",
+    "Given value type:",
+    "Expected a <class 'NoneType'>",
+)
 
 
 def one_line(message: str) -> str:

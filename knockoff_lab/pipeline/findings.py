@@ -133,23 +133,41 @@ def _indist_evades(results: Results) -> Verdict | None:
 
 
 FINDINGS = [
-    Finding("Label-only answers degrade the surrogate", "Table 6",
-            compare("6", "label", "6", "probs", "acc_surrogate", lower=True)),
-    Finding("A victim of a different architecture is harder to steal", "Table 5",
-            compare("5", "different_arch", "5", "same_arch", "recovery", lower=True)),
-    Finding("Batch size changes surrogate accuracy noticeably (by more than 2 points)", "Table 7",
-            _batch_size_spread),
-    Finding("A low-diversity query set degrades the attack", "5.1.3",
-            compare("5.1.3", "narrow", "5.1.3", "natural", "acc_surrogate", lower=True)),
-    Finding("Surrogates overfit: test accuracy peaks before training ends", "5.2.1, Figure 2",
-            _early_best),
-    Finding("In-distribution queries give a better surrogate", "5.2.2",
-            compare("5.2.2", "in_distribution", "5.2.2", "natural", "acc_surrogate",
-                    lower=False)),
-    Finding("The detector flags Knockoff queries (TPR and TNR >= 90%)", "Tables 3-4",
-            _detector_flags),
+    Finding(
+        "Label-only answers degrade the surrogate",
+        "Table 6",
+        compare("6", "label", "6", "probs", "acc_surrogate", lower=True),
+    ),
+    Finding(
+        "A victim of a different architecture is harder to steal",
+        "Table 5",
+        compare("5", "different_arch", "5", "same_arch", "recovery", lower=True),
+    ),
+    Finding(
+        "Batch size changes surrogate accuracy noticeably (by more than 2 points)",
+        "Table 7",
+        _batch_size_spread,
+    ),
+    Finding(
+        "A low-diversity query set degrades the attack",
+        "5.1.3",
+        compare("5.1.3", "narrow", "5.1.3", "natural", "acc_surrogate", lower=True),
+    ),
+    Finding(
+        "Surrogates overfit: test accuracy peaks before training ends",
+        "5.2.1, Figure 2",
+        _early_best,
+    ),
+    Finding(
+        "In-distribution queries give a better surrogate",
+        "5.2.2",
+        compare("5.2.2", "in_distribution", "5.2.2", "natural", "acc_surrogate", lower=False),
+    ),
+    Finding(
+        "The detector flags Knockoff queries (TPR and TNR >= 90%)", "Tables 3-4", _detector_flags
+    ),
     Finding("In-distribution queries evade the detector", "5.2.2", _indist_evades),
-]  # fmt: skip
+]
 
 
 def findings_lines(results: Results) -> list[str]:

@@ -76,14 +76,17 @@ class Grid:
         if (plot := self.plot) is not None:
             for axis in (plot.series, *([plot.x] if plot.x not in self.metrics else [])):
                 if axis not in self.axes:
-                    raise ConfigError(f"{where}: plot names {axis!r}, neither an axis "
-                                      f"({', '.join(self.axes)}) nor a metric")  # fmt: skip
+                    raise ConfigError(
+                        f"{where}: plot names {axis!r}, neither an axis "
+                        f"({', '.join(self.axes)}) nor a metric"
+                    )
             if plot.y not in self.metrics:
                 raise ConfigError(f"{where}: plot.y {plot.y!r} is not one of its metrics")
         if (ref := self.reference) is not None:
             if ref.variant not in self.axes.get(ref.axis, {}):
-                raise ConfigError(f"{where}: reference {ref.axis}={ref.variant} is no variant "
-                                  "of its axes")  # fmt: skip
+                raise ConfigError(
+                    f"{where}: reference {ref.axis}={ref.variant} is no variant of its axes"
+                )
             if unknown := [m for m in ref.metrics if m not in self.metrics]:
                 raise ConfigError(f"{where}: reference metrics {unknown} are not its metrics")
 
@@ -95,14 +98,16 @@ class Grid:
         stages, base = [], [self.config] if isinstance(self.config, str) else self.config
         for cell in self.cells():
             variants = [self.axes[axis][name] for axis, name in zip(self.axes, cell, strict=True)]
-            stages.append(Stage(
-                name="-".join([self.name, *cell]),
-                config=[*base, *(path for v in variants for path in v.config)],
-                set={**self.set, **{k: x for v in variants for k, x in v.set.items()}},
-                inputs={**self.inputs, **{k: x for v in variants for k, x in v.inputs.items()}},
-                rows=[Row(self.name, self.victim, "/".join(cell), self.metrics)],
-                seeds=self.seeds,
-            ))  # fmt: skip
+            stages.append(
+                Stage(
+                    name="-".join([self.name, *cell]),
+                    config=[*base, *(path for v in variants for path in v.config)],
+                    set={**self.set, **{k: x for v in variants for k, x in v.set.items()}},
+                    inputs={**self.inputs, **{k: x for v in variants for k, x in v.inputs.items()}},
+                    rows=[Row(self.name, self.victim, "/".join(cell), self.metrics)],
+                    seeds=self.seeds,
+                )
+            )
         return stages
 
     def get(self, results: Results, cell: tuple[str, ...], metric: str) -> list[float] | None:
@@ -125,10 +130,13 @@ class Grid:
                     continue
                 centre, half, n = paired_interval(a, b)
                 verdict = {"reproduced": "higher", "NOT reproduced": "lower"}.get(
-                    decide(centre, half, n), "inconclusive")  # fmt: skip
+                    decide(centre, half, n), "inconclusive"
+                )
                 spread = "1 seed: no spread to judge by" if n < 2 else f"+- {half:.3f}, {n} seeds"
-                lines.append(f"- {'/'.join(cell)} vs {'/'.join(other)}: {metric} "
-                             f"{centre:+.3f} ({spread}): **{verdict}**")  # fmt: skip
+                lines.append(
+                    f"- {'/'.join(cell)} vs {'/'.join(other)}: {metric} "
+                    f"{centre:+.3f} ({spread}): **{verdict}**"
+                )
         return lines
 
     def figure(self, results: Results, path: Path) -> Path | None:
@@ -144,10 +152,12 @@ class Grid:
             else:
                 xs = [float(cell[names.index(plot.x)])] * len(ys or [])
             if ys and xs:
-                label = "/".join(n for a, n in zip(names, cell, strict=True)
-                                 if a not in (plot.series, plot.x))  # fmt: skip
+                label = "/".join(
+                    n for a, n in zip(names, cell, strict=True) if a not in (plot.series, plot.x)
+                )
                 points.setdefault(cell[names.index(plot.series)], []).append((label, xs, ys))
         if not points:
             return None
-        return plot_points(points, path, plot.x, plot.y, self.title,
-                           lines=plot.x not in self.metrics)  # fmt: skip
+        return plot_points(
+            points, path, plot.x, plot.y, self.title, lines=plot.x not in self.metrics
+        )

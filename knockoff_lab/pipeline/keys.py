@@ -92,8 +92,10 @@ def missing_setting(config: dict, key: str) -> str | None:
         if len(rest) == 1:
             return None
         whole = f"{here}.{rest[0]}" if here else rest[0]
-        return (f"{whole} is not in the YAML, so {'.'.join(rest[1:])!r} has nothing to go "
-                f"under; set {whole!r} as a whole")  # fmt: skip
+        return (
+            f"{whole} is not in the YAML, so {'.'.join(rest[1:])!r} has nothing to go "
+            f"under; set {whole!r} as a whole"
+        )
     known = sorted({*node, *(params or ())} - {"class_path"})
     prefix = here + "." if here else ""
     if close := difflib.get_close_matches(rest[0], known, n=1):
@@ -116,5 +118,7 @@ def check_keys(stages: list[Stage], settings: dict[str, Any], source: str) -> No
         named += [(key, "set") for key in stage.set] + [(key, "inputs") for key in stage.inputs]
         for key, where in named:
             if (problem := missing_setting(config, key)) is not None:
-                raise ConfigError(f"{source}: stage {stage.name}: {where} key {key!r} is not a "
-                                  f"setting of {stage.shown}: {problem}")  # fmt: skip
+                raise ConfigError(
+                    f"{source}: stage {stage.name}: {where} key {key!r} is not a "
+                    f"setting of {stage.shown}: {problem}"
+                )

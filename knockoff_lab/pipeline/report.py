@@ -41,40 +41,84 @@ TITLES = {
 # The paper's own figures, shown beside ours when the preset is the paper's.
 BASELINES = ("msp", "odin", "mahalanobis_multi")  # Table 4's Baseline / ODIN / Mahal. columns
 PAPER: dict[tuple[str, str, str, str], float] = {
-    **{("2", v, "probs", "acc_victim"): a for v, a in [
-        ("caltech256-rn34", 0.746), ("cubs200-rn34", 0.772), ("diabetic5-rn34", 0.711),
-        ("gtsrb-rn34", 0.981), ("cifar10-rn34", 0.946)]},
-    **{("2", v, "probs", "acc_surrogate"): a for v, a in [
-        ("caltech256-rn34", 0.685), ("cubs200-rn34", 0.548), ("diabetic5-rn34", 0.593),
-        ("gtsrb-rn34", 0.924), ("cifar10-rn34", 0.711)]},
-    **{("6", v, "label", "acc_surrogate"): a for v, a in [
-        ("caltech256-rn34", 0.419), ("cubs200-rn34", 0.180), ("diabetic5-rn34", 0.547),
-        ("gtsrb-rn34", 0.916), ("cifar10-rn34", 0.536)]},
-    **{("5", v, s, "acc_surrogate"): a for v, s, a in [
-        ("gtsrb-rn34", "same_arch", 0.924), ("gtsrb-5l", "different_arch", 0.744),
-        ("cifar10-rn34", "same_arch", 0.711), ("cifar10-9l", "different_arch", 0.596)]},
+    **{
+        ("2", v, "probs", "acc_victim"): a
+        for v, a in [
+            ("caltech256-rn34", 0.746),
+            ("cubs200-rn34", 0.772),
+            ("diabetic5-rn34", 0.711),
+            ("gtsrb-rn34", 0.981),
+            ("cifar10-rn34", 0.946),
+        ]
+    },
+    **{
+        ("2", v, "probs", "acc_surrogate"): a
+        for v, a in [
+            ("caltech256-rn34", 0.685),
+            ("cubs200-rn34", 0.548),
+            ("diabetic5-rn34", 0.593),
+            ("gtsrb-rn34", 0.924),
+            ("cifar10-rn34", 0.711),
+        ]
+    },
+    **{
+        ("6", v, "label", "acc_surrogate"): a
+        for v, a in [
+            ("caltech256-rn34", 0.419),
+            ("cubs200-rn34", 0.180),
+            ("diabetic5-rn34", 0.547),
+            ("gtsrb-rn34", 0.916),
+            ("cifar10-rn34", 0.536),
+        ]
+    },
+    **{
+        ("5", v, s, "acc_surrogate"): a
+        for v, s, a in [
+            ("gtsrb-rn34", "same_arch", 0.924),
+            ("gtsrb-5l", "different_arch", 0.744),
+            ("cifar10-rn34", "same_arch", 0.711),
+            ("cifar10-9l", "different_arch", 0.596),
+        ]
+    },
     # Table 3 (CUBS): TPR / TNR of each detector
-    **{("3", "cubs200-rn34", s, m): v for s, tpr, tnr in [
-        ("RN18", 0.86, 0.83), ("RN34", 0.94, 0.80), ("RN18*", 0.90, 0.83), ("RN34*", 0.95, 0.82),
-        ("RN18*CV", 0.84, 0.84), ("RN34*CV", 0.93, 0.89), ("RN101*CV", 0.93, 0.93),
-        ("RN152*CV", 0.93, 0.93)] for m, v in (("tpr", tpr), ("tnr", tnr))},
+    **{
+        ("3", "cubs200-rn34", s, m): v
+        for s, tpr, tnr in [
+            ("RN18", 0.86, 0.83),
+            ("RN34", 0.94, 0.80),
+            ("RN18*", 0.90, 0.83),
+            ("RN34*", 0.95, 0.82),
+            ("RN18*CV", 0.84, 0.84),
+            ("RN34*CV", 0.93, 0.89),
+            ("RN101*CV", 0.93, 0.93),
+            ("RN152*CV", 0.93, 0.93),
+        ]
+        for m, v in (("tpr", tpr), ("tnr", tnr))
+    },
     # Table 4: ours (TPR, TNR); MSP / ODIN / Mahalanobis at our TNR and at TNR 95%. The paper ran
     # Lee et al.'s public code, whose Mahalanobis combines layers: our mahalanobis_multi.
-    **{(t, f"{v}-rn34", s, m): x for t, v, tpr, tnr, ours, at95 in [
-        ("4a", "caltech256", 0.63, 0.56, (0.87, 0.88, 0.59), (0.13, 0.11, 0.05)),
-        ("4a", "cubs200", 0.93, 0.93, (0.48, 0.54, 0.19), (0.39, 0.43, 0.12)),
-        ("4a", "diabetic5", 0.99, 0.99, (0.01, 0.25, 0.98), (0.05, 0.49, 0.99)),
-        ("4a", "gtsrb", 0.99, 0.99, (0.42, 0.56, 0.71), (0.77, 0.94, 0.89)),
-        ("4a", "cifar10", 0.96, 0.96, (0.28, 0.54, 0.89), (0.33, 0.60, 0.91)),
-        ("4b", "caltech256", 0.61, 0.59, (0.83, 0.83, 0.06), (0.11, 0.11, 0.06)),
-        ("4b", "cubs200", 0.93, 0.93, (0.47, 0.50, 0.14), (0.37, 0.44, 0.14)),
-        ("4b", "diabetic5", 0.99, 0.99, (0.01, 0.21, 0.99), (0.04, 0.44, 0.99)),
-        ("4b", "gtsrb", 0.99, 0.99, (0.44, 0.64, 0.75), (0.76, 0.93, 0.87)),
-        ("4b", "cifar10", 0.96, 0.96, (0.27, 0.56, 0.92), (0.33, 0.62, 0.95))]
-       for s, m, x in [("ours", "tpr", tpr), ("ours", "tnr", tnr),
-                       *[(b, "tpr_at_tnr_ours", o) for b, o in zip(BASELINES, ours, strict=True)],
-                       *[(b, "tpr_at_tnr95", a) for b, a in zip(BASELINES, at95, strict=True)]]},
-}  # fmt: skip
+    **{
+        (t, f"{v}-rn34", s, m): x
+        for t, v, tpr, tnr, ours, at95 in [
+            ("4a", "caltech256", 0.63, 0.56, (0.87, 0.88, 0.59), (0.13, 0.11, 0.05)),
+            ("4a", "cubs200", 0.93, 0.93, (0.48, 0.54, 0.19), (0.39, 0.43, 0.12)),
+            ("4a", "diabetic5", 0.99, 0.99, (0.01, 0.25, 0.98), (0.05, 0.49, 0.99)),
+            ("4a", "gtsrb", 0.99, 0.99, (0.42, 0.56, 0.71), (0.77, 0.94, 0.89)),
+            ("4a", "cifar10", 0.96, 0.96, (0.28, 0.54, 0.89), (0.33, 0.60, 0.91)),
+            ("4b", "caltech256", 0.61, 0.59, (0.83, 0.83, 0.06), (0.11, 0.11, 0.06)),
+            ("4b", "cubs200", 0.93, 0.93, (0.47, 0.50, 0.14), (0.37, 0.44, 0.14)),
+            ("4b", "diabetic5", 0.99, 0.99, (0.01, 0.21, 0.99), (0.04, 0.44, 0.99)),
+            ("4b", "gtsrb", 0.99, 0.99, (0.44, 0.64, 0.75), (0.76, 0.93, 0.87)),
+            ("4b", "cifar10", 0.96, 0.96, (0.27, 0.56, 0.92), (0.33, 0.62, 0.95)),
+        ]
+        for s, m, x in [
+            ("ours", "tpr", tpr),
+            ("ours", "tnr", tnr),
+            *[(b, "tpr_at_tnr_ours", o) for b, o in zip(BASELINES, ours, strict=True)],
+            *[(b, "tpr_at_tnr95", a) for b, a in zip(BASELINES, at95, strict=True)],
+        ]
+    },
+}
 
 
 def write_results(path: Path, results: Results) -> None:
@@ -87,8 +131,11 @@ def write_results(path: Path, results: Results) -> None:
             for seed, value in enumerate(values):
                 writer.writerow([*key, seed, f"{value:.4f}"])
             if len(values) > 1:
-                for name, value in (("mean", mean(values)), ("min", min(values)),
-                                    ("max", max(values))):  # fmt: skip
+                for name, value in (
+                    ("mean", mean(values)),
+                    ("min", min(values)),
+                    ("max", max(values)),
+                ):
                     writer.writerow([*key, name, f"{value:.4f}"])
 
 
@@ -152,8 +199,10 @@ def detection_table(results: Results, table: str, paper: bool = False) -> list[s
                 row = [_pct(results.get((table, victim, setting, m))) for m in metrics]
                 if paper:
                     refs = [PAPER.get((table, victim, setting, m)) for m in metrics]
-                    row = [c + (f" [paper {_pct([r])}]" if r is not None else "")
-                           for c, r in zip(row, refs, strict=True)]  # fmt: skip
+                    row = [
+                        c + (f" [paper {_pct([r])}]" if r is not None else "")
+                        for c, r in zip(row, refs, strict=True)
+                    ]
                 lines.append("| " + " | ".join([victim, setting, *row]) + " |")
     return lines
 
@@ -191,8 +240,10 @@ def plot_table_rocs(scored: list[Scored], folder: Path) -> dict[str, Path]:
         if "in" in scores and ood_set in scores:
             panel = panels.setdefault(table, {}).setdefault(f"{victim}: in vs {ood_set}", {})
             panel[setting] = (scores["in"], scores[ood_set])
-    return {table: plot_roc(panel, folder / f"roc_table{table}.png", TITLES.get(table, table))
-            for table, panel in panels.items()}  # fmt: skip
+    return {
+        table: plot_roc(panel, folder / f"roc_table{table}.png", TITLES.get(table, table))
+        for table, panel in panels.items()
+    }
 
 
 def write_tables(
@@ -220,13 +271,21 @@ def write_tables(
             lines += [f"![{grid.plot.y} vs {grid.plot.x}]({figure})", ""]
         if comparisons := grid.comparisons(results):
             ref = grid.reference
-            lines += [f"Each cell against {ref.axis} = {ref.variant}, paired across seeds "
-                      "(higher / lower only when the 95% interval excludes zero):", "",
-                      *comparisons, ""]  # fmt: skip
-    lines += ["## The paper's findings, checked on this run", "",
-              "Decided by the spread over seeds (`pipeline/findings.py`): a paired 95% interval "
-              "of the difference must lie wholly on one side.", "",
-              *findings_lines(results)]  # fmt: skip
+            lines += [
+                f"Each cell against {ref.axis} = {ref.variant}, paired across seeds "
+                "(higher / lower only when the 95% interval excludes zero):",
+                "",
+                *comparisons,
+                "",
+            ]
+    lines += [
+        "## The paper's findings, checked on this run",
+        "",
+        "Decided by the spread over seeds (`pipeline/findings.py`): a paired 95% interval "
+        "of the difference must lie wholly on one side.",
+        "",
+        *findings_lines(results),
+    ]
     with atomic_file(path, "w", "report file") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -241,19 +300,26 @@ def log_to_wandb(output: Path, project: str = "knockoff-lab") -> Path:
     offline = wandb_offline()
     # an absolute dir: W&B's service process resolves paths in its own working directory
     # a run of its own even when a Lightning WandbLogger's run is still open in this process
-    run = wandb.init(project=project, name=output.name, dir=str(output.resolve()),
-                     job_type="reproduce", mode="offline" if offline else None,
-                     reinit="create_new")  # fmt: skip
+    run = wandb.init(
+        project=project,
+        name=output.name,
+        dir=str(output.resolve()),
+        job_type="reproduce",
+        mode="offline" if offline else None,
+        reinit="create_new",
+    )
     try:
         with open(output / "results.csv", newline="") as f:
             rows = list(csv.reader(f))
         text = (output / "tables.md").read_text()
         figures = sorted((output / "figures").glob("*.png"))
-        run.log({
-            "results": wandb.Table(columns=rows[0], data=rows[1:]),
-            "tables": wandb.Html(f"<pre>{html.escape(text)}</pre>"),
-            **{f"figures/{png.stem}": wandb.Image(str(png)) for png in figures},
-        })  # fmt: skip
+        run.log(
+            {
+                "results": wandb.Table(columns=rows[0], data=rows[1:]),
+                "tables": wandb.Html(f"<pre>{html.escape(text)}</pre>"),
+                **{f"figures/{png.stem}": wandb.Image(str(png)) for png in figures},
+            }
+        )
         run.summary.update({"/".join(row[:5]): float(row[5]) for row in rows[1:]})
         artifact = wandb.Artifact(f"report-{output.name}", type="report")
         for file in [output / "results.csv", output / "tables.md", *figures]:

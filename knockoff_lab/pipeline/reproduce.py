@@ -105,8 +105,11 @@ def reproduce(
     check_keys(stages, set or {}, source)  # a typo fails now, not hours into a run
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
-    runs = [(stage, seed) for stage in stages
-            for seed in range((stage.seeds or seeds) if is_attack(stage) else 1)]  # fmt: skip
+    runs = [
+        (stage, seed)
+        for stage in stages
+        for seed in range((stage.seeds or seeds) if is_attack(stage) else 1)
+    ]
     output = Path(output_dir)
     runner = StageRunner(output, set or {}, force, verbose)
     results: Results = {}
@@ -126,15 +129,19 @@ def reproduce(
                     results.setdefault(key, []).append(result["metrics"][logged])
             if (folder / "scores.csv").exists():  # a detector's or an OOD baseline's
                 ood_sets = {logged.rsplit("/", 1)[-1] for logged in row.metrics.values()}
-                scored += [(row.table, row.victim, row.setting, ood_set, folder / "scores.csv")
-                           for ood_set in TEST_SETS[1:] if ood_set in ood_sets]  # fmt: skip
+                scored += [
+                    (row.table, row.victim, row.setting, ood_set, folder / "scores.csv")
+                    for ood_set in TEST_SETS[1:]
+                    if ood_set in ood_sets
+                ]
         if seed > 0 or stage in cells:
             continue  # the figures show seed 0 (a grid cell's stay in its stage folder)
         for png in [*folder.glob("figure*.png"), *folder.glob("roc.png")]:
             shutil.copy(png, figures / f"{stage.name}_{png.name}")
         if "curve/epochs_run" in result["metrics"]:
-            plot_accuracy_over_epochs(folder / "metrics.csv", figures / f"{stage.name}_figure2.png",
-                                      title=stage.name)  # fmt: skip
+            plot_accuracy_over_epochs(
+                folder / "metrics.csv", figures / f"{stage.name}_figure2.png", title=stage.name
+            )
     write_results(output / ".results.csv", results)
     (output / ".results.csv").replace(output / "results.csv")
     drawn = plot_table_rocs(scored, figures)
@@ -145,8 +152,11 @@ def reproduce(
     write_tables(output / ".tables.md", results, preset == "paper", shown, grids)
     (output / ".tables.md").replace(output / "tables.md")
     atomic_write_text(output / "elapsed.txt", f"{time.time() - start:.1f} s\n")
-    print(f"report: {output / 'tables.md'}, {output / 'results.csv'}, {figures}/ "
-          f"({time.time() - start:.0f} s)", flush=True)  # fmt: skip
+    print(
+        f"report: {output / 'tables.md'}, {output / 'results.csv'}, {figures}/ "
+        f"({time.time() - start:.0f} s)",
+        flush=True,
+    )
     if wandb:
         print(f"W&B: {log_to_wandb(output, wandb_project)}", flush=True)
     return output

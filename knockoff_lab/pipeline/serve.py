@@ -23,8 +23,9 @@ from knockoff_lab.pipeline.trust import check_trusted
 
 
 def serve_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="main.py serve", exit_on_error=False,
-                            description="Serve the prediction API over HTTP.")  # fmt: skip
+    parser = ArgumentParser(
+        prog="main.py serve", exit_on_error=False, description="Serve the prediction API over HTTP."
+    )
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_argument("--api", type=PredictionAPI, required=True)
     parser.add_argument("--server", type=ServerSettings, required=True)
@@ -52,7 +53,7 @@ def serve_parser() -> ArgumentParser:
         default=False,
         help="Print every client's books for this deployment as JSON and exit.",
     )
-    return parser  # fmt: skip
+    return parser
 
 
 def build_service(config) -> Service:
@@ -70,10 +71,14 @@ def serve_main(args: list[str] | None = None) -> None:
     parser = serve_parser()
     config = parser.parse_args(args)
     if config.add_client:
-        key = add_client(config.server.keys_file, config.add_client, config.client_budget,
-                         config.owner)  # fmt: skip
-        print(f"client {config.add_client!r} added to {config.server.keys_file}; its key (shown "
-              "only now, store it safely):", file=sys.stderr)  # fmt: skip
+        key = add_client(
+            config.server.keys_file, config.add_client, config.client_budget, config.owner
+        )
+        print(
+            f"client {config.add_client!r} added to {config.server.keys_file}; its key (shown "
+            "only now, store it safely):",
+            file=sys.stderr,
+        )
         print(key)
         return
     service = build_service(config)
@@ -83,10 +88,19 @@ def serve_main(args: list[str] | None = None) -> None:
         return
     settings = service.settings
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {settings.host}, not loopback: put TLS in front of it",
-              file=sys.stderr)  # fmt: skip
-    print(f"serving {settings.name} (deployment {service.deployment}, "
-          f"{len(service.keys.entries)} keys) at http://{settings.host}:{settings.port}",
-          flush=True)  # fmt: skip
-    uvicorn.run(create_app(service), host=settings.host, port=settings.port,
-                access_log=settings.access_log, log_level="info")  # fmt: skip
+        print(
+            f"warning: serving on {settings.host}, not loopback: put TLS in front of it",
+            file=sys.stderr,
+        )
+    print(
+        f"serving {settings.name} (deployment {service.deployment}, "
+        f"{len(service.keys.entries)} keys) at http://{settings.host}:{settings.port}",
+        flush=True,
+    )
+    uvicorn.run(
+        create_app(service),
+        host=settings.host,
+        port=settings.port,
+        access_log=settings.access_log,
+        log_level="info",
+    )

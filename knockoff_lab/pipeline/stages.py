@@ -68,8 +68,10 @@ class Stage:
         """Checked when the preset is read: a stage's name is a folder under `output_dir`
         (never outside it: `--force` deletes there)."""
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) or ".." in self.name:
-            raise ConfigError(f"stage name {self.name!r} must be letters, digits, '-', '_' or "
-                              "'.' (it names a folder under output_dir)")  # fmt: skip
+            raise ConfigError(
+                f"stage name {self.name!r} must be letters, digits, '-', '_' or "
+                "'.' (it names a folder under output_dir)"
+            )
         if not self.configs:
             raise ConfigError(f"stage {self.name}: config names no YAML")
         if self.seeds is not None and self.seeds < 1:
@@ -124,8 +126,10 @@ def read_yaml(stage: "Stage") -> dict:
         except ConfigError as err:
             raise ConfigError(f"stage {stage.name}: {err}") from err
         if not isinstance(config, dict):
-            raise ConfigError(f"stage {stage.name}: config {path} is not a mapping of "
-                              f"settings (got a {type(config).__name__})")  # fmt: skip
+            raise ConfigError(
+                f"stage {stage.name}: config {path} is not a mapping of "
+                f"settings (got a {type(config).__name__})"
+            )
         merged = merge(merged, config)
     return merged
 
@@ -219,8 +223,9 @@ class StageRunner:
         for key, name in stage.inputs.items():
             set_dotted(config, key, self.done[name]["checkpoint"])
         trainer = config.setdefault("trainer", {})
-        trainer.update(default_root_dir=str(folder), enable_progress_bar=False,
-                       enable_model_summary=False)  # fmt: skip
+        trainer.update(
+            default_root_dir=str(folder), enable_progress_bar=False, enable_model_summary=False
+        )
         trainer["logger"] = {
             "class_path": "lightning.pytorch.loggers.CSVLogger",
             "init_args": {"save_dir": str(folder), "name": "", "version": ""},
@@ -230,9 +235,11 @@ class StageRunner:
         ]
         for callback in checkpoints:
             callback.setdefault("init_args", {}).update(
-                dirpath=str(folder / "checkpoints"), filename="best", save_last=True,
+                dirpath=str(folder / "checkpoints"),
+                filename="best",
+                save_last=True,
                 enable_version_counter=False,
-            )  # fmt: skip
+            )
         return config
 
     def run(self, stage: Stage, position: str) -> dict:
@@ -263,8 +270,11 @@ class StageRunner:
             with stage_output(folder / "stdout.log", self.verbose):
                 cli = cli_main(args)
         except BaseException:
-            print(f"{position} {stage.name}: FAILED after {time.time() - start:.1f} s; its "
-                  f"output: {folder / 'stdout.log'}", flush=True)  # fmt: skip
+            print(
+                f"{position} {stage.name}: FAILED after {time.time() - start:.1f} s; its "
+                f"output: {folder / 'stdout.log'}",
+                flush=True,
+            )
             raise
         metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
         saved = [Path("checkpoints", name) for name in ("best.ckpt", "last.ckpt")]

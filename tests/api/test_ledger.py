@@ -50,8 +50,10 @@ def test_first_flagged_counts_all_the_clients_queries_and_never_moves():
     assert (record.asked, record.flagged, record.first_flagged) == (14, 3, 10)  # set once
     api.answer(queries(3, marked=(0,)), "bob")
     assert api.record("bob").first_flagged == 1  # per client
-    assert [(r.client, r.first_flagged) for r in api.ledger.records()] == [("alice", 10),
-                                                                           ("bob", 1)]  # fmt: skip
+    assert [(r.client, r.first_flagged) for r in api.ledger.records()] == [
+        ("alice", 10),
+        ("bob", 1),
+    ]
     assert api.record("carol").first_flagged is None  # no books at all
 
 

@@ -104,8 +104,10 @@ def test_owner_cache_spares_cached_batches_and_answers_identically(tmp_path):
     label.answer(mixed)  # all cached now: the victim does not run
     assert [n for *_, n in victim.calls] == [8, 8]
     fresh = PredictionAPI.around(victim)  # no cache: recomputes
-    assert torch.equal(fresh.answer(mixed), PredictionAPI.around(
-        victim, posterior_cache=tmp_path / "owner").answer(mixed))  # fmt: skip
+    assert torch.equal(
+        fresh.answer(mixed),
+        PredictionAPI.around(victim, posterior_cache=tmp_path / "owner").answer(mixed),
+    )
     changed = Recorder()  # another victim: another cache folder, nothing reused
     PredictionAPI.around(changed, posterior_cache=tmp_path / "owner").answer(x)
     assert sum(n for *_, n in changed.calls) == 8

@@ -52,8 +52,11 @@ def serving(
     """The API served by uvicorn in a thread on a free loopback port: (url, keys, service)."""
     keys = make_keys(folder / "keys.json", clients)
     options = {"image_shape": SHAPE, "access_log": False, **settings}
-    service = Service(api, ServerSettings(str(folder / "keys.json"), port=free_port(), **options),
-                      KeyRing(read_keys(folder / "keys.json")))  # fmt: skip
+    service = Service(
+        api,
+        ServerSettings(str(folder / "keys.json"), port=free_port(), **options),
+        KeyRing(read_keys(folder / "keys.json")),
+    )
     with run_server(service, log_level) as url:
         yield url, keys, service
 
@@ -70,9 +73,14 @@ def served_api(victim_ckpt, folder: Path, defences=(), **kwargs) -> PredictionAP
 
 
 def transfer(api, cache_dir: str, budget: int = 100) -> TransferSetDataModule:
-    dm = TransferSetDataModule(api=api, pool=CropsPoolDataModule(size=300, seed=0),
-                               victim_data=DigitsDataModule(), budget=budget,
-                               query_batch_size=32, cache_dir=cache_dir)  # fmt: skip
+    dm = TransferSetDataModule(
+        api=api,
+        pool=CropsPoolDataModule(size=300, seed=0),
+        victim_data=DigitsDataModule(),
+        budget=budget,
+        query_batch_size=32,
+        cache_dir=cache_dir,
+    )
     dm.setup()
     dm.grow_to(0)
     return dm
@@ -96,8 +104,9 @@ def queries(n: int, seed: int = 0, dtype=np.float32) -> np.ndarray:
 @pytest.mark.parametrize("stack", ["probs", "top2", "prada"])
 def test_an_attack_through_http_builds_the_in_process_transfer_set(victim_ckpt, tmp_path, stack):
     defences = {"probs": [], "top2": [TopK(2)], "prada": [PRADA(min_queries=20, on_flag="flag")]}
-    local = transfer(PredictionAPI(str(victim_ckpt), defences[stack], posterior_cache=None,
-                                   ledger=None), "local")  # fmt: skip
+    local = transfer(
+        PredictionAPI(str(victim_ckpt), defences[stack], posterior_cache=None, ledger=None), "local"
+    )
     api = served_api(victim_ckpt, tmp_path, defences[stack])
     with serving(api, tmp_path, {"alice": {}, "owner": {"owner": True}}) as (url, keys, service):
         remote = RemoteAPI(url, key=keys["alice"], owner_key=keys["owner"])
@@ -115,8 +124,9 @@ def test_an_attack_through_http_builds_the_in_process_transfer_set(victim_ckpt, 
 
 def test_a_killed_remote_attack_resumes_without_paying_twice(victim_ckpt, tmp_path, monkeypatch):
     local = transfer(PredictionAPI(str(victim_ckpt), posterior_cache=None, ledger=None), "local")
-    with serving(served_api(victim_ckpt, tmp_path), tmp_path,
-                 {"alice": {}, "owner": {"owner": True}}) as (url, keys, service):  # fmt: skip
+    with serving(
+        served_api(victim_ckpt, tmp_path), tmp_path, {"alice": {}, "owner": {"owner": True}}
+    ) as (url, keys, service):
         answer, calls = RemoteAPI.answer, []
 
         def killed_after_two(self, images, client="default"):
@@ -144,8 +154,10 @@ def test_a_killed_remote_attack_resumes_without_paying_twice(victim_ckpt, tmp_pa
 
 def test_describe_names_the_deployment_not_its_secrets(victim_ckpt, tmp_path):
     with serving(served_api(victim_ckpt, tmp_path / "a"), tmp_path / "a", {"alice": {}}) as (
-        url, keys, service,
-    ):  # fmt: skip
+        url,
+        keys,
+        service,
+    ):
         plain = RemoteAPI(url, key=keys["alice"]).describe()
         assert service.deployment in plain and url in plain
     guarded = served_api(victim_ckpt, tmp_path / "b", [TopK(2)])
@@ -163,8 +175,11 @@ def test_describe_names_the_deployment_not_its_secrets(victim_ckpt, tmp_path):
 @contextmanager
 def served_process(config: Path, port: int, log: Path):
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, str(REPO / "main.py"), "serve", "--config",
-                                    str(config)], stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "main.py"), "serve", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_ready(f"http://127.0.0.1:{port}", 120, lambda: process.poll() is None)
         yield process
@@ -181,12 +196,23 @@ def served_process(config: Path, port: int, log: Path):
 
 
 def serve_config(path: Path, victim_ckpt, port: int, defences: list, budget: int) -> Path:
-    path.write_text(yaml.safe_dump({
-        "api": {"class_path": "knockoff_lab.api.PredictionAPI", "init_args": {
-            "victim": str(victim_ckpt), "budget": budget, "ledger": "books.sqlite",
-            "posterior_cache": None, "defences": defences}},
-        "server": {"keys_file": "keys.json", "port": port, "image_shape": SHAPE},
-    }))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "api": {
+                    "class_path": "knockoff_lab.api.PredictionAPI",
+                    "init_args": {
+                        "victim": str(victim_ckpt),
+                        "budget": budget,
+                        "ledger": "books.sqlite",
+                        "posterior_cache": None,
+                        "defences": defences,
+                    },
+                },
+                "server": {"keys_file": "keys.json", "port": port, "image_shape": SHAPE},
+            }
+        )
+    )
     return path
 
 
@@ -207,14 +233,27 @@ def test_a_restart_keeps_the_books_the_budget_and_defence_state(victim_ckpt, tmp
         assert refused.status_code == 429 and refused.json()["error"] == "budget"
         assert "60 asked, 1 more" in refused.text
     # the same queries in one process: the defence's state and the budget crossed the restart
-    one = PredictionAPI(str(victim_ckpt), [RefuseAfter(30)], budget=60, posterior_cache=None,
-                        ledger=None)  # fmt: skip
+    one = PredictionAPI(
+        str(victim_ckpt), [RefuseAfter(30)], budget=60, posterior_cache=None, ledger=None
+    )
     expected = one.answer(torch.from_numpy(x[:40]), "alice").numpy()
     assert np.array_equal(np.concatenate([first, second]), expected, equal_nan=True)
     assert np.isnan(second[10:]).all() and not np.isnan(second[:10]).any()
-    report = subprocess.run([sys.executable, str(REPO / "main.py"), "serve", "--config",
-                             str(config), "--report", "true"], capture_output=True, text=True,
-                            timeout=120, check=True)  # fmt: skip
+    report = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "main.py"),
+            "serve",
+            "--config",
+            str(config),
+            "--report",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     rows = {r["client"]: r for r in json.loads(report.stdout)["clients"]}
     fields = ("asked", "answered", "flagged", "refused", "first_flagged")
     assert {k: rows["alice"][k] for k in fields} == {
@@ -236,8 +275,9 @@ def bad_server(victim_ckpt, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad")
     api = served_api(victim_ckpt, folder, budget=100)
     clients = {"alice": {}, "capped": {"budget": 10}, "slow": {}, "owner": {"owner": True}}
-    with serving(api, folder, clients, max_queries=16, max_body_bytes=20 * 3 * 16 * 16 * 4 + 1024,
-                 rate=None) as server:  # fmt: skip
+    with serving(
+        api, folder, clients, max_queries=16, max_body_bytes=20 * 3 * 16 * 16 * 4 + 1024, rate=None
+    ) as server:
         yield server
 
 
@@ -331,8 +371,10 @@ def test_the_owner_side_is_for_owner_keys_only(bad_server):
 def test_the_rate_limit_refuses_with_retry_after_and_charges_nothing(victim_ckpt, tmp_path):
     api = served_api(victim_ckpt, tmp_path)
     with serving(api, tmp_path, {"alice": {}}, max_queries=8, rate=1.0, burst=8) as (
-        url, keys, service,
-    ):  # fmt: skip
+        url,
+        keys,
+        service,
+    ):
         assert post(url, keys["alice"], to_npy(queries(8))).status_code == 200
         reply = post(url, keys["alice"], to_npy(queries(8)))
         assert reply.status_code == 429 and reply.json()["error"] == "rate"
@@ -347,8 +389,10 @@ def test_a_sybil_split_across_keys_shows_in_the_per_client_books(victim_ckpt, tm
     api = served_api(victim_ckpt, tmp_path, budget=40)
     sybils = {f"sybil-{i}": {} for i in range(3)}
     with serving(api, tmp_path, {**sybils, "benign": {}, "owner": {"owner": True}}) as (
-        url, keys, _,
-    ):  # fmt: skip
+        url,
+        keys,
+        _,
+    ):
         x = queries(120)
         for i, name in enumerate(sybils):  # 120 queries, each key under the budget of 40
             assert post(url, keys[name], to_npy(x[40 * i : 40 * i + 16])).status_code == 200
@@ -358,15 +402,24 @@ def test_a_sybil_split_across_keys_shows_in_the_per_client_books(victim_ckpt, tm
         owner = RemoteAPI(url, key=keys["owner"], owner_key=keys["owner"])
         rows = owner._request("GET", "/v1/owner/records", owner=True).json()["clients"]
         table = {r["client"]: (r["asked"], r["answered"], r["budget_left"]) for r in rows}
-        assert table == {"sybil-0": (40, 40, 0), "sybil-1": (40, 40, 0), "sybil-2": (40, 40, 0),
-                         "benign": (3, 3, 37)}  # fmt: skip
+        assert table == {
+            "sybil-0": (40, 40, 0),
+            "sybil-1": (40, 40, 0),
+            "sybil-2": (40, 40, 0),
+            "benign": (3, 3, 37),
+        }
         mine = httpx.get(f"{url}/v1/record", headers={"X-API-Key": keys["sybil-1"]}, timeout=30)
         assert mine.json()["asked"] == 40 and "flagged" not in mine.json()  # own books only
 
 
 def test_keys_are_hashed_at_rest_and_never_logged(victim_ckpt, tmp_path, capfd):
-    with serving(served_api(victim_ckpt, tmp_path), tmp_path, {"alice": {}}, log_level="info",
-                 access_log=True) as (url, keys, _):  # fmt: skip
+    with serving(
+        served_api(victim_ckpt, tmp_path),
+        tmp_path,
+        {"alice": {}},
+        log_level="info",
+        access_log=True,
+    ) as (url, keys, _):
         assert post(url, keys["alice"], to_npy(queries(2))).status_code == 200
         assert post(url, keys["alice"] + "x", to_npy(queries(2))).status_code == 401
     stored = (tmp_path / "keys.json").read_text()
@@ -380,14 +433,39 @@ def test_keys_are_hashed_at_rest_and_never_logged(victim_ckpt, tmp_path, capfd):
 
 def test_add_client_prints_the_key_once(victim_ckpt, tmp_path):
     config = serve_config(tmp_path / "serve.yaml", victim_ckpt, free_port(), [], budget=10)
-    made = subprocess.run([sys.executable, str(REPO / "main.py"), "serve", "--config", str(config),
-                           "--add_client", "carol", "--client_budget", "7"], capture_output=True,
-                          text=True, timeout=120, check=True)  # fmt: skip
+    made = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "main.py"),
+            "serve",
+            "--config",
+            str(config),
+            "--add_client",
+            "carol",
+            "--client_budget",
+            "7",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     key = made.stdout.strip()
     (entry,) = read_keys(tmp_path / "keys.json")
     assert (entry.client, entry.budget, entry.sha256) == ("carol", 7, key_hash(key))
     assert KeyRing([entry]).lookup(key) == entry and KeyRing([entry]).lookup(key[:-1]) is None
-    again = subprocess.run([sys.executable, str(REPO / "main.py"), "serve", "--config",
-                            str(config), "--add_client", "carol"], capture_output=True, text=True,
-                           timeout=120)  # fmt: skip
+    again = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "main.py"),
+            "serve",
+            "--config",
+            str(config),
+            "--add_client",
+            "carol",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 2 and "already has a client 'carol'" in again.stderr

@@ -49,8 +49,9 @@ def surrogate() -> nn.Module:
 
 def seen(asked, r: int) -> Seen:
     asked = np.asarray(asked, np.int64)
-    return Seen(POOL, asked, None, torch.full((len(asked), 5), 0.2), surrogate(),
-                torch.device("cpu"), r, 0)  # fmt: skip
+    return Seen(
+        POOL, asked, None, torch.full((len(asked), 5), 0.2), surrogate(), torch.device("cpu"), r, 0
+    )
 
 
 def outputs(indices) -> torch.Tensor:

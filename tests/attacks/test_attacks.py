@@ -25,8 +25,16 @@ def surrogate() -> nn.Module:
 
 def seen(indices, r: int, seed: int = 0) -> Seen:
     answers = torch.full((len(indices), 5), 0.2)
-    return Seen(POOL, np.asarray(indices, np.int64), None, answers, surrogate(),
-                torch.device("cpu"), r, seed)  # fmt: skip
+    return Seen(
+        POOL,
+        np.asarray(indices, np.int64),
+        None,
+        answers,
+        surrogate(),
+        torch.device("cpu"),
+        r,
+        seed,
+    )
 
 
 def test_registry_lists_random_sampling_and_a_users_own():
@@ -82,12 +90,27 @@ def test_toy_strategy_runs_in_rounds_from_yaml(victim_ckpt, tmp_path):
 
     from knockoff_lab.pipeline.cli import cli_main
 
-    args = ["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
-            "--config", str(Path(tests.toy_strategy.__file__).with_suffix(".yaml")),
-            "--data.init_args.api.init_args.victim", str(victim_ckpt),
-            "--data.init_args.budget", "150", "--data.init_args.pool.init_args.size", "300",
-            "--trainer.max_epochs", "6", "--model.init_args.lr_scheduler.init_args.T_max", "6",
-            "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "2"]  # fmt: skip
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
+        "--config",
+        str(Path(tests.toy_strategy.__file__).with_suffix(".yaml")),
+        "--data.init_args.api.init_args.victim",
+        str(victim_ckpt),
+        "--data.init_args.budget",
+        "150",
+        "--data.init_args.pool.init_args.size",
+        "300",
+        "--trainer.max_epochs",
+        "6",
+        "--model.init_args.lr_scheduler.init_args.T_max",
+        "6",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.limit_test_batches",
+        "2",
+    ]
     cli = cli_main(args)
     data = cli.datamodule
     assert data.rounds_done == 3 and data.sizes == [50, 50, 50]
@@ -119,13 +142,29 @@ def test_a_strategy_whose_rounds_are_training_steps_runs_from_yaml(victim_ckpt, 
 
     trained_on = []
     step = Surrogate.training_step
-    monkeypatch.setattr(Surrogate, "training_step", lambda self, batch, i: (
-        trained_on.append(batch[0].detach().cpu().clone()), step(self, batch, i))[1])
-    args = ["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
-            "--config", str(Path(tests.toy_step_strategy.__file__).with_suffix(".yaml")),
-            "--data.init_args.api.init_args.victim", str(victim_ckpt),
-            "--data.init_args.budget", "100", "--trainer.limit_val_batches", "1",
-            "--test_after_fit", "false"]  # fmt: skip
+    monkeypatch.setattr(
+        Surrogate,
+        "training_step",
+        lambda self, batch, i: (
+            trained_on.append(batch[0].detach().cpu().clone()),
+            step(self, batch, i),
+        )[1],
+    )
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
+        "--config",
+        str(Path(tests.toy_step_strategy.__file__).with_suffix(".yaml")),
+        "--data.init_args.api.init_args.victim",
+        str(victim_ckpt),
+        "--data.init_args.budget",
+        "100",
+        "--trainer.limit_val_batches",
+        "1",
+        "--test_after_fit",
+        "false",
+    ]
     cli = cli_main(args)
     data = cli.datamodule
     assert data.sizes == [16] * 6 + [4]

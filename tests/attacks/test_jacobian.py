@@ -75,15 +75,33 @@ def test_round_zero_is_a_seed_set_of_pool_indices():
 def test_every_synthetic_image_is_a_query_and_the_budget_is_exact(victim_ckpt, tmp_path):
     from knockoff_lab.pipeline.cli import cli_main
 
-    cli = cli_main(["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
-                    "--config", str(CONFIGS / "attacks/jbda.yaml"),
-                    "--data.init_args.api.init_args.victim", str(victim_ckpt),
-                    "--data.init_args.attack.init_args.rounds", "3",
-                    "--data.init_args.attack.init_args.seed_fraction", "0.3334",
-                    "--data.init_args.epochs_per_round", "1",
-                    "--data.init_args.budget", "90", "--data.init_args.pool.init_args.size", "200",
-                    "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "1",
-                    "--trainer.limit_test_batches", "1"])  # fmt: skip
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
+            "--config",
+            str(CONFIGS / "attacks/jbda.yaml"),
+            "--data.init_args.api.init_args.victim",
+            str(victim_ckpt),
+            "--data.init_args.attack.init_args.rounds",
+            "3",
+            "--data.init_args.attack.init_args.seed_fraction",
+            "0.3334",
+            "--data.init_args.epochs_per_round",
+            "1",
+            "--data.init_args.budget",
+            "90",
+            "--data.init_args.pool.init_args.size",
+            "200",
+            "--trainer.max_epochs",
+            "3",
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.limit_test_batches",
+            "1",
+        ]
+    )
     data = cli.datamodule
     assert data.sizes == [30, 30, 30] and data.rounds_done == 3
     assert (data.indices[:30] >= 0).all() and (data.indices[30:] == -1).all()

@@ -16,8 +16,11 @@ HALF = 50  # images [0, 50) form cluster A (dark), [50, 100) cluster B (bright)
 
 def pool(half: int = HALF) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    return [torch.full((3, 4, 4), -1.0 if i < half else 1.0) + 0.05 * torch.randn(3, 4, 4,
-            generator=gen) for i in range(2 * half)]  # fmt: skip
+    return [
+        torch.full((3, 4, 4), -1.0 if i < half else 1.0)
+        + 0.05 * torch.randn(3, 4, 4, generator=gen)
+        for i in range(2 * half)
+    ]
 
 
 def surrogate() -> nn.Module:
@@ -74,8 +77,10 @@ def test_two_levels_a_node_learns_from_every_arm_under_it():
     probability is its node's times its own within the node."""
     gen = torch.Generator().manual_seed(0)
     levels = (-2.0, -1.2, 1.2, 2.0)  # 25 images each: arms of shades, nodes dark / bright
-    images = [torch.full((3, 4, 4), levels[i // 25]) + 0.05 * torch.randn(3, 4, 4, generator=gen)
-              for i in range(100)]  # fmt: skip
+    images = [
+        torch.full((3, 4, 4), levels[i // 25]) + 0.05 * torch.randn(3, 4, 4, generator=gen)
+        for i in range(100)
+    ]
     strategy = KnockoffAdaptive(arms=4, groups=2, reward="certainty", lr=2.0, explore=0.1)
     indices, answers, picked = np.empty(0, np.int64), torch.empty(0, 5), []
     first_arms = np.empty(0, np.int64)
@@ -86,8 +91,10 @@ def test_two_levels_a_node_learns_from_every_arm_under_it():
         if r == 1:  # round 0's five queries stepped H from 0, by hand: certainty 1 or 0
             reward = (picked[0] < HALF).astype(float)  # the baseline was 0
             node = strategy.nodes[first_arms]
-            within = [reward[first_arms == b].sum() - reward[node == strategy.nodes[b]].sum() / 2
-                      for b in range(4)]  # fmt: skip
+            within = [
+                reward[first_arms == b].sum() - reward[node == strategy.nodes[b]].sum() / 2
+                for b in range(4)
+            ]
             assert np.allclose(strategy.h, 2.0 * np.array(within) / 5)
         picked.append(queries)
         indices = np.concatenate([indices, queries])
@@ -140,15 +147,37 @@ def test_a_run_logs_the_policy_entropy_and_arm_counts_of_every_round(victim_ckpt
     from knockoff_lab.pipeline.cli import cli_main
     from tests.conftest import CONFIGS
 
-    cli_main(["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
-              "--config", str(CONFIGS / "attacks/knockoff_adaptive.yaml"),
-              "--data.init_args.api.init_args.victim", str(victim_ckpt),
-              "--data.init_args.pool.init_args.size", "400", "--data.init_args.budget", "150",
-              "--data.init_args.attack.init_args.rounds", "3", "--trainer.max_epochs", "3",
-              "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
-              "--test_after_fit", "false", "--trainer.default_root_dir", str(tmp_path),
-              "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-              "--trainer.logger.save_dir", str(tmp_path)])  # fmt: skip
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
+            "--config",
+            str(CONFIGS / "attacks/knockoff_adaptive.yaml"),
+            "--data.init_args.api.init_args.victim",
+            str(victim_ckpt),
+            "--data.init_args.pool.init_args.size",
+            "400",
+            "--data.init_args.budget",
+            "150",
+            "--data.init_args.attack.init_args.rounds",
+            "3",
+            "--trainer.max_epochs",
+            "3",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.limit_val_batches",
+            "1",
+            "--test_after_fit",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger",
+            "lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir",
+            str(tmp_path),
+        ]
+    )
     (metrics,) = tmp_path.rglob("metrics.csv")
     rows = [r for r in csv.DictReader(metrics.open()) if r.get("attack/policy_entropy")]
     assert [float(r["attack/round"]) for r in rows] == [0, 1, 2]

@@ -26,9 +26,13 @@ def slow_answer(self, images, client="default"):
 def builder(victim: str, root: str) -> TransferSetDataModule:
     api = PredictionAPI(victim, posterior_cache=f"{root}/owner", ledger=f"{root}/books.sqlite")
     return TransferSetDataModule(
-        api=api, pool=CropsPoolDataModule(size=150), victim_data=DigitsDataModule(),
-        budget=BUDGET, cache_dir=f"{root}/cache", query_batch_size=BATCH,
-    )  # fmt: skip
+        api=api,
+        pool=CropsPoolDataModule(size=150),
+        victim_data=DigitsDataModule(),
+        budget=BUDGET,
+        cache_dir=f"{root}/cache",
+        query_batch_size=BATCH,
+    )
 
 
 def build_in_child(victim: str, root: str, barrier, results) -> None:
@@ -48,8 +52,9 @@ def test_two_builders_of_one_transfer_set_ask_each_query_once(victim_ckpt, tmp_p
     monkeypatch.setattr(PredictionAPI, "answer", slow_answer)
     spawn = multiprocessing.get_context("spawn")
     barrier, results = spawn.Barrier(2), spawn.Queue()
-    child = spawn.Process(target=build_in_child, args=(str(victim_ckpt), str(tmp_path), barrier,
-                                                       results))  # fmt: skip
+    child = spawn.Process(
+        target=build_in_child, args=(str(victim_ckpt), str(tmp_path), barrier, results)
+    )
     child.start()
 
     def hung(*_):

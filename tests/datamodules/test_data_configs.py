@@ -40,10 +40,24 @@ TINY = {
     "bing": {"per_class": 4},
 }
 # "1" would parse as 1.0, i.e. all batches: two batches each, no sanity check
-SHORT = ["--model.init_args.weights", "null", "--data.image_size", "32", "--data.batch_size", "4",
-         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-         "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
-         "--trainer.num_sanity_val_steps", "0"]  # fmt: skip
+SHORT = [
+    "--model.init_args.weights",
+    "null",
+    "--data.image_size",
+    "32",
+    "--data.batch_size",
+    "4",
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.limit_test_batches",
+    "2",
+    "--trainer.num_sanity_val_steps",
+    "0",
+]
 pytestmark = pytest.mark.filterwarnings(
     "ignore:dropped 1 Diabetic5",
     "ignore:.* fewer than",
@@ -94,9 +108,22 @@ def test_victim_config_trains_and_tests(path: Path, layout: Layout):
     CPU cores) is swapped for the small CNN here and runs in the command-line test below."""
     root = str(layout(dataset_of(path)))
     small = ["--model.init_args.arch", "digits_cnn"] if "rn34" in path.stem else []
-    cli = cli_main(["fit", "--config", str(path), "--data.root", root, *SHORT, *small,
-                    *tiny_args(dataset_of(path)), "--data.num_workers", "0",
-                    "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(path),
+            "--data.root",
+            root,
+            *SHORT,
+            *small,
+            *tiny_args(dataset_of(path)),
+            "--data.num_workers",
+            "0",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     assert "test/acc" in cli.trainer.callback_metrics
     assert cli.model.hparams.num_classes == cli.datamodule.num_classes
     assert cli.trainer.checkpoint_callback.best_model_path.endswith("best.ckpt")

@@ -30,25 +30,32 @@ class Rule:
 # written out, not read from the classes: the names a user of each dataset knows
 RULES = {
     datamodules.Caltech256DataModule: Rule(
-        ("256_ObjectCategories", "caltech256/256_ObjectCategories"), "caltech256", "caltech256",
-        {"test_per_class": 1}, flat="caltech256/256_ObjectCategories",
+        ("256_ObjectCategories", "caltech256/256_ObjectCategories"),
+        "caltech256",
+        "caltech256",
+        {"test_per_class": 1},
+        flat="caltech256/256_ObjectCategories",
     ),
     datamodules.CUBS200DataModule: Rule(("CUB_200_2011",), "CUB_200_2011", "cubs200"),
-    datamodules.CIFAR10DataModule: Rule(("cifar-10-batches-py",), "cifar-10-batches-py",
-                                        "cifar10"),
+    datamodules.CIFAR10DataModule: Rule(("cifar-10-batches-py",), "cifar-10-batches-py", "cifar10"),
     datamodules.GTSRBDataModule: Rule(("gtsrb",), "gtsrb", "gtsrb"),
     datamodules.Diabetic5DataModule: Rule(
-        ("diabetic-retinopathy-detection",), "diabetic-retinopathy-detection", "diabetic5",
+        ("diabetic-retinopathy-detection",),
+        "diabetic-retinopathy-detection",
+        "diabetic5",
         {"test_per_class": 2},
     ),
     datamodules.ImageNetSubsetDataModule: Rule(
-        ("imagenet/train", "imagenet/ILSVRC/Data/CLS-LOC/train"), "imagenet", "imagenet_subset",
+        ("imagenet/train", "imagenet/ILSVRC/Data/CLS-LOC/train"),
+        "imagenet",
+        "imagenet_subset",
         {"per_class": 10},
     ),
-    datamodules.OpenImagesDataModule: Rule(("openimages",), "openimages", "openimages",
-                                           {"size": 20}),
+    datamodules.OpenImagesDataModule: Rule(
+        ("openimages",), "openimages", "openimages", {"size": 20}
+    ),
     datamodules.BingDataModule: Rule(("bing",), "bing", "bing", {"per_class": 4}),
-}  # fmt: skip
+}
 
 
 def on_disk_classes() -> set[type]:
@@ -159,8 +166,9 @@ def test_nested_datasets_are_checked_before_any_is_read(data_root: Path, root_wi
     assert not present.splits  # nothing built
 
 
-@pytest.mark.parametrize("cls", [datamodules.CIFAR10DataModule, datamodules.GTSRBDataModule],
-                         ids=lambda c: c.__name__)  # fmt: skip
+@pytest.mark.parametrize(
+    "cls", [datamodules.CIFAR10DataModule, datamodules.GTSRBDataModule], ids=lambda c: c.__name__
+)
 def test_download_writes_where_the_reader_looks(cls: type, tmp_path: Path, monkeypatch):
     """`download: true` hands torchvision the data root itself; torchvision writes the dataset
     in the folder the DataModule then reads (the fixture writes torchvision's layout)."""

@@ -11,9 +11,11 @@ from knockoff_lab.evaluation.ood_metrics import TEST_SETS
 
 def in_out(in_data=None, out_data=None, out_test_data=None, **kwargs) -> InOutDataModule:
     data = InOutDataModule(
-        in_data or DigitsDataModule(), out_data or CropsPoolDataModule(size=200, seed=1),
-        out_test_data, **kwargs,
-    )  # fmt: skip
+        in_data or DigitsDataModule(),
+        out_data or CropsPoolDataModule(size=200, seed=1),
+        out_test_data,
+        **kwargs,
+    )
     data.setup()
     return data
 

@@ -56,9 +56,12 @@ def transfer(victim_ckpt, budget=100, defences=(), pool_seed=0, api_options=None
     kwargs = {"cache_dir": "cache", **kwargs}
     dm = TransferSetDataModule(
         api=api(victim_ckpt, defences, **(api_options or {})),
-        pool=CropsPoolDataModule(size=300, seed=pool_seed), victim_data=DigitsDataModule(),
-        budget=budget, query_batch_size=32, **kwargs,
-    )  # fmt: skip
+        pool=CropsPoolDataModule(size=300, seed=pool_seed),
+        victim_data=DigitsDataModule(),
+        budget=budget,
+        query_batch_size=32,
+        **kwargs,
+    )
     dm.setup()
     dm.grow_to(0)
     return dm
@@ -133,8 +136,12 @@ def test_killed_build_resumes_without_requerying(victim_ckpt, counted, tmp_path)
     counted["fail_after"] = None
     resumed = transfer(victim_ckpt, budget=100)
     assert counted["asked"] == 100  # 64 before the kill + 36 after: none asked twice
-    clean = transfer(victim_ckpt, budget=100, cache_dir=str(tmp_path / "clean"),
-                     api_options={"posterior_cache": None, "ledger": None})  # fmt: skip
+    clean = transfer(
+        victim_ckpt,
+        budget=100,
+        cache_dir=str(tmp_path / "clean"),
+        api_options={"posterior_cache": None, "ledger": None},
+    )
     assert torch.equal(resumed.answers, clean.answers)  # bitwise identical
 
 
@@ -275,9 +282,13 @@ def test_sharded_querying_answers_each_query_once_and_matches_one_process(
     """What DDP ranks do: rank 0 proposes, every rank plans from the same cache state, then
     rank r sends API batches r, r + world, ... The union is bitwise the single-process set."""
     sharded = TransferSetDataModule(
-        api=api(victim_ckpt), pool=CropsPoolDataModule(size=300), victim_data=DigitsDataModule(),
-        budget=100, cache_dir=str(tmp_path / "sharded"), query_batch_size=32,
-    )  # fmt: skip
+        api=api(victim_ckpt),
+        pool=CropsPoolDataModule(size=300),
+        victim_data=DigitsDataModule(),
+        budget=100,
+        cache_dir=str(tmp_path / "sharded"),
+        query_batch_size=32,
+    )
     queries = sharded._propose(0)
     plan = sharded.round(0).missing(100, 32)
     assert plan == [(0, 32), (32, 64), (64, 96), (96, 100)]
@@ -303,13 +314,27 @@ def test_through_the_cli_budgets_share_one_cache_and_granularities_one_victim_pa
     from tests.conftest import CONFIGS
 
     def fit(config: str, budget: int) -> TransferSetDataModule:
-        cli = cli_main(["fit", "--config", str(CONFIGS / f"surrogate/{config}.yaml"),
-                        "--data.init_args.api.init_args.victim", str(victim_ckpt),
-                        "--data.init_args.budget", str(budget),
-                        "--data.init_args.pool.init_args.size", "300",
-                        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
-                        "--trainer.limit_val_batches", "1",
-                        "--test_after_fit", "false"])  # fmt: skip
+        cli = cli_main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / f"surrogate/{config}.yaml"),
+                "--data.init_args.api.init_args.victim",
+                str(victim_ckpt),
+                "--data.init_args.budget",
+                str(budget),
+                "--data.init_args.pool.init_args.size",
+                "300",
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.limit_train_batches",
+                "1",
+                "--trainer.limit_val_batches",
+                "1",
+                "--test_after_fit",
+                "false",
+            ]
+        )
         return cli.datamodule
 
     folders = {fit("digits_natural_probs", budget).folder for budget in (100, 60, 150)}
@@ -326,11 +351,16 @@ def test_through_the_cli_budgets_share_one_cache_and_granularities_one_victim_pa
 
 @pytest.mark.parametrize(
     "damage, problem",
-    [(lambda p: p.write_bytes(p.read_bytes()[:100]), "unreadable"),
-     (lambda p: p.write_bytes(b""), "unreadable"),
-     (lambda p: np.save(p, np.zeros((32, 3), np.float16)), r"shape \(32, 3\), expected \(32, 10\)"),
-     (lambda p: np.save(p, np.zeros((32, 10), np.int64)), "dtype int64")],
-)  # fmt: skip
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:100]), "unreadable"),
+        (lambda p: p.write_bytes(b""), "unreadable"),
+        (
+            lambda p: np.save(p, np.zeros((32, 3), np.float16)),
+            r"shape \(32, 3\), expected \(32, 10\)",
+        ),
+        (lambda p: np.save(p, np.zeros((32, 10), np.int64)), "dtype int64"),
+    ],
+)
 def test_a_damaged_answer_file_is_named_and_asked_again(victim_ckpt, counted, damage, problem):
     clean = transfer(victim_ckpt, budget=100)
     [second] = [p for p in clean.round(0).folder.glob("a*.npy") if p.name.startswith("a000000032")]

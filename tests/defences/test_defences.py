@@ -83,9 +83,12 @@ def test_label_is_one_hot_of_the_argmax():
 
 @pytest.mark.parametrize(
     "defence, message",
-    [(TopK(0), "k must be in 1..4"), (TopK(5), "k must be in 1..4"),
-     (Rounded(-1), "decimals must be an integer >= 0")],
-)  # fmt: skip
+    [
+        (TopK(0), "k must be in 1..4"),
+        (TopK(5), "k must be in 1..4"),
+        (Rounded(-1), "decimals must be an integer >= 0"),
+    ],
+)
 def test_bad_granularity_options(defence, message):
     with pytest.raises(ConfigError, match=message):
         defence.check(4)
@@ -128,10 +131,12 @@ def test_decoys_are_uniform_flagged_but_answered():
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"threshold": 1.2}, r"threshold must be in \[0, 1\]"),
-     ({"threshold": -0.1}, r"threshold must be in \[0, 1\]"),
-     ({"on_flag": "ignore"}, "on_flag must be refuse or decoy")],
-)  # fmt: skip
+    [
+        ({"threshold": 1.2}, r"threshold must be in \[0, 1\]"),
+        ({"threshold": -0.1}, r"threshold must be in \[0, 1\]"),
+        ({"on_flag": "ignore"}, "on_flag must be refuse or decoy"),
+    ],
+)
 def test_bad_filter_options(options, message):
     with pytest.raises(ConfigError, match=message):
         DetectorFilter(FlagNegatives(), **options)
@@ -166,12 +171,27 @@ def test_toy_stateful_defence_runs_from_yaml_and_keeps_its_state_per_client(vict
     from knockoff_lab.pipeline.cli import cli_main
     from tests.conftest import CONFIGS
 
-    cli = cli_main(["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
-                    "--config", str(Path(tests.toy_defence.__file__).with_suffix(".yaml")),
-                    "--data.init_args.api.init_args.victim", str(victim_ckpt),
-                    "--data.init_args.budget", "150", "--data.init_args.pool.init_args.size", "300",
-                    "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1",
-                    "--trainer.limit_test_batches", "1"])  # fmt: skip
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
+            "--config",
+            str(Path(tests.toy_defence.__file__).with_suffix(".yaml")),
+            "--data.init_args.api.init_args.victim",
+            str(victim_ckpt),
+            "--data.init_args.budget",
+            "150",
+            "--data.init_args.pool.init_args.size",
+            "300",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.limit_test_batches",
+            "1",
+        ]
+    )
     data = cli.datamodule
     refused = data.answers.isnan().any(-1)
     assert refused[120:].all() and not refused[:120].any()  # the first 120 answered

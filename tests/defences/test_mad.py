@@ -32,11 +32,14 @@ def last_layer_gradient(proxy: torch.nn.Module, image: torch.Tensor, y: torch.Te
 
 def angles(proxy, images, y, other) -> torch.Tensor:
     """The angle (radians) between the gradients for answers `y` and `other`, per query."""
-    cosines = torch.stack([
-        torch.nn.functional.cosine_similarity(last_layer_gradient(proxy, x, a),
-                                              last_layer_gradient(proxy, x, b), dim=0)
-        for x, a, b in zip(images, y, other, strict=True)
-    ])  # fmt: skip
+    cosines = torch.stack(
+        [
+            torch.nn.functional.cosine_similarity(
+                last_layer_gradient(proxy, x, a), last_layer_gradient(proxy, x, b), dim=0
+            )
+            for x, a, b in zip(images, y, other, strict=True)
+        ]
+    )
     return cosines.clamp(-1, 1).acos()
 
 
@@ -81,10 +84,13 @@ def test_argmax_keeps_the_top1_label_and_the_same_proxy_for_the_same_seed():
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"epsilon": 0.0}, r"epsilon must be in \(0, 2\]"), ({"epsilon": 2.5}, "epsilon must be"),
-     ({"arch": "nope"}, "unknown proxy arch 'nope'"), ({"checkpoint": "/no/such.ckpt"},
-     "proxy checkpoint /no/such.ckpt does not exist")],
-)  # fmt: skip
+    [
+        ({"epsilon": 0.0}, r"epsilon must be in \(0, 2\]"),
+        ({"epsilon": 2.5}, "epsilon must be"),
+        ({"arch": "nope"}, "unknown proxy arch 'nope'"),
+        ({"checkpoint": "/no/such.ckpt"}, "proxy checkpoint /no/such.ckpt does not exist"),
+    ],
+)
 def test_bad_options(options, message):
     with pytest.raises(ConfigError, match=message):
         MAD(**options).check(10)

@@ -85,9 +85,12 @@ def test_flag_only_answers_and_the_state_survives_a_new_api(digits, tmp_path):
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"delta": 1.0}, r"delta must be in \(0, 1\)"), ({"min_queries": 2}, "min_queries must be"),
-     ({"on_flag": "ignore"}, "on_flag must be refuse or flag")],
-)  # fmt: skip
+    [
+        ({"delta": 1.0}, r"delta must be in \(0, 1\)"),
+        ({"min_queries": 2}, "min_queries must be"),
+        ({"on_flag": "ignore"}, "on_flag must be refuse or flag"),
+    ],
+)
 def test_bad_options(options, message):
     with pytest.raises(ConfigError, match=message):
         PRADA(**options).check(10)
@@ -97,18 +100,38 @@ def attack_through_prada(victim_ckpt, *overrides: str):
     """The embedded Knockoff config behind PRADA: 600 queries, 3 rounds."""
     from knockoff_lab.pipeline.cli import cli_main
 
-    cli = cli_main(["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
-                    "--config", str(CONFIGS / "defences/prada.yaml"), *overrides,
-                    "--data.init_args.api.init_args.victim", str(victim_ckpt),
-                    "--data.init_args.budget", "600", "--data.init_args.epochs_per_round", "1",
-                    "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "1",
-                    "--trainer.limit_test_batches", "0"])  # fmt: skip
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
+            "--config",
+            str(CONFIGS / "defences/prada.yaml"),
+            *overrides,
+            "--data.init_args.api.init_args.victim",
+            str(victim_ckpt),
+            "--data.init_args.budget",
+            "600",
+            "--data.init_args.epochs_per_round",
+            "1",
+            "--trainer.max_epochs",
+            "3",
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.limit_test_batches",
+            "0",
+        ]
+    )
     data = cli.datamodule
     return [data.api.record(client) for client in data.clients]
 
 
-JBDA = ("--config", str(CONFIGS / "attacks/jbda.yaml"),
-        "--data.init_args.attack.init_args.rounds", "3")  # fmt: skip
+JBDA = (
+    "--config",
+    str(CONFIGS / "attacks/jbda.yaml"),
+    "--data.init_args.attack.init_args.rounds",
+    "3",
+)
 
 
 def test_on_the_embedded_default_prada_catches_jbda_not_knockoff_nor_a_sybil_split(victim_ckpt):

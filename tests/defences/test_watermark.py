@@ -54,8 +54,10 @@ def test_deterministic_per_image_and_client_and_keyed():
     shuffled = torch.randperm(4000)
     assert torch.equal(served(defence, p[shuffled], images[shuffled]), first[shuffled])
     mine = defence.selection(images, "c", 10)[0]
-    for other in (DawnWatermark(0.1, key="other").selection(images, "c", 10)[0],
-                  defence.selection(images, "someone-else", 10)[0]):  # fmt: skip
+    for other in (
+        DawnWatermark(0.1, key="other").selection(images, "c", 10)[0],
+        defence.selection(images, "someone-else", 10)[0],
+    ):
         assert (mine & other).sum() < 0.3 * mine.sum()  # about fraction^2, not fraction
     assert "s3cret" not in DawnWatermark(0.1, key="s3cret").describe()  # the key stays secret
 
@@ -85,9 +87,12 @@ def test_through_the_api_each_client_gets_its_own_watermark():
 
 @pytest.mark.parametrize(
     "fraction, classes, message",
-    [(1.5, 10, r"fraction must be in \[0, 1\]"), (-0.1, 10, "fraction must be"),
-     (0.1, 1, "needs >= 2 classes")],
-)  # fmt: skip
+    [
+        (1.5, 10, r"fraction must be in \[0, 1\]"),
+        (-0.1, 10, "fraction must be"),
+        (0.1, 1, "needs >= 2 classes"),
+    ],
+)
 def test_bad_options(fraction, classes, message):
     with pytest.raises(ConfigError, match=message):
         DawnWatermark(fraction).check(classes)

@@ -8,8 +8,12 @@ import pytest
 from tests.conftest import CONFIGS
 
 # The embedded in/out data, shrunk: digits vs 400 natural crops (seed 1), 100 "other" crops.
-SMALL_IN_OUT = ["--data.init_args.out_data.init_args.size", "400",
-                "--data.init_args.out_test_data.init_args.size", "100"]  # fmt: skip
+SMALL_IN_OUT = [
+    "--data.init_args.out_data.init_args.size",
+    "400",
+    "--data.init_args.out_test_data.init_args.size",
+    "100",
+]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
@@ -17,9 +21,11 @@ def small_in_out(**kwargs):
     from datamodules import CropsPoolDataModule, DigitsDataModule, InOutDataModule
 
     return InOutDataModule(
-        DigitsDataModule(), CropsPoolDataModule(size=400, seed=1),
-        CropsPoolDataModule("other", size=100), **kwargs,
-    )  # fmt: skip
+        DigitsDataModule(),
+        CropsPoolDataModule(size=400, seed=1),
+        CropsPoolDataModule("other", size=100),
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -30,10 +36,21 @@ def cv_run(victim_ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
 
     folder = tmp_path_factory.mktemp("cv_detector")
     with contextlib.chdir(folder):
-        cli = cli_main(["fit", "--config", str(CONFIGS / "detector/digits_cv.yaml"),
-                        "--model.init_args.weights", str(victim_ckpt),
-                        "--model.init_args.folds", "3", "--model.init_args.Cs", "4",
-                        *SMALL_IN_OUT, *QUIET])  # fmt: skip
+        cli = cli_main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "detector/digits_cv.yaml"),
+                "--model.init_args.weights",
+                str(victim_ckpt),
+                "--model.init_args.folds",
+                "3",
+                "--model.init_args.Cs",
+                "4",
+                *SMALL_IN_OUT,
+                *QUIET,
+            ]
+        )
     return cli, folder / "runs/detector/digits_cv/checkpoints/last.ckpt"
 
 

@@ -21,8 +21,12 @@ from knockoff_lab.nets.guard import load_detector
 from lightning_modules import DefenceReport, Surrogate
 from tests.toy_defence import RefuseAfter
 
-QUIET = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-         "enable_checkpointing": False}  # fmt: skip
+QUIET = {
+    "logger": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "enable_checkpointing": False,
+}
 
 
 def shifted(detector_ckpt, images: torch.Tensor, path: Path, share: float = 0.5) -> str:
@@ -35,10 +39,17 @@ def shifted(detector_ckpt, images: torch.Tensor, path: Path, share: float = 0.5)
     return str(path)
 
 
-LEDGER_METRICS = ("transfer/queries_flagged", "transfer/flagged_rate",
-                  "transfer/queries_to_detection")  # fmt: skip
-BENIGN_METRICS = ("transfer/false_refusal_rate", "benign/refused_rate", "benign/acc",
-                  "benign/l1_change")  # fmt: skip
+LEDGER_METRICS = (
+    "transfer/queries_flagged",
+    "transfer/flagged_rate",
+    "transfer/queries_to_detection",
+)
+BENIGN_METRICS = (
+    "transfer/false_refusal_rate",
+    "benign/refused_rate",
+    "benign/acc",
+    "benign/l1_change",
+)
 WATERMARK_METRICS = ("watermark/queries", "watermark/agreement", "watermark/p_value")
 
 
@@ -70,8 +81,13 @@ def report_warnings(model, data, callback: DefenceReport, times: int = 1):
 
 
 def fit_and_test(data: TransferSetDataModule) -> dict[str, float]:
-    trainer = Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1,
-                      callbacks=[DefenceReport()], **QUIET)  # fmt: skip
+    trainer = Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        callbacks=[DefenceReport()],
+        **QUIET,
+    )
     model = Surrogate(num_classes=10)
     trainer.fit(model, data)
     return trainer.test(model, data, verbose=False)[0]
@@ -109,8 +125,12 @@ def test_report_counts_the_attacks_flags_and_the_benign_cost(victim_ckpt, detect
 
 def test_sybil_accounts_are_reported_as_one_attack(victim_ckpt, detector_ckpt, tmp_path):
     pool = CropsPoolDataModule(size=300).split("pool")  # a few of the attack's queries flagged
-    strict = shifted(detector_ckpt, torch.stack([pool[i] for i in range(300)]),
-                     tmp_path / "strict.ckpt", share=0.05)  # fmt: skip
+    strict = shifted(
+        detector_ckpt,
+        torch.stack([pool[i] for i in range(300)]),
+        tmp_path / "strict.ckpt",
+        share=0.05,
+    )
     one = report(
         Surrogate(num_classes=10),
         guarded(victim_ckpt, [DetectorFilter(strict, 0.5, "decoy")], client="one"),
@@ -167,8 +187,9 @@ def trained(data: TransferSetDataModule, epochs: int = 60) -> Surrogate:
 
 def test_dawn_identifies_the_surrogate_of_its_answers_and_clears_another(victim_ckpt):
     """A quarter of the answers watermarked, so 300 queries hold ~75 watermarks."""
-    data = guarded(victim_ckpt, [DawnWatermark(0.25, key="k")], budget=300, batch_size=16,
-                   client="c")  # fmt: skip
+    data = guarded(
+        victim_ckpt, [DawnWatermark(0.25, key="k")], budget=300, batch_size=16, client="c"
+    )
     clean = guarded(victim_ckpt, [], budget=300, batch_size=16, client="c")  # no DAWN
     assert np.array_equal(data.indices, clean.indices)
     # the truth, without the report's recovery: DAWN moved the top class where it watermarked
@@ -203,8 +224,9 @@ def test_dawn_identifies_the_surrogate_of_its_answers_and_clears_another(victim_
     with pytest.raises(ConfigError, match="watermark is for an API without DAWN"):
         report(thief, data, DefenceReport(watermark=DawnWatermark(0.25, key="k")))
     # a cache hit with the books in memory: no ledger metrics, the same ownership test
-    repeat = guarded(victim_ckpt, [DawnWatermark(0.25, key="k")], None, 300, batch_size=16,
-                     client="c")  # fmt: skip
+    repeat = guarded(
+        victim_ckpt, [DawnWatermark(0.25, key="k")], None, 300, batch_size=16, client="c"
+    )
     again, said = report_warnings(thief, repeat, DefenceReport())
     assert len(said) == 1 and "transfer/queries_flagged" not in again
     assert {name: again[name] for name in WATERMARK_METRICS} == pytest.approx(

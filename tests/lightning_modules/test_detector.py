@@ -29,9 +29,13 @@ def test_exported_head_gives_the_regressions_probabilities():
     weight, bias, cv_score, c = fit_logistic_head(features, labels, folds=5, Cs=4)
     scaler = StandardScaler().fit(features)
     reference = LogisticRegressionCV(
-        Cs=4, l1_ratios=(0.0,), cv=StratifiedKFold(5, shuffle=True, random_state=0),
-        scoring="accuracy", max_iter=1000, use_legacy_attributes=False,
-    ).fit(scaler.transform(features), labels)  # fmt: skip
+        Cs=4,
+        l1_ratios=(0.0,),
+        cv=StratifiedKFold(5, shuffle=True, random_state=0),
+        scoring="accuracy",
+        max_iter=1000,
+        use_legacy_attributes=False,
+    ).fit(scaler.transform(features), labels)
     head = torch.nn.Linear(8, 2)
     head.weight.data, head.bias.data = weight, bias
     p_ood = head(torch.from_numpy(features).float()).softmax(-1)[:, 1]
@@ -43,10 +47,17 @@ def test_exported_head_gives_the_regressions_probabilities():
 def fit_frozen(
     victim_ckpt: Path, cache: Path, folds: int = 3
 ) -> tuple[FrozenFeaturesDetector, Trainer]:
-    model = FrozenFeaturesDetector("digits_cnn", weights=str(victim_ckpt), folds=folds, Cs=3,
-                                   cache_dir=str(cache))  # fmt: skip
-    trainer = Trainer(max_epochs=1, limit_val_batches=2, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=str(cache.parent))  # fmt: skip
+    model = FrozenFeaturesDetector(
+        "digits_cnn", weights=str(victim_ckpt), folds=folds, Cs=3, cache_dir=str(cache)
+    )
+    trainer = Trainer(
+        max_epochs=1,
+        limit_val_batches=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(cache.parent),
+    )
     trainer.fit(model, small_in_out())
     return model, trainer
 
@@ -95,24 +106,36 @@ def flip_last_byte(path: Path) -> None:
 
 
 CORRUPTIONS = {  # what is wrong: (how, the warning's gist)
-    "labels out of range": (lambda f: rewrite(f, "train_labels.npy",
-                                              np.load(f / "train_labels.npy") + 2),
-                            "train_labels.npy holds labels 2..3, expected 0..1"),
-    "one image short": (lambda f: (rewrite(f, "train_features.npy",
-                                           np.load(f / "train_features.npy")[:-1]),
-                                   rewrite(f, "train_labels.npy",
-                                           np.load(f / "train_labels.npy")[:-1])),
-                        "train_features.npy is float32 (1222, 128), expected float32 (1223, D)"),
-    "float64 features": (lambda f: rewrite(f, "train_features.npy",
-                                           np.load(f / "train_features.npy").astype(np.float64)),
-                         "train_features.npy is float64 (1223, 128), expected float32"),
-    "truncated features": (lambda f: layouts.truncate(f / "train_features.npy"),
-                           "unreadable (ValueError"),
-    "a changed byte": (lambda f: flip_last_byte(f / "train_features.npy"),
-                       "train_features.npy differs from its record in embeddings.json"),
-    "no record": (lambda f: (f / "embeddings.json").unlink(),
-                  "no embeddings.json (an older or unfinished cache)"),
-}  # fmt: skip
+    "labels out of range": (
+        lambda f: rewrite(f, "train_labels.npy", np.load(f / "train_labels.npy") + 2),
+        "train_labels.npy holds labels 2..3, expected 0..1",
+    ),
+    "one image short": (
+        lambda f: (
+            rewrite(f, "train_features.npy", np.load(f / "train_features.npy")[:-1]),
+            rewrite(f, "train_labels.npy", np.load(f / "train_labels.npy")[:-1]),
+        ),
+        "train_features.npy is float32 (1222, 128), expected float32 (1223, D)",
+    ),
+    "float64 features": (
+        lambda f: rewrite(
+            f, "train_features.npy", np.load(f / "train_features.npy").astype(np.float64)
+        ),
+        "train_features.npy is float64 (1223, 128), expected float32",
+    ),
+    "truncated features": (
+        lambda f: layouts.truncate(f / "train_features.npy"),
+        "unreadable (ValueError",
+    ),
+    "a changed byte": (
+        lambda f: flip_last_byte(f / "train_features.npy"),
+        "train_features.npy differs from its record in embeddings.json",
+    ),
+    "no record": (
+        lambda f: (f / "embeddings.json").unlink(),
+        "no embeddings.json (an older or unfinished cache)",
+    ),
+}
 
 
 @pytest.mark.parametrize("corruption", CORRUPTIONS)
@@ -121,8 +144,13 @@ def test_a_bad_embeddings_cache_is_ignored_with_one_warning_and_recomputed(
 ):
     calls = {"images": 0}
     embed = FrozenFeaturesDetector.embed
-    monkeypatch.setattr(FrozenFeaturesDetector, "embed", lambda self, images: calls.update(
-        images=calls["images"] + len(images)) or embed(self, images))  # fmt: skip
+    monkeypatch.setattr(
+        FrozenFeaturesDetector,
+        "embed",
+        lambda self, images: (
+            calls.update(images=calls["images"] + len(images)) or embed(self, images)
+        ),
+    )
     first, _ = fit_frozen(victim_ckpt, tmp_path / "cache")
     computed = calls["images"]
     (folder,) = (tmp_path / "cache").iterdir()
@@ -168,9 +196,15 @@ def test_checkpoint_reloads_as_a_guard_with_identical_scores(cv_run, detector_ck
 
 def test_scratch_detector_trains_and_records_its_data(tmp_path):
     model = Detector("digits_cnn")
-    trainer = Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False,
-                      default_root_dir=str(tmp_path))  # fmt: skip
+    trainer = Trainer(
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
     data = small_in_out()
     trainer.fit(model, data)
     metrics = trainer.test(model, data, verbose=False)[0]

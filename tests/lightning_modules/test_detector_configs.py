@@ -15,10 +15,23 @@ from knockoff_lab.pipeline.stages import set_dotted
 from tests.conftest import CONFIGS, REPO
 from tests.lightning_modules.conftest import QUIET, SMALL_IN_OUT
 
-OURS = sorted([*CONFIGS.glob("detector/*.yaml"), *CONFIGS.glob("ood/*.yaml"),
-               *CONFIGS.glob("surrogate/digits_guarded*.yaml")])  # fmt: skip
-TINY = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-        "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "2"]  # fmt: skip
+OURS = sorted(
+    [
+        *CONFIGS.glob("detector/*.yaml"),
+        *CONFIGS.glob("ood/*.yaml"),
+        *CONFIGS.glob("surrogate/digits_guarded*.yaml"),
+    ]
+)
+TINY = [
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.limit_test_batches",
+    "2",
+]
 
 
 def subcommand(path: Path) -> str:
@@ -46,8 +59,12 @@ def one_per_setting(stages: list[dict]) -> list[dict]:
 PAPER_BASELINES = one_per_setting(
     yaml.safe_load((CONFIGS / "reproduce/paper.yaml").read_text())["stages"]
 )
-SCORERS = {"msp": ("MSP", None), "odin": ("ODIN", None), "mahalanobis": ("Mahalanobis", None),
-           "mahalanobis-multi": ("Mahalanobis", [f"layer{i}" for i in range(1, 5)])}  # fmt: skip
+SCORERS = {
+    "msp": ("MSP", None),
+    "odin": ("ODIN", None),
+    "mahalanobis": ("Mahalanobis", None),
+    "mahalanobis-multi": ("Mahalanobis", [f"layer{i}" for i in range(1, 5)]),
+}
 
 
 @pytest.mark.parametrize("stage", PAPER_BASELINES, ids=lambda s: s["name"])
@@ -67,8 +84,16 @@ def test_paper_baseline_stage_parses_with_its_scorer(stage: dict, tmp_path: Path
 
 
 def test_scratch_detector_runs():
-    cli = cli_main(["fit", "--config", str(CONFIGS / "detector/digits_scratch.yaml"),
-                    *TINY, *SMALL_IN_OUT, *QUIET])  # fmt: skip
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "detector/digits_scratch.yaml"),
+            *TINY,
+            *SMALL_IN_OUT,
+            *QUIET,
+        ]
+    )
     assert {"test/tnr", "test/tpr/out", "test/tpr/out_test"} <= set(cli.trainer.callback_metrics)
     assert Path("runs/detector/digits_scratch/checkpoints/best.ckpt").is_file()
 
@@ -82,13 +107,28 @@ def test_cv_detector_runs(cv_run):
 
 @pytest.mark.parametrize("method", ["msp", "odin", "mahalanobis", "mahalanobis_multi"])
 def test_baseline_runs(method, victim_ckpt, detector_ckpt):
-    cli = cli_main(["test", "--config", str(CONFIGS / f"ood/digits_{method}.yaml"),
-                    "--model.init_args.victim", str(victim_ckpt),
-                    "--model.init_args.detector", str(detector_ckpt),
-                    "--trainer.limit_test_batches", "3", *SMALL_IN_OUT, *QUIET])  # fmt: skip
+    cli = cli_main(
+        [
+            "test",
+            "--config",
+            str(CONFIGS / f"ood/digits_{method}.yaml"),
+            "--model.init_args.victim",
+            str(victim_ckpt),
+            "--model.init_args.detector",
+            str(detector_ckpt),
+            "--trainer.limit_test_batches",
+            "3",
+            *SMALL_IN_OUT,
+            *QUIET,
+        ]
+    )
     metrics = cli.trainer.callback_metrics
-    assert {"test/tpr_at_tnr95/out", "test/tpr_at_tnr95/out_test", "test/ours/tnr",
-            "test/tpr_at_tnr_ours/out"} <= set(metrics)  # fmt: skip
+    assert {
+        "test/tpr_at_tnr95/out",
+        "test/tpr_at_tnr95/out_test",
+        "test/ours/tnr",
+        "test/tpr_at_tnr_ours/out",
+    } <= set(metrics)
 
 
 @pytest.mark.parametrize("name", ["digits_guarded_probs", "digits_guarded_indist_probs"])
@@ -98,10 +138,22 @@ def test_guarded_attack_runs(name, victim_ckpt, detector_ckpt):
     path = CONFIGS / f"surrogate/{name}.yaml"
     defences = yaml.safe_load(path.read_text())["data"]["init_args"]["api"]["init_args"]["defences"]
     defences[0]["init_args"]["detector"] = str(detector_ckpt)  # a list is given whole
-    cli = cli_main(["fit", "--config", str(path),
-                    "--data.init_args.api.init_args.victim", str(victim_ckpt),
-                    "--data.init_args.api.init_args.defences", json.dumps(defences),
-                    "--data.init_args.budget", "150", *pool, *TINY, *QUIET])  # fmt: skip
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(path),
+            "--data.init_args.api.init_args.victim",
+            str(victim_ckpt),
+            "--data.init_args.api.init_args.defences",
+            json.dumps(defences),
+            "--data.init_args.budget",
+            "150",
+            *pool,
+            *TINY,
+            *QUIET,
+        ]
+    )
     metrics = cli.trainer.callback_metrics
     assert {"transfer/queries_flagged", "transfer/false_refusal_rate", "test/acc"} <= set(metrics)
     flagged = float(metrics["transfer/flagged_rate"])

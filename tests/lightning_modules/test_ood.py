@@ -226,8 +226,13 @@ def test_shared_covariance_and_distances_by_hand():
 def test_reports_tpr_at_our_detectors_tnr(victim_ckpt, detector_ckpt):
     baseline = OODBaseline(str(victim_ckpt), MSP(), detector=str(detector_ckpt))
     metrics = Trainer(**QUIET).test(baseline, small_in_out(), verbose=False)[0]
-    expected = {"test/ours/tnr", "test/ours/tpr/out", "test/ours/tpr/out_test",
-                "test/tpr_at_tnr_ours/out", "test/tpr_at_tnr_ours/out_test"}  # fmt: skip
+    expected = {
+        "test/ours/tnr",
+        "test/ours/tpr/out",
+        "test/ours/tpr/out_test",
+        "test/tpr_at_tnr_ours/out",
+        "test/tpr_at_tnr_ours/out_test",
+    }
     assert expected <= set(metrics)
     assert metrics["test/ours/tnr"] > 0.9
 

@@ -33,16 +33,24 @@ def test_soft_cross_entropy_normalises_and_skips_empty_answers():
 def transfer_data(victim_ckpt, tmp_path, **kwargs) -> TransferSetDataModule:
     api = PredictionAPI(str(victim_ckpt), posterior_cache=None, ledger=None)
     return TransferSetDataModule(
-        api=api, pool=CropsPoolDataModule(size=200), victim_data=DigitsDataModule(),
-        budget=120, cache_dir=str(tmp_path / "cache"), **kwargs,
-    )  # fmt: skip
+        api=api,
+        pool=CropsPoolDataModule(size=200),
+        victim_data=DigitsDataModule(),
+        budget=120,
+        cache_dir=str(tmp_path / "cache"),
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("monitor", ["analysis/test_acc", "test/acc"])
 @pytest.mark.parametrize("callback", [ModelCheckpoint, EarlyStopping])
 def test_selection_on_the_victims_test_set_is_refused(victim_ckpt, tmp_path, monitor, callback):
-    trainer = Trainer(max_epochs=1, logger=False, callbacks=[callback(monitor=monitor), AttackRounds()],
-                      enable_progress_bar=False)  # fmt: skip
+    trainer = Trainer(
+        max_epochs=1,
+        logger=False,
+        callbacks=[callback(monitor=monitor), AttackRounds()],
+        enable_progress_bar=False,
+    )
     with pytest.raises(ConfigError, match="the victim's test set"):
         trainer.fit(Surrogate(num_classes=10), transfer_data(victim_ckpt, tmp_path))
 
@@ -56,8 +64,12 @@ def test_validation_is_the_transfer_set_and_test_set_is_analysis_only(victim_ckp
     x, answers = next(iter(selection))  # pool images with API answers: no victim test data
     assert answers.shape[-1] == 10 and len(data.split("val")) == 12
     assert len(next(iter(analysis))) == 3  # image, label, victim label
-    trainer = Trainer(max_epochs=2, logger=False, enable_progress_bar=False,
-                      callbacks=[ModelCheckpoint(monitor="val/acc", mode="max")])  # fmt: skip
+    trainer = Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[ModelCheckpoint(monitor="val/acc", mode="max")],
+    )
     model = Surrogate(num_classes=10)
     trainer.fit(model, data)
     assert {"val/acc", "val/loss", "analysis/test_acc"} <= set(trainer.callback_metrics)
@@ -76,13 +88,20 @@ def test_a_surrogate_trained_on_the_victims_answers_beats_chance(victim_ckpt, tm
     seed_everything(0)
     api = PredictionAPI(str(victim_ckpt), posterior_cache=None, ledger=None)
     data = TransferSetDataModule(
-        api=api, pool=DigitsDataModule(), victim_data=DigitsDataModule(), budget=359,
-        batch_size=32, cache_dir=str(tmp_path / "cache"),
-    )  # fmt: skip
-    trainer = Trainer(max_epochs=6, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False,
-                      callbacks=[ModelCheckpoint(monitor="val/acc", mode="max"),
-                                 AttackRounds()])  # fmt: skip
+        api=api,
+        pool=DigitsDataModule(),
+        victim_data=DigitsDataModule(),
+        budget=359,
+        batch_size=32,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    trainer = Trainer(
+        max_epochs=6,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ModelCheckpoint(monitor="val/acc", mode="max"), AttackRounds()],
+    )
     model = Surrogate(num_classes=10, optimizer=partial(torch.optim.Adam, lr=3e-3))
     trainer.fit(model, data)
     metrics = trainer.test(model, data, ckpt_path="best", verbose=False)[0]

@@ -26,11 +26,13 @@ def test_paired_interval_is_students_t_of_the_differences():
 
 @pytest.mark.parametrize(
     "label, probs, verdict",
-    [([0.30, 0.35, 0.45], [0.50, 0.60, 0.70], "reproduced"),
-     ([0.50, 0.60, 0.70], [0.30, 0.35, 0.45], "NOT reproduced"),
-     ([0.40, 0.30, 0.52], [0.35, 0.40, 0.50], "inconclusive"),  # differs by seed, both ways
-     ([0.20], [0.90], "inconclusive")],  # one seed: no spread to judge by
-)  # fmt: skip
+    [
+        ([0.30, 0.35, 0.45], [0.50, 0.60, 0.70], "reproduced"),
+        ([0.50, 0.60, 0.70], [0.30, 0.35, 0.45], "NOT reproduced"),
+        ([0.40, 0.30, 0.52], [0.35, 0.40, 0.50], "inconclusive"),  # differs by seed, both ways
+        ([0.20], [0.90], "inconclusive"),
+    ],  # one seed: no spread to judge by
+)
 def test_a_comparison_is_decided_by_the_spread_over_seeds(label, probs, verdict):
     assert LABEL_LOWER(results(label, probs))[0] == verdict
 
@@ -46,8 +48,10 @@ def test_every_finding_is_unmeasured_on_empty_results():
 
 
 def test_results_csv_keeps_every_seed_and_adds_aggregates(tmp_path):
-    measured = {("6", "v", "label", "acc_surrogate"): [0.2, 0.4, 0.3],
-                ("3", "v", "ours", "tpr"): [0.9]}  # fmt: skip
+    measured = {
+        ("6", "v", "label", "acc_surrogate"): [0.2, 0.4, 0.3],
+        ("3", "v", "ours", "tpr"): [0.9],
+    }
     write_results(tmp_path / "r.csv", measured)
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert lines[0] == "table,victim,setting,metric,seed,value"

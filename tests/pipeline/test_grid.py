@@ -29,9 +29,14 @@ def printed(args: list[str]) -> dict:
 
 
 @pytest.mark.parametrize(
-    "overlay", ["attacks/knockoff_adaptive.yaml", "defences/detector.yaml",
-                "callbacks/defence_report.yaml", "attacks/in_distribution.yaml"],
-)  # fmt: skip
+    "overlay",
+    [
+        "attacks/knockoff_adaptive.yaml",
+        "defences/detector.yaml",
+        "callbacks/defence_report.yaml",
+        "attacks/in_distribution.yaml",
+    ],
+)
 def test_a_stage_of_several_yamls_is_what_lightningcli_makes_of_them(tmp_path, overlay):
     """Merged by the stage (mappings key by key, lists replaced, another class replaced whole)
     as `fit --config base --config overlay` merges them: the same full config either way."""
@@ -45,15 +50,24 @@ def test_a_stage_of_several_yamls_is_what_lightningcli_makes_of_them(tmp_path, o
 
 def grid(**changes) -> Grid:
     fields = dict(
-        name="g", title="G", victim="v", config="base.yaml",
-        axes={"attack": {"random": Variant(), "jbda": Variant(config=["jbda.yaml"])},
-              "defence": {"none": Variant(),
-                          "top1": Variant(config=["top1.yaml"], set={"budget": 7},
-                                          inputs={"det": "detector"})}},
+        name="g",
+        title="G",
+        victim="v",
+        config="base.yaml",
+        axes={
+            "attack": {"random": Variant(), "jbda": Variant(config=["jbda.yaml"])},
+            "defence": {
+                "none": Variant(),
+                "top1": Variant(
+                    config=["top1.yaml"], set={"budget": 7}, inputs={"det": "detector"}
+                ),
+            },
+        },
         metrics={"acc": "test/acc", "l1": "benign/l1_change"},
-        set={"budget": 5, "epochs": 3}, inputs={"victim": "victim"},
+        set={"budget": 5, "epochs": 3},
+        inputs={"victim": "victim"},
         reference=Reference(axis="defence", variant="none", metrics=["acc"]),
-    )  # fmt: skip
+    )
     return Grid(**{**fields, **changes})
 
 
@@ -66,7 +80,9 @@ def test_a_grid_expands_into_one_stage_per_cell():
     assert cell.inputs == {"victim": "victim", "det": "detector"}
     assert [(r.table, r.victim, r.setting) for r in cell.rows] == [("g", "v", "jbda/top1")]
     assert stages["g-random-none"].config == ["base.yaml"] and stages["g-random-none"].set == {
-        "budget": 5, "epochs": 3}  # fmt: skip
+        "budget": 5,
+        "epochs": 3,
+    }
 
 
 def test_the_grid_table_and_its_paired_comparisons_with_the_reference():
@@ -92,13 +108,18 @@ def test_the_grid_table_and_its_paired_comparisons_with_the_reference():
 
 @pytest.mark.parametrize(
     "changes, message",
-    [({"name": "a-b"}, "name 'a-b' must be"),
-     ({"plot": Plot(x="acc", y="acc", series="budget")}, "plot names 'budget', neither an axis"),
-     ({"plot": Plot(x="attack", y="fidelity", series="defence")}, "plot.y 'fidelity' is not"),
-     ({"reference": Reference("defence", "mad", ["acc"])}, "reference defence=mad is no variant"),
-     ({"reference": Reference("defence", "none", ["x"])}, r"reference metrics \['x'\]"),
-     ({"axes": {"attack": {}}}, "axes must name at least one variant")],
-)  # fmt: skip
+    [
+        ({"name": "a-b"}, "name 'a-b' must be"),
+        ({"plot": Plot(x="acc", y="acc", series="budget")}, "plot names 'budget', neither an axis"),
+        ({"plot": Plot(x="attack", y="fidelity", series="defence")}, "plot.y 'fidelity' is not"),
+        (
+            {"reference": Reference("defence", "mad", ["acc"])},
+            "reference defence=mad is no variant",
+        ),
+        ({"reference": Reference("defence", "none", ["x"])}, r"reference metrics \['x'\]"),
+        ({"axes": {"attack": {}}}, "axes must name at least one variant"),
+    ],
+)
 def test_a_bad_grid_is_refused_when_read(changes, message):
     with pytest.raises(ConfigError, match=message):
         grid(**changes)
@@ -111,27 +132,41 @@ def test_a_tiny_attack_by_defence_grid_runs_end_to_end(tmp_path):
         "output_dir": str(tmp_path / "out"),
         "set": TINY,
         "stages": [{"name": "victim", "config": str(CONFIGS / "victim/digits_cnn.yaml")}],
-        "grids": [{
-            "name": "m", "title": "tiny matrix", "victim": "digits-cnn",
-            "config": [BASE, str(CONFIGS / "callbacks/defence_report.yaml")],
-            "inputs": {"data.init_args.api.init_args.victim": "victim"},
-            "set": {"data.init_args.budget": 200, "data.init_args.pool.init_args.size": 300},
-            "axes": {"attack": {"random": {}},
-                     "defence": {"none": {},
-                                 "top1": {"config": [str(CONFIGS / "defences/top1.yaml")]}}},
-            "metrics": {"acc_surrogate": "test/acc", "benign_l1_change": "benign/l1_change"},
-            "plot": {"x": "benign_l1_change", "y": "acc_surrogate", "series": "attack"},
-            "reference": {"axis": "defence", "variant": "none", "metrics": ["acc_surrogate"]},
-        }],
-    }  # fmt: skip
+        "grids": [
+            {
+                "name": "m",
+                "title": "tiny matrix",
+                "victim": "digits-cnn",
+                "config": [BASE, str(CONFIGS / "callbacks/defence_report.yaml")],
+                "inputs": {"data.init_args.api.init_args.victim": "victim"},
+                "set": {"data.init_args.budget": 200, "data.init_args.pool.init_args.size": 300},
+                "axes": {
+                    "attack": {"random": {}},
+                    "defence": {
+                        "none": {},
+                        "top1": {"config": [str(CONFIGS / "defences/top1.yaml")]},
+                    },
+                },
+                "metrics": {"acc_surrogate": "test/acc", "benign_l1_change": "benign/l1_change"},
+                "plot": {"x": "benign_l1_change", "y": "acc_surrogate", "series": "attack"},
+                "reference": {"axis": "defence", "variant": "none", "metrics": ["acc_surrogate"]},
+            }
+        ],
+    }
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(preset, sort_keys=False))
     out = reproduce_main(["--config", str(path)])
     with open(out / "results.csv", newline="") as f:
-        values = {(r["setting"], r["metric"]): float(r["value"])
-                  for r in csv.DictReader(f) if r["table"] == "m"}  # fmt: skip
-    assert set(values) == {(s, m) for s in ("random/none", "random/top1")
-                           for m in ("acc_surrogate", "benign_l1_change")}  # fmt: skip
+        values = {
+            (r["setting"], r["metric"]): float(r["value"])
+            for r in csv.DictReader(f)
+            if r["table"] == "m"
+        }
+    assert set(values) == {
+        (s, m)
+        for s in ("random/none", "random/top1")
+        for m in ("acc_surrogate", "benign_l1_change")
+    }
     assert values["random/none", "benign_l1_change"] == 0
     assert values["random/top1", "benign_l1_change"] > 0.01
     tables = (out / "tables.md").read_text()

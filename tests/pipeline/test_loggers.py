@@ -15,10 +15,23 @@ def test_offline_when_not_logged_in(monkeypatch, tmp_path):
 
 
 def test_wandb_config_writes_a_syncable_offline_run():
-    cli_main(["fit", "--config", str(CONFIGS / "victim/digits_cnn.yaml"),
-              "--config", str(CONFIGS / "logger/wandb.yaml"),
-              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-              "--trainer.limit_val_batches", "1", "--test_after_fit", "false"])  # fmt: skip
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "victim/digits_cnn.yaml"),
+            "--config",
+            str(CONFIGS / "logger/wandb.yaml"),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.limit_val_batches",
+            "1",
+            "--test_after_fit",
+            "false",
+        ]
+    )
     runs = list(Path("runs/wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("run-*.wandb")), "no wandb event file to sync"

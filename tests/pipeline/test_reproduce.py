@@ -22,25 +22,41 @@ from tests.conftest import CONFIGS
 TINY = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 3, "trainer.limit_val_batches": 2}
 ATTACK = {"acc_victim": "test/acc_victim", "acc_surrogate": "test/acc", "recovery": "test/recovery"}
 # The detectors' in/out data, shrunk: 40 + 100 out-of-distribution test images beside 359 digits.
-IN_OUT = {"data.init_args.out_data.init_args.size": 400,
-          "data.init_args.out_test_data.init_args.size": 100}  # fmt: skip
+IN_OUT = {
+    "data.init_args.out_data.init_args.size": 400,
+    "data.init_args.out_test_data.init_args.size": 100,
+}
 
 
 def detection_stages() -> list[dict]:
     """A scratch detector and the MSP baseline (scored by the tiny victim), in Tables 3 and 4a."""
     tpr = {"tpr": "test/tpr/out", "tnr": "test/tnr"}
     return [
-        {"name": "detector", "config": str(CONFIGS / "detector/digits_scratch.yaml"),
-         "set": dict(IN_OUT),
-         "rows": [{"table": "3", "victim": "digits-cnn", "setting": "cnn_scratch", "metrics": tpr},
-                  {"table": "4a", "victim": "digits-cnn", "setting": "cnn_scratch",
-                   "metrics": tpr}]},
-        {"name": "msp", "config": str(CONFIGS / "ood/digits_msp.yaml"), "command": "test",
-         "inputs": {"model.init_args.victim": "victim"},
-         "set": {**IN_OUT, "model.init_args.detector": None},
-         "rows": [{"table": "4a", "victim": "digits-cnn", "setting": "msp",
-                   "metrics": {"tpr_at_tnr95": "test/tpr_at_tnr95/out"}}]},
-    ]  # fmt: skip
+        {
+            "name": "detector",
+            "config": str(CONFIGS / "detector/digits_scratch.yaml"),
+            "set": dict(IN_OUT),
+            "rows": [
+                {"table": "3", "victim": "digits-cnn", "setting": "cnn_scratch", "metrics": tpr},
+                {"table": "4a", "victim": "digits-cnn", "setting": "cnn_scratch", "metrics": tpr},
+            ],
+        },
+        {
+            "name": "msp",
+            "config": str(CONFIGS / "ood/digits_msp.yaml"),
+            "command": "test",
+            "inputs": {"model.init_args.victim": "victim"},
+            "set": {**IN_OUT, "model.init_args.detector": None},
+            "rows": [
+                {
+                    "table": "4a",
+                    "victim": "digits-cnn",
+                    "setting": "msp",
+                    "metrics": {"tpr_at_tnr95": "test/tpr_at_tnr95/out"},
+                }
+            ],
+        },
+    ]
 
 
 def tiny_config(tmp_path: Path, detection: bool = False) -> Path:
@@ -51,16 +67,20 @@ def tiny_config(tmp_path: Path, detection: bool = False) -> Path:
         "stages": [
             {"name": "victim", "config": str(CONFIGS / "victim/digits_cnn.yaml")},
             *[
-                {"name": f"knockoff-{g}",
-                 "config": str(CONFIGS / f"surrogate/digits_natural_{g}.yaml"),
-                 "inputs": {"data.init_args.api.init_args.victim": "victim"},
-                 "set": dict(surrogate),
-                 "rows": [{"table": "6", "victim": "digits-cnn", "setting": g, "metrics": ATTACK}]}
+                {
+                    "name": f"knockoff-{g}",
+                    "config": str(CONFIGS / f"surrogate/digits_natural_{g}.yaml"),
+                    "inputs": {"data.init_args.api.init_args.victim": "victim"},
+                    "set": dict(surrogate),
+                    "rows": [
+                        {"table": "6", "victim": "digits-cnn", "setting": g, "metrics": ATTACK}
+                    ],
+                }
                 for g in ("probs", "label")
             ],
             *(detection_stages() if detection else []),
         ],
-    }  # fmt: skip
+    }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -96,8 +116,10 @@ def test_reduced_pipeline_writes_the_report_and_caches_stages(tmp_path, capsys):
     for table in ("3", "4a"):  # one combined ROC figure per detection table, linked under it
         assert f"](figures/roc_table{table}.png)" in tables
         assert (out / "figures" / f"roc_table{table}.png").stat().st_size > 10_000
-    assert {p.name for p in (out / "figures").glob("*_roc.png")} == {"detector_roc.png",
-                                                                    "msp_roc.png"}  # fmt: skip
+    assert {p.name for p in (out / "figures").glob("*_roc.png")} == {
+        "detector_roc.png",
+        "msp_roc.png",
+    }
     msp = next((out / "stages").glob("msp-*"))
     victim_ckpt = next((out / "stages").glob("victim-*")) / "checkpoints/best.ckpt"
     scored_by = yaml.safe_load((msp / "config.yaml").read_text())["model"]["init_args"]["victim"]
@@ -145,10 +167,15 @@ def test_seeds_repeat_every_attack_stage_and_the_report_shows_their_spread(tmp_p
     (tmp_path / "seeds.yaml").write_text(yaml.safe_dump(config))
     out = reproduce_main(["--config", str(tmp_path / "seeds.yaml")])
     names = sorted(p.name.rsplit("-", 1)[0] for p in (out / "stages").iterdir())
-    assert names == ["knockoff-label", "knockoff-probs", "knockoff-probs.s1",
-                     "victim"]  # the victim is trained once  # fmt: skip
-    seeded = yaml.safe_load(next((out / "stages").glob("knockoff-probs.s1-*/config.yaml"))
-                            .read_text())  # fmt: skip
+    assert names == [
+        "knockoff-label",
+        "knockoff-probs",
+        "knockoff-probs.s1",
+        "victim",
+    ]  # the victim is trained once
+    seeded = yaml.safe_load(
+        next((out / "stages").glob("knockoff-probs.s1-*/config.yaml")).read_text()
+    )
     assert seeded["seed_everything"] == 1 and seeded["data"]["init_args"]["seed"] == 1
     with open(out / "results.csv", newline="") as f:
         rows = {
@@ -266,37 +293,47 @@ def test_stage_output_goes_to_its_log_and_with_verbose_also_to_the_console(tmp_p
 
 def test_paper_preset_shows_the_papers_detection_figures_beside_ours(tmp_path):
     stages = yaml.safe_load((CONFIGS / "reproduce/paper.yaml").read_text())["stages"]
-    detection = [(r["table"], r["victim"], r["setting"], metric) for stage in stages
-                 for r in stage.get("rows", []) if r["table"] in {"3", "4a", "4b"}
-                 for metric in r["metrics"]]  # fmt: skip
+    detection = [
+        (r["table"], r["victim"], r["setting"], metric)
+        for stage in stages
+        for r in stage.get("rows", [])
+        if r["table"] in {"3", "4a", "4b"}
+        for metric in r["metrics"]
+    ]
     assert len({k[:3] for k in detection}) == 8 + 2 * 5 * 5  # Table 3; 4a, 4b: 5 victims x 5
     # every cell of the paper's Tables 3 and 4 has its row (single-layer Mahalanobis is ours)
     assert {k for k in detection if k[2] != "mahalanobis"} == {
         k for k in PAPER if k[0] in {"3", "4a", "4b"}
     }
-    results = {("4a", "cubs200-rn34", "ours", "tpr"): [0.9],
-               ("4a", "cubs200-rn34", "msp", "tpr_at_tnr95"): [0.4]}  # fmt: skip
+    results = {
+        ("4a", "cubs200-rn34", "ours", "tpr"): [0.9],
+        ("4a", "cubs200-rn34", "msp", "tpr_at_tnr95"): [0.4],
+    }
     write_tables(tmp_path / "tables.md", results, paper=True)
     tables = (tmp_path / "tables.md").read_text()
     assert "| cubs200-rn34 | ours | 90.0% [paper 93.0%] | n/a |" in tables
     assert "| cubs200-rn34 | msp | n/a | 40.0% [paper 39.0%] |" in tables
 
 
-TYPO = (r"bad\.yaml: stage victim: {where} key 'trainer\.max_epoch' is not a setting of "
-        r"\S+/configs/victim/digits_cnn\.yaml: trainer \(arguments of "
-        r"lightning\.pytorch\.Trainer\) has no 'max_epoch'; did you mean "
-        r"'trainer\.max_epochs'\?$")  # fmt: skip
+TYPO = (
+    r"bad\.yaml: stage victim: {where} key 'trainer\.max_epoch' is not a setting of "
+    r"\S+/configs/victim/digits_cnn\.yaml: trainer \(arguments of "
+    r"lightning\.pytorch\.Trainer\) has no 'max_epoch'; did you mean "
+    r"'trainer\.max_epochs'\?$"
+)
 
 
 @pytest.mark.parametrize(
     "stage, top, message",
-    [({"name": "../../x"}, {}, r"stage name '../../x' must be letters, digits"),
-     ({"name": "/tmp/x"}, {}, r"stage name '/tmp/x' must be letters"),
-     ({"config": "missing.yaml"}, {}, "stage victim: config missing.yaml does not exist"),
-     ({"seeds": 0}, {}, "stage victim: seeds must be >= 1, got 0"),
-     ({"set": {"trainer.max_epoch": 1}}, {}, TYPO.format(where="set")),
-     ({}, {"trainer.max_epoch": 1}, TYPO.format(where="top-level set"))],
-)  # fmt: skip
+    [
+        ({"name": "../../x"}, {}, r"stage name '../../x' must be letters, digits"),
+        ({"name": "/tmp/x"}, {}, r"stage name '/tmp/x' must be letters"),
+        ({"config": "missing.yaml"}, {}, "stage victim: config missing.yaml does not exist"),
+        ({"seeds": 0}, {}, "stage victim: seeds must be >= 1, got 0"),
+        ({"set": {"trainer.max_epoch": 1}}, {}, TYPO.format(where="set")),
+        ({}, {"trainer.max_epoch": 1}, TYPO.format(where="top-level set")),
+    ],
+)
 def test_bad_stages_fail_before_any_stage_runs(tmp_path, stage, top, message):
     """Checked when the preset is read: a name outside output_dir, a missing config, a `set`
     key the stage's YAML does not have (a typo would otherwise fail, or be ignored, hours in)."""
