@@ -112,15 +112,12 @@ class AttackRounds(Callback):
         self.grow(trainer, pl_module, data.restored_rounds - 1)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """A checkpoint written before the round it preceded (a ModelCheckpoint saving on
-        validation end): catch up, and say that this epoch trained on fewer rounds."""
+        """A checkpoint with no record of the rounds (one written before its epoch's round, or
+        by an older version): read back, from the epoch Lightning resumes at, what is due."""
         data = trainer.datamodule
         due = self.due_round(trainer, data, trainer.current_epoch)
         if data.attack.round_unit == "epoch" and data.rounds_done <= due:
-            rank_zero_warn(
-                f"AttackRounds: the checkpoint predates round {due}; epoch "
-                f"{trainer.current_epoch} trains without it"
-            )
+            rank_zero_warn(f"AttackRounds: the checkpoint records no round {due}; asked now")
             self.grow(trainer, pl_module, due)
 
     def due_round(self, trainer: Trainer, data: TransferSetDataModule, epoch: int) -> int:

@@ -20,7 +20,7 @@ from knockoff_lab.pipeline.entry import main
 from tests.conftest import CONFIGS
 from tests.datamodules import layouts
 
-GTSRB = ["fit", "--config", str(CONFIGS / "victim/gtsrb_5l.yaml"), "--data.init_args.root"]
+GTSRB = ["fit", "--config", str(CONFIGS / "victim/from_scratch.yaml"), "--data.init_args.root"]
 DIGITS = str(CONFIGS / "victim/digits_cnn.yaml")
 SURROGATE = [
     "fit",
@@ -311,7 +311,7 @@ def test_a_dataset_missing_from_the_data_root_fails_before_any_work(monkeypatch,
         "datamodules.on_disk.check_readable",
         lambda *a: pytest.fail("a dataset was read before the error"),
     )
-    args = ["fit", "--config", str(CONFIGS / "detector/cubs200_rn18.yaml")]
+    args = ["fit", "--config", str(CONFIGS / "detector/scratch.yaml")]
     for key in ("in_data", "out_data", "out_test_data"):
         args += [f"--data.init_args.{key}.init_args.root", "data"]
     message = fails(args, monkeypatch, capsys)

@@ -3,7 +3,9 @@ epoch). Fragments (trainer, logger, data, callbacks) are composed with a complet
 attack and defence overlays with the embedded Knockoff attack."""
 
 import contextlib
+import dataclasses
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -12,25 +14,40 @@ import yaml
 from knockoff_lab.core.checkpoints import load_state_dict_file
 from knockoff_lab.core.fragments import read_config
 from knockoff_lab.pipeline.cli import cli_main
+from knockoff_lab.pipeline.reproduce import every_stage, read_preset
 from knockoff_lab.pipeline.serve import build_service, serve_parser
 from tests.conftest import CONFIGS
 from tests.lightning_modules.conftest import cv_run, detector_ckpt  # noqa: F401  (shared fixtures)
 from tests.serving import free_port, make_keys, run_server
 
 BASE = CONFIGS / "victim/digits_cnn.yaml"
-EXPERIMENT_DIRS = {"pretrain", "victim", "surrogate", "detector", "ood"}
-FRAGMENT_DIRS = {"trainer", "logger", "callbacks"}  # composed with a whole experiment
-NESTED_DIRS = {
-    "data",
-    "checkpoints",
-    "optim",
-    "watermarks",
-}  # a value inside a config (core/fragments.py)
 ATTACK = CONFIGS / "surrogate/digits_natural_probs.yaml"
-OVERLAY_DIRS = {"attacks", "defences"}  # composed with ATTACK
-OVERLAYS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name in OVERLAY_DIRS)
-ALL = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name in EXPERIMENT_DIRS | FRAGMENT_DIRS)
-ALL += OVERLAYS
+EXPERIMENT_DIRS = {"pretrain", "victim", "surrogate", "detector", "ood"}
+OTHER_DIRS = {"reproduce", "sweeps", "serve"}  # not LightningCLI configs, tested elsewhere
+
+
+def kind(path: Path) -> str:
+    """What a YAML under configs/ is, by its content: an `experiment` (model and data), an
+    `overlay` composed over one (`--config a --config b`), or a `fragment`, a value inside a
+    config (a class with its arguments, or a list of them: core/fragments.py)."""
+    content = yaml.safe_load(path.read_text())
+    if isinstance(content, list) or set(content) <= {"class_path", "init_args"}:
+        return "fragment"
+    return "experiment" if path.parent.name in EXPERIMENT_DIRS else "overlay"
+
+
+LIGHTNING = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in OTHER_DIRS)
+OVERLAYS = [p for p in LIGHTNING if kind(p) == "overlay"]
+ALL = [p for p in LIGHTNING if kind(p) != "fragment"]
+NESTED = [p for p in LIGHTNING if kind(p) == "fragment"]
+
+
+def over_attack(path: Path) -> bool:
+    """An overlay of an attack (it changes the transfer set's data or callbacks that need one)."""
+    text = path.read_text()
+    return "data:" in text or "DefenceReport" in text or "EarlyStopping" in text
+
+
 SHORT = [
     "--trainer.max_epochs",
     "1",
@@ -44,17 +61,20 @@ SHORT = [
 
 
 def config_args(path: Path) -> list[str]:
-    if path.parent.name in EXPERIMENT_DIRS:
+    if kind(path) == "experiment":
         return ["--config", str(path)]
-    base = ATTACK if path.parent.name in OVERLAY_DIRS else BASE
+    base = ATTACK if over_attack(path) else BASE
     return ["--config", str(base), "--config", str(path)]
 
 
-def test_every_config_folder_is_covered():
-    folders = {p.parent.name for p in CONFIGS.rglob("*.yaml")}
-    known = EXPERIMENT_DIRS | FRAGMENT_DIRS | NESTED_DIRS | OVERLAY_DIRS
-    known |= {"reproduce", "sweeps", "serve"}
-    assert folders <= known
+def test_every_config_is_an_experiment_an_overlay_or_a_fragment():
+    kinds = {p.relative_to(CONFIGS).as_posix(): kind(p) for p in LIGHTNING}
+    assert {
+        "victim/digits_cnn.yaml": "experiment",
+        "defences/mad.yaml": "overlay",
+        "callbacks/attack.yaml": "fragment",
+        "data/digits.yaml": "fragment",
+    }.items() <= kinds.items()
 
 
 def settings(node, key: str = ""):
@@ -69,19 +89,28 @@ def settings(node, key: str = ""):
         yield key, node
 
 
-# the LightningCLI configs (reproduce presets and sweeps are not)
-NESTED = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name in NESTED_DIRS)
 YAMLS = sorted({*ALL, *NESTED, *(CONFIGS / "serve").glob("*.yaml")})
+
+
+PRESET_STAGES = [
+    str(dataclasses.asdict(stage))
+    for preset in (CONFIGS / "reproduce").glob("*.yaml")
+    for stage in every_stage(read_preset(preset)["stages"])
+]
 
 
 @pytest.mark.parametrize("path", NESTED, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_nested_fragment_is_a_class_some_config_uses(path: Path):
-    """A fragment is one class with its arguments, named by at least one experiment or
-    overlay, whose parse test (below) then reads it; a fragment nothing names is dead code."""
+    """A fragment (one class with its arguments, or a list of them) is named by at least one
+    config, fragment or preset, by its path from there; one nothing names is dead code."""
     fragment = yaml.safe_load(path.read_text())
-    assert set(fragment) <= {"class_path", "init_args"} and "." in fragment["class_path"]
-    named = f"../{path.parent.name}/{path.name}"
-    assert any(named in p.read_text() for p in ALL), f"no config names {named}"
+    classes = fragment if isinstance(fragment, list) else [fragment]
+    assert all(isinstance(c, str) or "." in c["class_path"] for c in classes)
+    texts = [(p.parent, p.read_text()) for p in CONFIGS.rglob("*.yaml") if p != path]
+    texts += [(CONFIGS.parent, text) for text in PRESET_STAGES]  # families expanded
+    from_root = path.relative_to(CONFIGS.parent).as_posix()
+    named = [t for folder, t in texts if os.path.relpath(path, folder) in t or from_root in t]
+    assert named, f"no config names {path.relative_to(CONFIGS)}"
 
 
 def test_every_data_root_is_the_one_data_root():
@@ -157,9 +186,9 @@ def test_the_public_model_config_runs_and_fine_tunes_a_victim(tmp_path: Path):
     assert victim.model.net.fc.out_features == 10
 
 
-EMBEDDED_ATTACKS = sorted(
-    p for p in (CONFIGS / "surrogate").glob("digits_*.yaml") if "guarded" not in p.name
-)
+EMBEDDED_ATTACKS = sorted((CONFIGS / "surrogate").glob("digits_*.yaml"))
+# the overlays that run on the embedded attack (the others name real datasets: they parse)
+EMBEDDED_OVERLAYS = [p for p in OVERLAYS if over_attack(p) and "'root'" not in str(read_config(p))]
 
 
 def small_pool(path: Path) -> list[str]:
@@ -187,7 +216,7 @@ def test_embedded_attack_config_runs(path: Path, victim_ckpt: Path):
     assert {"test/acc", "test/recovery", "test/fidelity"} <= set(metrics)
 
 
-@pytest.mark.parametrize("path", OVERLAYS, ids=lambda p: str(p.relative_to(CONFIGS)))
+@pytest.mark.parametrize("path", EMBEDDED_OVERLAYS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_attack_and_defence_overlays_run(path: Path, victim_ckpt: Path, request, tmp_path: Path):
     """Each overlay composes with the embedded attack and runs (two rounds of one epoch for a
     strategy, so the run stays short)."""
@@ -202,7 +231,7 @@ def test_attack_and_defence_overlays_run(path: Path, victim_ckpt: Path, request,
             "--data.init_args.val_fraction",  # JBDA's seed round is 5% of the budget: 8 queries
             "0.2",
         ]
-        if path.parent.name == "attacks"
+        if "attack:" in path.read_text()
         else []
     )
     own_pool = "pool" in (yaml.safe_load(path.read_text()).get("data") or {}).get("init_args", {})

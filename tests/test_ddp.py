@@ -101,7 +101,7 @@ def test_ddp_detection_scores_are_gathered_from_every_process(victim_ckpt, tmp_p
         [
             "test",
             "--config",
-            str(CONFIGS / "ood/digits_msp.yaml"),
+            str(CONFIGS / "ood/digits.yaml"),
             *SMALL_IN_OUT,
             *photos,
             "--model.init_args.victim",

@@ -61,7 +61,7 @@ def test_rerun_into_same_directory_and_other_subcommands():
     versions = sorted(p.name for p in Path("run/lightning_logs").iterdir())
     assert versions == ["version_0", "version_1"]
     fitted = float(cli.trainer.callback_metrics["val/acc"])
-    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    ckpt = "run/checkpoints/last.ckpt"  # configs/checkpoints/latest.yaml: every epoch
     model = VictimClassifier.load_from_checkpoint(ckpt, map_location="cpu")
     images, labels = cli.datamodule.split("test").tensors
 
@@ -156,9 +156,13 @@ def test_an_explicit_checkpoint_dirpath_is_kept(tmp_path: Path, capsys):
             "false",
         ]
     )
-    assert sorted(p.name for p in mine.iterdir()) == ["best.ckpt", "last.ckpt"]
-    assert not Path("run/checkpoints").exists()
-    assert f"checkpoints go to {mine}\n" in capsys.readouterr().out
+    # `--trainer.callbacks.dirpath` sets the last callback's: latest.yaml's last.ckpt
+    assert sorted(p.name for p in mine.iterdir()) == ["last.ckpt"]
+    assert sorted(p.name for p in Path("run/checkpoints").iterdir()) == ["best.ckpt"]
+    assert (
+        f"checkpoints go to {Path('run/checkpoints').resolve()}, {mine}\n"
+        in capsys.readouterr().out
+    )
 
 
 def test_model_chosen_by_class_name():

@@ -161,7 +161,7 @@ def test_an_attack_killed_between_rounds_resumes_to_the_same_surrogate(victim_ck
         "--trainer.callbacks.batch=1",
     ]
     assert attack_fit(killer, tmp_path / "killed").returncode == -signal.SIGKILL
-    run = tmp_path / "killed/runs/surrogate/digits_natural_probs"
+    run = tmp_path / "killed/runs/surrogate/digits_natural_probs+toy_strategy"
     last = run / "checkpoints/last.ckpt"
     state = torch.load(last, weights_only=True)
     assert state["TransferSetDataModule"]["rounds_done"] == 1 + (state["epoch"] + 1) // 2
@@ -174,7 +174,8 @@ def test_an_attack_killed_between_rounds_resumes_to_the_same_surrogate(victim_ck
     assert books.execute("SELECT SUM(asked) FROM clients").fetchone()[0] == 150  # never twice
     final = [
         torch.load(
-            p / "runs/surrogate/digits_natural_probs/checkpoints/last.ckpt", weights_only=True
+            p / "runs/surrogate/digits_natural_probs+toy_strategy/checkpoints/last.ckpt",
+            weights_only=True,
         )
         for p in (tmp_path / "reference", tmp_path / "killed")
     ]

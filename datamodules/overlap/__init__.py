@@ -24,7 +24,7 @@ from functools import cache
 from pathlib import Path
 
 HERE = Path(__file__).parent
-DATASETS = ("caltech256", "cubs200", "diabetic5", "gtsrb", "cifar10")
+DATASETS = tuple(sorted(path.stem for path in HERE.glob("*.json")))  # one list per victim dataset
 
 
 @cache

@@ -27,6 +27,13 @@ def read_config(path: str | Path) -> Any:
     return inline(node, path, ())
 
 
+def inline_value(value: Any, key: str) -> Any:
+    """A setting given outside any file (a reproduce preset's `set`) with its fragment
+    references read, resolved relative to the working directory like the preset's `config`
+    paths: `data: configs/data/cifar10.yaml` sets the data block to that file's content."""
+    return inline(value, Path.cwd() / "set", (), key)
+
+
 def inline(node: Any, source: Path, chain: tuple[Path, ...], key: str = "") -> Any:
     """`node` (read from `source`) with its fragment references read, recursively; `chain` is
     the files being read, to refuse a fragment that includes itself."""

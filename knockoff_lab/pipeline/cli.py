@@ -3,12 +3,14 @@
 
 LightningCLI in subclass mode: any LightningModule of `lightning_modules` and any DataModule of
 `datamodules` is chosen by class name or by a config file. `num_classes` flows from the data to
-the model, so no config states it twice. Checkpoints follow the run folder: a ModelCheckpoint
-without a `dirpath` writes to `<trainer.default_root_dir>/checkpoints` (stable, not inside the
-logger's `version_N`), so `--trainer.default_root_dir elsewhere` moves them too.
+the model, so no config states it twice. A run's folder, when no config names one, is named by
+its configs (`run_folder`); checkpoints follow it: a ModelCheckpoint without a `dirpath` writes
+to `<trainer.default_root_dir>/checkpoints` (stable, not inside the logger's `version_N`), so
+`--trainer.default_root_dir elsewhere` moves them too.
 """
 
 import os
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -48,6 +50,24 @@ def check_fits(path: str, checkpoint: dict[str, Any], model: LightningModule) ->
         )
 
 
+# overlays that say how or where a run goes, not what it learns: they do not rename its folder
+UNNAMED_OVERLAYS = ("trainer", "logger")
+
+
+def run_folder(configs: list[str]) -> str:
+    """A run's folder when no config names one: `runs/` and the first config's path under
+    `configs/` (`configs/victim/digits_cnn.yaml` runs in `runs/victim/digits_cnn`, where the
+    attack configs read its checkpoint), then `+<name>` for each overlay that changes what is
+    learnt (`runs/surrogate/digits_natural_probs+label_only`): composing YAMLs never writes
+    over another composition's checkpoints."""
+    first = Path(configs[0])
+    parts = first.with_suffix("").parts
+    where = parts[len(parts) - parts[::-1].index("configs") :] if "configs" in parts else parts[-1:]
+    folder = "runs/" + "/".join(where)
+    overlays = [Path(c) for c in configs[1:]]
+    return folder + "".join(f"+{p.stem}" for p in overlays if p.parent.name not in UNNAMED_OVERLAYS)
+
+
 def checkpoints_follow_run_folder(trainer: Trainer) -> list[str]:
     """Give every ModelCheckpoint of `trainer` without a `dirpath` the run folder's stable
     `<default_root_dir>/checkpoints` (Lightning's default would be the logger's `version_N`);
@@ -80,6 +100,8 @@ class KnockoffCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_trusted(config.as_dict())
+        if config.trainer.default_root_dir is None and config.get("config"):
+            config.trainer.default_root_dir = run_folder([str(p) for p in config.config if p])
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, its checkpoints in the run folder (one line says where they go)."""
@@ -128,6 +150,10 @@ def cli_main(args: list[str] | None = None) -> KnockoffCLI:
         subclass_mode_data=True,
         auto_configure_optimizers=False,  # the optimizer is a model argument, in one place
         save_config_kwargs={"overwrite": True},  # reruns into one directory must not crash
+        # what no experiment YAML repeats: seed 0, and one device unless a config asks for more
+        # (configs/trainer/ddp.yaml); Lightning's "auto" would take every GPU of a node
+        seed_everything_default=0,
+        trainer_defaults={"devices": 1},
         parser_kwargs={"exit_on_error": False},
         args=args,
     )

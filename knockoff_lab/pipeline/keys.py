@@ -9,7 +9,7 @@ import inspect
 from typing import Any
 
 from knockoff_lab.core.errors import ConfigError
-from knockoff_lab.pipeline.stages import Stage, read_yaml
+from knockoff_lab.pipeline.stages import Stage, read_yaml, resolved, set_dotted
 from knockoff_lab.pipeline.trust import trusted_modules
 
 # Top-level keys of an experiment YAML beside trainer/model/data (LightningCLI's own options).
@@ -111,14 +111,20 @@ def missing_setting(config: dict, key: str) -> str | None:
 def check_keys(stages: list[Stage], settings: dict[str, Any], source: str) -> None:
     """A one-line ConfigError for the first key of the top-level `settings` or of a stage's
     `set` or `inputs` that is no setting of the stage's YAML (`missing_setting`): a typo would
-    otherwise add a key that fails, or is ignored, when the stage finally runs."""
+    otherwise add a key that fails, or is ignored, when the stage finally runs. Settings are
+    checked in the order they apply (`stages.resolved`), each against the YAML with the ones
+    before it applied: after `pool: configs/data/diabetic5.yaml`, `pool.init_args.as_pool`
+    is a setting of the Diabetic5 pool."""
     for stage in stages:
         config = read_yaml(stage)
-        named = [(key, "top-level set") for key in settings]
-        named += [(key, "set") for key in stage.set] + [(key, "inputs") for key in stage.inputs]
-        for key, where in named:
+        where = {**dict.fromkeys(settings, "top-level set"), **dict.fromkeys(stage.set, "set")}
+        named = [(key, where[key], value) for key, value in resolved({**settings, **stage.set})]
+        named += [(key, "inputs", None) for key in stage.inputs]
+        for key, place, value in named:
             if (problem := missing_setting(config, key)) is not None:
                 raise ConfigError(
-                    f"{source}: stage {stage.name}: {where} key {key!r} is not a "
+                    f"{source}: stage {stage.name}: {place} key {key!r} is not a "
                     f"setting of {stage.shown}: {problem}"
                 )
+            if place != "inputs":
+                set_dotted(config, key, value)

@@ -95,7 +95,7 @@ def reproduce(
     (its file, from the command line).
     """
     cells = [stage for grid in grids for stage in grid.stages()]
-    stages = [*stages, *cells]
+    stages = every_stage(stages, grids)
     names = [stage.name for stage in stages]
     if repeated := sorted({name for name in names if names.count(name) > 1}):
         raise ConfigError(f"{source}: stage names {repeated} are given twice")
@@ -162,10 +162,32 @@ def reproduce(
     return output
 
 
-def reproduce_main(args: list[str] | None = None) -> Path:
+def every_stage(stages: Sequence[Stage], grids: Sequence[Grid] = ()) -> list[Stage]:
+    """The stages a preset runs, in order: its stages, each family expanded, then its grids'."""
+    return [
+        *(one for stage in stages for one in stage.expand()),
+        *(stage for grid in grids for stage in grid.stages()),
+    ]
+
+
+def preset_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="main.py reproduce", description=__doc__, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_function_arguments(reproduce, skip={"source"})
+    return parser
+
+
+def read_preset(path: str | Path) -> dict[str, Any]:
+    """A preset YAML as `reproduce`'s arguments (stages and grids built, families not yet
+    expanded: `every_stage`)."""
+    parser = preset_parser()
+    config = parser.instantiate(parser.parse_args(["--config", str(path)]))
+    config.pop("config", None)
+    return dict(config)
+
+
+def reproduce_main(args: list[str] | None = None) -> Path:
+    parser = preset_parser()
     config = parser.parse_args(sys.argv[2:] if args is None else args)
     config = parser.instantiate(config)
     files = [str(path) for path in config.pop("config", None) or [] if path is not None]

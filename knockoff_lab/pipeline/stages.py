@@ -19,11 +19,14 @@ to the console with `verbose`.
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import re
 import shutil
+import string
 import sys
 import time
 from collections.abc import Iterator
@@ -35,7 +38,7 @@ import yaml
 
 from knockoff_lab.core.atomic import atomic_write_text
 from knockoff_lab.core.errors import ConfigError
-from knockoff_lab.core.fragments import read_config
+from knockoff_lab.core.fragments import inline_value, read_config
 from knockoff_lab.pipeline.cli import cli_main
 from knockoff_lab.pipeline.loggers import LIGHTNING_LOGGERS
 
@@ -55,18 +58,19 @@ class Stage:
     name: str
     config: str | list[str]  # an experiment YAML (then overlays), as for `main.py fit --config`
     command: Literal["fit", "test"] = "fit"
-    set: dict[str, Any] = field(
-        default_factory=dict
-    )  # dotted key -> value, e.g. trainer.max_epochs
-    inputs: dict[str, str] = field(
-        default_factory=dict
-    )  # dotted key -> upstream stage's checkpoint
+    # dotted key -> value, e.g. trainer.max_epochs; a path to a YAML stands for its content
+    set: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)  # dotted key -> upstream stage
     rows: list[Row] = field(default_factory=list)
     seeds: int | None = None  # an attack stage's own number of seeds (None: the preset's)
+    # a family of stages: placeholder -> its values (`expand`)
+    foreach: dict[str, list[Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Checked when the preset is read: a stage's name is a folder under `output_dir`
-        (never outside it: `--force` deletes there)."""
+        (never outside it: `--force` deletes there). A family is checked stage by stage."""
+        if self.foreach:
+            return
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) or ".." in self.name:
             raise ConfigError(
                 f"stage name {self.name!r} must be letters, digits, '-', '_' or "
@@ -85,6 +89,41 @@ class Stage:
     def shown(self) -> str:
         """The YAMLs as a user would pass them: `a.yaml + overlay.yaml`."""
         return " + ".join(self.configs)
+
+    def expand(self) -> list["Stage"]:
+        """The stages of a family: one per combination of the `foreach` values, in order, every
+        string of the stage (name, configs, settings, inputs, rows) formatted with them:
+        `{dataset}`, or `{answer[name]}` for a value that is a mapping."""
+        if not self.foreach:
+            return [self]
+        names, stages = list(self.foreach), []
+        for values in itertools.product(*self.foreach.values()):
+            given = dict(zip(names, values, strict=True))
+            try:
+                stage = filled(dataclasses.asdict(self), given)
+            except (KeyError, IndexError) as err:
+                raise ConfigError(
+                    f"stage {self.name}: {err} is not one of its foreach names "
+                    f"({', '.join(names)}) or their keys"
+                ) from None
+            rows = [Row(**row) for row in stage.pop("rows")]
+            stages.append(Stage(**{**stage, "rows": rows, "foreach": {}}))
+        return stages
+
+
+def filled(node: Any, given: dict[str, Any]) -> Any:
+    """`node` with every string formatted with `given` (keys of mappings too); a string that is
+    one placeholder alone takes its value as it is (`batch_size: "{bs}"` stays a number,
+    `"{m[star]}"` a boolean)."""
+    if isinstance(node, str):
+        if re.fullmatch(r"\{\w+(\[\w+\])*\}", node):
+            return string.Formatter().get_field(node[1:-1], (), given)[0]
+        return node.format(**given)
+    if isinstance(node, dict):
+        return {filled(k, given): filled(v, given) for k, v in node.items()}
+    if isinstance(node, list):
+        return [filled(v, given) for v in node]
+    return node
 
 
 def set_dotted(config: dict, key: str, value: Any) -> None:
@@ -134,11 +173,22 @@ def read_yaml(stage: "Stage") -> dict:
     return merged
 
 
+def resolved(settings: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Dotted settings in the order they apply, fragment references read (`inline_value`): a
+    key before the keys below it, so `data: configs/data/cifar10.yaml` then
+    `data.init_args.batch_size: 16` sets the data block, then one leaf of it, whatever order
+    they are written in."""
+    ordered = sorted(settings.items(), key=lambda item: item[0].count("."))
+    return [(key, inline_value(value, key)) for key, value in ordered]
+
+
 def stage_key(stage: Stage, settings: dict[str, Any], upstream: dict[str, str]) -> str:
     """What the stage runs: its configs with their fragments (an edited fragment is a new key,
     an edited comment is not), its command, settings and upstream results."""
     configs = [read_config(path) for path in stage.configs]
-    blob = json.dumps([configs, stage.command, settings, upstream], sort_keys=True, default=str)
+    blob = json.dumps(
+        [configs, stage.command, resolved(settings), upstream], sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -218,7 +268,7 @@ class StageRunner:
     def effective_config(self, stage: Stage, folder: Path) -> dict:
         """The stage's YAML with the pipeline's settings, inputs, logger and checkpoint folder."""
         config = read_yaml(stage)
-        for key, value in {**self.settings, **stage.set}.items():
+        for key, value in resolved({**self.settings, **stage.set}):
             set_dotted(config, key, value)
         for key, name in stage.inputs.items():
             set_dotted(config, key, self.done[name]["checkpoint"])
@@ -233,12 +283,9 @@ class StageRunner:
         checkpoints = [
             c for c in trainer.get("callbacks", []) if "ModelCheckpoint" in c["class_path"]
         ]
-        for callback in checkpoints:
+        for callback in checkpoints:  # best.ckpt, last.ckpt: the names the YAML gives them
             callback.setdefault("init_args", {}).update(
-                dirpath=str(folder / "checkpoints"),
-                filename="best",
-                save_last=True,
-                enable_version_counter=False,
+                dirpath=str(folder / "checkpoints"), enable_version_counter=False
             )
         return config
 

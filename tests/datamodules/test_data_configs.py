@@ -24,7 +24,7 @@ BASE = CONFIGS / "victim/digits_cnn.yaml"
 
 
 def dataset_of(path: Path) -> str:
-    """configs/data/gtsrb.yaml, configs/victim/gtsrb_5l.yaml -> gtsrb."""
+    """configs/data/gtsrb.yaml, configs/victim/from_scratch.yaml -> gtsrb."""
     return path.stem if path.parent.name == "data" else path.stem.rsplit("_", 1)[0]
 
 
@@ -130,15 +130,17 @@ def test_victim_config_trains_and_tests(path: Path, layout: Layout):
 
 
 def test_new_user_command_line_with_worker_processes(layout: Layout, tmp_path: Path):
-    """`python main.py fit --config configs/victim/cifar10_rn34.yaml --data.root DIR`: ResNet34,
-    two DataLoader worker processes, checkpoint, test."""
+    """`python main.py fit --config configs/victim/rn34.yaml --data configs/data/cifar10.yaml
+    --data.root DIR`: ResNet34, two DataLoader worker processes, checkpoint, test."""
     proc = subprocess.run(
         [
             sys.executable,
             str(REPO / "main.py"),
             "fit",
             "--config",
-            str(CONFIGS / "victim/cifar10_rn34.yaml"),
+            str(CONFIGS / "victim/rn34.yaml"),
+            "--data",
+            str(CONFIGS / "data/cifar10.yaml"),
             "--data.root",
             str(layout("cifar10")),
             *SHORT,
@@ -153,7 +155,7 @@ def test_new_user_command_line_with_worker_processes(layout: Layout, tmp_path: P
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "test/acc" in proc.stdout and (tmp_path / "runs/victim/cifar10_rn34").is_dir()
+    assert "test/acc" in proc.stdout and (tmp_path / "runs/victim/rn34").is_dir()
 
 
 def test_missing_data_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path: Path):
@@ -161,7 +163,7 @@ def test_missing_data_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path: Path
         "main.py",
         "fit",
         "--config",
-        str(CONFIGS / "victim/gtsrb_5l.yaml"),
+        str(CONFIGS / "victim/from_scratch.yaml"),
         "--data.root",
         str(tmp_path),
     ]

@@ -313,12 +313,14 @@ def test_through_the_cli_budgets_share_one_cache_and_granularities_one_victim_pa
     from knockoff_lab.pipeline.cli import cli_main
     from tests.conftest import CONFIGS
 
-    def fit(config: str, budget: int) -> TransferSetDataModule:
+    def fit(overlay: str | None, budget: int) -> TransferSetDataModule:
+        overlays = ["--config", str(CONFIGS / overlay)] if overlay else []
         cli = cli_main(
             [
                 "fit",
                 "--config",
-                str(CONFIGS / f"surrogate/{config}.yaml"),
+                str(CONFIGS / "surrogate/digits_natural_probs.yaml"),
+                *overlays,
                 "--data.init_args.api.init_args.victim",
                 str(victim_ckpt),
                 "--data.init_args.budget",
@@ -337,12 +339,12 @@ def test_through_the_cli_budgets_share_one_cache_and_granularities_one_victim_pa
         )
         return cli.datamodule
 
-    folders = {fit("digits_natural_probs", budget).folder for budget in (100, 60, 150)}
+    folders = {fit(None, budget).folder for budget in (100, 60, 150)}
     assert len(folders) == 1 and counted["asked"] == 150 == counted["victim"]
-    label = fit("digits_natural_label", 150)
+    label = fit("defences/label_only.yaml", 150)
     assert label.folder not in folders and counted["asked"] == 300
     assert counted["victim"] == 150  # every posterior came from the owner's cache
-    narrow = fit("digits_narrow_probs", 100)  # another pool, same settings otherwise
+    narrow = fit("attacks/narrow_pool.yaml", 100)  # another pool, same settings otherwise
     assert narrow.folder not in folders | {label.folder}
     images = torch.stack([narrow.pool.split("pool")[int(i)] for i in narrow.indices])
     direct = PredictionAPI(str(victim_ckpt), posterior_cache=None, ledger=None).evaluate(images)

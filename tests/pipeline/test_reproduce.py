@@ -15,10 +15,11 @@ from knockoff_lab.pipeline.cli import cli_main  # noqa: F401  (registers the mod
 from knockoff_lab.pipeline.findings import FINDINGS
 from knockoff_lab.pipeline.keys import check_keys
 from knockoff_lab.pipeline.report import PAPER, write_tables
-from knockoff_lab.pipeline.reproduce import reproduce_main
+from knockoff_lab.pipeline.reproduce import every_stage, read_preset, reproduce_main
 from knockoff_lab.pipeline.stages import stage_output
 from tests.conftest import CONFIGS
 
+LABEL_ONLY = CONFIGS / "defences/label_only.yaml"
 TINY = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 3, "trainer.limit_val_batches": 2}
 ATTACK = {"acc_victim": "test/acc_victim", "acc_surrogate": "test/acc", "recovery": "test/recovery"}
 # The detectors' in/out data, shrunk: 40 + 100 out-of-distribution test images beside 359 digits.
@@ -43,7 +44,7 @@ def detection_stages() -> list[dict]:
         },
         {
             "name": "msp",
-            "config": str(CONFIGS / "ood/digits_msp.yaml"),
+            "config": str(CONFIGS / "ood/digits.yaml"),
             "command": "test",
             "inputs": {"model.init_args.victim": "victim"},
             "set": {**IN_OUT, "model.init_args.detector": None},
@@ -69,14 +70,14 @@ def tiny_config(tmp_path: Path, detection: bool = False) -> Path:
             *[
                 {
                     "name": f"knockoff-{g}",
-                    "config": str(CONFIGS / f"surrogate/digits_natural_{g}.yaml"),
+                    "config": [str(CONFIGS / "surrogate/digits_natural_probs.yaml"), *overlays],
                     "inputs": {"data.init_args.api.init_args.victim": "victim"},
                     "set": dict(surrogate),
                     "rows": [
                         {"table": "6", "victim": "digits-cnn", "setting": g, "metrics": ATTACK}
                     ],
                 }
-                for g in ("probs", "label")
+                for g, overlays in (("probs", []), ("label", [str(LABEL_ONLY)]))
             ],
             *(detection_stages() if detection else []),
         ],
@@ -257,17 +258,11 @@ def test_stage_reading_a_later_stage_is_a_clear_error(tmp_path):
     "path", sorted((CONFIGS / "reproduce").glob("*.yaml")), ids=lambda p: p.name
 )
 def test_reproduce_configs_parse(path: Path):
-    from jsonargparse import ArgumentParser
-
-    from knockoff_lab.pipeline.reproduce import reproduce
-
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_function_arguments(reproduce, skip={"source"})
-    config = parser.parse_object(yaml.safe_load(path.read_text()))
-    preset = parser.instantiate(config)
-    stages = [*preset.stages, *(s for grid in preset.grids for s in grid.stages())]
+    """Every stage of every preset, families expanded, read as the pipeline reads it."""
+    preset = read_preset(path)
+    stages = every_stage(preset["stages"], preset["grids"])
     with contextlib.chdir(CONFIGS.parent):  # stage configs are relative to the repository
-        check_keys(stages, config.set or {}, path.name)  # each `set` key: a setting of its stage
+        check_keys(stages, preset["set"] or {}, path.name)  # each `set` key: a setting of its stage
     names = [stage.name for stage in stages]
     assert len(names) == len(set(names))
     for stage in stages:
@@ -292,13 +287,13 @@ def test_stage_output_goes_to_its_log_and_with_verbose_also_to_the_console(tmp_p
 
 
 def test_paper_preset_shows_the_papers_detection_figures_beside_ours(tmp_path):
-    stages = yaml.safe_load((CONFIGS / "reproduce/paper.yaml").read_text())["stages"]
+    stages = every_stage(read_preset(CONFIGS / "reproduce/paper.yaml")["stages"])
     detection = [
-        (r["table"], r["victim"], r["setting"], metric)
+        (r.table, r.victim, r.setting, metric)
         for stage in stages
-        for r in stage.get("rows", [])
-        if r["table"] in {"3", "4a", "4b"}
-        for metric in r["metrics"]
+        for r in stage.rows
+        if r.table in {"3", "4a", "4b"}
+        for metric in r.metrics
     ]
     assert len({k[:3] for k in detection}) == 8 + 2 * 5 * 5  # Table 3; 4a, 4b: 5 victims x 5
     # every cell of the paper's Tables 3 and 4 has its row (single-layer Mahalanobis is ours)

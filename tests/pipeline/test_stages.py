@@ -69,14 +69,15 @@ def test_a_key_of_the_yaml_or_of_the_class_it_sits_under_is_accepted(path, key):
         ),
         (
             VICTIM,
-            "trainer.callbacks.1.init_args.monitor",
-            "trainer.callbacks is a list of 1, not a mapping with '1'",
+            "trainer.callbacks.2.init_args.monitor",
+            "trainer.callbacks is a list of 2, not a mapping with '2'",
         ),
         (VICTIM, "trainer.max_epochs.x", "trainer.max_epochs is 15, not a mapping with 'x'"),
         (
             SURROGATE,
             "model.init_args.weights.init_args.x",
-            "model.init_args.weights is None, not a mapping with 'init_args'",
+            "model.init_args.weights is not in the YAML, so 'init_args.x' has nothing to go under; "
+            "set 'model.init_args.weights' as a whole",
         ),
         (
             VICTIM,
