@@ -13,15 +13,18 @@ from the pool and the seed, so only the policy is saved.
 Each round (one `propose`, one batch to the API) draws `count` queries: an arm from the policy
 pi = (1 - explore) * softmax(H) + explore / K over the arms with images left (an exploration
 floor; an exhausted arm, and a node with none left, is masked), then an unasked image of that
-arm, uniformly. At the next `propose` the answers to the last round are in `seen`, and each of
-its queries is rewarded:
+arm, uniformly; the surrogate's log-softmax on each picked image is kept. At the next `propose`
+the answers to the last round are in `seen`, and each of its queries is rewarded:
   certainty  top-1 minus top-2 of the answer (the victim is sure);
-  diversity  sum_k max(0, y_k - mean of earlier answers_k) (a class unlike those seen so far);
-  loss       cross-entropy of the surrogate's log-softmax against the answer (it still errs);
+  diversity  sum_k max(0, y_k - mean of the `window` answers before it_k) (a class unlike those
+             seen lately: the paper's sliding window);
+  loss       cross-entropy of the surrogate's log-softmax, as it was when the query was picked
+             (before it learnt from the answer), against the answer (it still errs);
   all        their sum, each divided by its own running mean (+ epsilon) so no scale dominates.
-The gradient-bandit update (Sutton & Barto 2.8), averaged over the round's queries, is
-H_b += lr * (R - baseline) * (1[b = a] - pi_b), the baseline being the running mean reward,
-pi_b the softmax that H parametrises (per level, among the arms of the node picked).
+Then the gradient bandit (Sutton & Barto 2.8) steps once per query, in the order asked, as the
+paper updates per query: H_b += lr * (R - baseline) * (1[b = a] - pi_b), the baseline being the
+mean of every reward so far, this one included, pi_b the softmax that H parametrises now (per
+level, among the arms of the node picked).
 `state_dict()` holds H, the baseline, per-arm counts, the last round's queries and the policy
 entropy of every round, so a resumed attack continues where it stopped. After each round the
 run logs `attack/policy_entropy` and `attack/arm_queries/<arm>` (queries so far per arm).
@@ -34,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from knockoff_lab.attacks.base import Queries, QueryStrategy, Seen, register_attack
-from knockoff_lab.attacks.pool_views import answered_rows, asked_images, pool_images
+from knockoff_lab.attacks.pool_views import answered_rows, pool_images
 from knockoff_lab.core.errors import ConfigError
 
 REWARDS = ("certainty", "diversity", "loss")
@@ -82,18 +85,19 @@ class KnockoffAdaptive(QueryStrategy):
         feature_size: int = 4,
         epsilon: float = 1e-6,
         groups: int = 1,
+        window: int = 100,
     ):
         super().__init__(rounds)
         if reward not in (*REWARDS, "all"):
             raise ConfigError(
                 f"KnockoffAdaptive reward must be one of {REWARDS} or 'all', got {reward!r}"
             )
-        if arms < 1 or not 1 <= groups <= arms or not 0 <= explore <= 1 or lr <= 0:
+        if arms < 1 or not 1 <= groups <= arms or not 0 <= explore <= 1 or lr <= 0 or window < 1:
             raise ConfigError(
                 "KnockoffAdaptive needs arms >= 1, 1 <= groups <= arms, "
-                "0 <= explore <= 1 and lr > 0"
+                "0 <= explore <= 1, lr > 0 and window >= 1"
             )
-        self.arms, self.groups, self.reward = arms, groups, reward
+        self.arms, self.groups, self.reward, self.window = arms, groups, reward, window
         self.lr, self.explore = lr, explore
         self.feature_size, self.epsilon = feature_size, epsilon
         self._clusters: tuple[tuple[int, int], np.ndarray] | None = None
@@ -103,6 +107,7 @@ class KnockoffAdaptive(QueryStrategy):
     def settings(self) -> dict[str, Any]:
         """The constructor's arguments only (the cache key): the policy is state, not a setting."""
         names = ("rounds", "arms", "groups", "reward", "lr", "explore", "feature_size", "epsilon")
+        names += ("window",)
         return {name: getattr(self, name) for name in names}
 
     # -- the policy ------------------------------------------------------------------------
@@ -123,20 +128,33 @@ class KnockoffAdaptive(QueryStrategy):
         pi += self.explore * available / available.sum()
         return pi / pi.sum()
 
-    def rewards(self, seen: Seen, rows: np.ndarray) -> np.ndarray:
-        """The reward of every query at `rows` (answered ones only)."""
-        answers = seen.answers[rows].float()
-        answers = answers / answers.sum(-1, keepdim=True).clamp_min(self.epsilon)
+    def normalised(self, answers: torch.Tensor) -> torch.Tensor:
+        answers = answers.float()
+        return answers / answers.sum(-1, keepdim=True).clamp_min(self.epsilon)
+
+    def diversity(self, seen: Seen, rows: np.ndarray) -> torch.Tensor:
+        """sum_k max(0, y_k - mean_k of the `window` answered queries asked just before)."""
+        answered = answered_rows(seen)
+        answers = self.normalised(seen.answers[answered])
+        sums = torch.cat([torch.zeros(1, answers.shape[1]), answers.cumsum(0)])
+        place = np.searchsorted(answered, rows)  # each row's place among the answered ones
+        start = np.maximum(place - self.window, 0)
+        count = torch.from_numpy(place - start).clamp_min(1).unsqueeze(1)
+        mean = (sums[place] - sums[start]) / count
+        mine = answers[place]
+        mean = torch.where(torch.from_numpy(place == 0).unsqueeze(1), mine, mean)  # none before
+        return (mine - mean).clamp_min(0).sum(-1)
+
+    def rewards(self, seen: Seen, rows: np.ndarray, log_probs: torch.Tensor | None) -> np.ndarray:
+        """The reward of every query at `rows` (answered ones only); `log_probs`: the
+        surrogate's log-softmax on them when they were picked (None: no surrogate then)."""
+        answers = self.normalised(seen.answers[rows])
         parts: dict[str, torch.Tensor] = {}
         top = answers.topk(min(2, answers.shape[1]), dim=-1).values
         parts["certainty"] = top[:, 0] - (top[:, 1] if top.shape[1] > 1 else 0)
-        earlier = answered_rows(seen)
-        earlier = earlier[earlier < rows.min()]
-        mean = seen.answers[earlier].float().mean(0) if len(earlier) else answers.mean(0)
-        parts["diversity"] = (answers - mean).clamp_min(0).sum(-1)
-        if seen.surrogate is not None:
-            logits = seen.surrogate_outputs(asked_images(seen, rows))
-            parts["loss"] = -(answers * logits.log_softmax(-1)).sum(-1)
+        parts["diversity"] = self.diversity(seen, rows)
+        if log_probs is not None:
+            parts["loss"] = -(answers * log_probs).sum(-1)
         else:
             parts["loss"] = torch.zeros(len(rows))
         if self.reward != "all":
@@ -151,35 +169,42 @@ class KnockoffAdaptive(QueryStrategy):
         return total
 
     def update(self, seen: Seen) -> None:
-        """Reward the last round's queries (their answers are in `seen` now) and step H."""
+        """Reward the last round's queries (their answers are in `seen` now) and step H once
+        per query, in the order they were asked."""
         if not self.last_indices or not len(seen.indices):
             return
         row_of = {int(index): row for row, index in enumerate(seen.indices.tolist())}
-        pairs = [
-            (row_of[i], a)
-            for i, a in zip(self.last_indices, self.last_arms, strict=True)
-            if i in row_of
-        ]
         answered = set(answered_rows(seen).tolist())
-        pairs = [(row, arm) for row, arm in pairs if row in answered]
-        self.last_indices, self.last_arms = [], []
-        if not pairs:
+        picked = [
+            (row_of[index], arm, k)
+            for k, (index, arm) in enumerate(zip(self.last_indices, self.last_arms, strict=True))
+            if row_of.get(index) in answered
+        ]
+        log_probs = torch.tensor(self.last_log_probs) if self.last_log_probs else None
+        available = np.asarray(self.last_available, bool)
+        self.last_indices, self.last_arms, self.last_log_probs = [], [], []
+        if not picked:
             return
-        rows, arms = (np.asarray(x, np.int64) for x in zip(*pairs, strict=True))
-        rewards = self.rewards(seen, rows)
-        advantage = rewards - self.baseline  # sum_i adv_i * (onehot(a_i) - pi), vectorised
-        node_pi, arm_pi = (np.asarray(p) for p in self.last_levels)
-        nodes = self.nodes[arms]
-        node_step = np.bincount(nodes, advantage, self.groups) - advantage.sum() * node_pi
-        # within the picked node only: the arms of node g share the advantage given to g
-        arm_step = np.bincount(arms, advantage, self.arms)
-        arm_step -= np.bincount(nodes, advantage, self.groups)[self.nodes] * arm_pi
-        self.h = (np.asarray(self.h) + self.lr * arm_step / len(rows)).tolist()
-        self.h_nodes = (np.asarray(self.h_nodes) + self.lr * node_step / len(rows)).tolist()
-        self.baseline = (self.baseline * self.rewarded + rewards.sum()) / (
-            self.rewarded + len(rows)
-        )
-        self.rewarded += len(rows)
+        rows, arms, order = (np.asarray(x, np.int64) for x in zip(*picked, strict=True))
+        rewards = self.rewards(seen, rows, None if log_probs is None else log_probs[order])
+        for reward, arm in zip(rewards.tolist(), arms.tolist(), strict=True):
+            self.step(arm, reward, available)
+
+    def step(self, arm: int, reward: float, available: np.ndarray) -> None:
+        """One gradient-bandit step for one query of `arm`: the baseline takes the reward in
+        first (Sutton & Barto: the mean of every reward so far, this one included), then both
+        levels move by lr * advantage * (1[picked] - pi), with pi the softmaxes of H now."""
+        self.rewarded += 1
+        self.baseline += (reward - self.baseline) / self.rewarded
+        advantage = self.lr * (reward - self.baseline)
+        node_pi, arm_pi = self.levels(available)
+        node = self.nodes[arm]
+        h_nodes = np.asarray(self.h_nodes) - advantage * node_pi
+        h_nodes[node] += advantage
+        inside = self.nodes == node  # the arm's level: the arms of its node, pi within it
+        h = np.asarray(self.h) - advantage * arm_pi * inside
+        h[arm] += advantage
+        self.h, self.h_nodes = h.tolist(), h_nodes.tolist()
 
     # -- a round ---------------------------------------------------------------------------
 
@@ -216,7 +241,7 @@ class KnockoffAdaptive(QueryStrategy):
         if not available.any():
             raise ConfigError("KnockoffAdaptive: the pool has no unasked image left")
         pi = self.policy(available)
-        self.last_levels = [level.tolist() for level in self.levels(available)]
+        self.last_available = available.tolist()
         self.entropy.append(float(-(pi[pi > 0] * np.log(pi[pi > 0])).sum()))
         picks, arms = [], []
         for _ in range(count):
@@ -226,6 +251,9 @@ class KnockoffAdaptive(QueryStrategy):
             self.counts[arm] += 1
             available[arm] = len(members[arm]) > 0
         self.last_indices, self.last_arms = picks, arms
+        if seen.surrogate is not None and self.reward in ("loss", "all"):
+            images = pool_images(seen.pool, np.asarray(picks))  # as it is now: before it learns
+            self.last_log_probs = seen.surrogate_outputs(images).log_softmax(-1).tolist()
         return Queries(indices=np.asarray(picks, np.int64))
 
     def state_dict(self) -> dict[str, Any]:
@@ -239,7 +267,8 @@ class KnockoffAdaptive(QueryStrategy):
             "reward_counts",
             "last_indices",
             "last_arms",
-            "last_levels",
+            "last_available",
+            "last_log_probs",
             "entropy",
         )
         return {k: getattr(self, k) for k in keys}
@@ -255,5 +284,6 @@ class KnockoffAdaptive(QueryStrategy):
         self.reward_counts = dict(state.get("reward_counts", dict.fromkeys(REWARDS, 0)))
         self.last_indices = list(state.get("last_indices", []))
         self.last_arms = list(state.get("last_arms", []))
-        self.last_levels = list(state.get("last_levels", [[], []]))
+        self.last_available = list(state.get("last_available", [True] * self.arms))
+        self.last_log_probs = list(state.get("last_log_probs", []))
         self.entropy = list(state.get("entropy", []))
