@@ -10,6 +10,7 @@ from datamodules.digits import DigitsDataModule
 from datamodules.gtsrb import GTSRBDataModule
 from datamodules.imagenet_subset import ImageNetSubsetDataModule
 from datamodules.in_out import InOutDataModule
+from datamodules.mixed_pool import MixedPoolDataModule
 from datamodules.openimages import OpenImagesDataModule
 from datamodules.pools import CropsPoolDataModule, PhotoCropsDataModule
 from datamodules.transfer_set import TransferSetDataModule
@@ -26,6 +27,7 @@ __all__ = [
     "ImageDataModule",
     "ImageNetSubsetDataModule",
     "InOutDataModule",
+    "MixedPoolDataModule",
     "OpenImagesDataModule",
     "PhotoCropsDataModule",
     "TransferSetDataModule",

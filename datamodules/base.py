@@ -128,6 +128,11 @@ class ImageDataModule(LightningDataModule, ABC):
     def test_dataloader(self) -> DataLoader:
         return self.loader("test")
 
+    def query_analysis(self, indices) -> dict[str, float]:
+        """What the owner can say about these pool queries, logged per round as `attack/<name>`
+        and never shown to the strategy: nothing, but for a pool that knows (a mixed pool)."""
+        return {}
+
     def predict_dataloader(self) -> DataLoader:
         return self.loader("pool" if "pool" in self.splits else "test")
 
@@ -135,13 +140,17 @@ class ImageDataModule(LightningDataModule, ABC):
 def describe(datamodule: ImageDataModule) -> str:
     """The settings that determine a DataModule's images (not how they are batched), as JSON:
     the init parameters of its class and its parents, nothing Lightning collected from the
-    calling frames (a pool built inside a transfer set must not carry the set's budget)."""
+    calling frames (a pool built inside a transfer set must not carry the set's budget); a
+    DataModule it is built from (a mixed pool's parts) by its own description."""
     own = set()
     for cls in type(datamodule).__mro__:
         if "__init__" in vars(cls):
             own |= set(inspect.signature(cls.__init__).parameters)
     skip = {"self", "batch_size", "num_workers", *datamodule.not_hparams}
     settings = {k: v for k, v in datamodule.hparams.items() if k in own and k not in skip}
+    for name in datamodule.not_hparams:
+        if isinstance(part := getattr(datamodule, name, None), ImageDataModule):
+            settings[name] = json.loads(describe(part))
     return json.dumps(
         {"class": type(datamodule).__qualname__, **settings}, sort_keys=True, default=str
     )

@@ -142,6 +142,7 @@ class TransferSetDataModule(ImageDataModule):
         self.dealer = Dealer()
         self.rounds_done = 0  # rounds stored and read into memory
         self.steps_served = 0  # step rounds turned into training batches
+        self.rounds_served = 0  # rounds in the loaders of the current epoch
         self.restored_rounds = 0  # rounds a checkpoint had (`load_state_dict`)
         self.indices = np.empty(0, np.int64)
         self.images: torch.Tensor | None = None
@@ -154,6 +155,12 @@ class TransferSetDataModule(ImageDataModule):
         """A one-round attack that ignores answers and surrogate: its order does not depend on
         the budget, so every budget shares one cache."""
         return not self.attack.adaptive and len(self.sizes) == 1
+
+    @property
+    def complete(self) -> bool:
+        """The current epoch's loaders hold every round: its validation scores compare with
+        those of any other complete epoch (`lightning_modules.CompleteSetCheckpoint`)."""
+        return self.rounds_served == len(self.sizes)
 
     @property
     def stepping(self) -> bool:
@@ -411,6 +418,7 @@ class TransferSetDataModule(ImageDataModule):
                 "the transfer set holds no round: its rounds are asked by the callback "
                 "lightning_modules.AttackRounds; add it to trainer.callbacks"
             )
+        self.rounds_served = 0 if self.stepping else self.rounds_done
         if self.stepping:
             return DataLoader(StepTickets(len(self.sizes) - self.steps_served), batch_size=None)
         if not self.balance:

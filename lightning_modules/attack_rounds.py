@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.transfer_set import Dealer, TransferSetDataModule
 from knockoff_lab.core.errors import ConfigError
+from lightning_modules.complete_set import CompleteSetCheckpoint, CompleteSetEarlyStopping
 
 FORBIDDEN_MONITORS = ("analysis/", "test/")
 
@@ -95,6 +96,14 @@ class AttackRounds(Callback):
             if not isinstance(callback, ModelCheckpoint | EarlyStopping):
                 continue
             monitor = callback.monitor or ""
+            fair = isinstance(callback, CompleteSetCheckpoint | CompleteSetEarlyStopping)
+            if len(data.sizes) > 1 and monitor.startswith("val/") and not fair:
+                name = "Checkpoint" if isinstance(callback, ModelCheckpoint) else "EarlyStopping"
+                raise ConfigError(
+                    f"{type(callback).__name__} monitors {monitor!r} of a validation set that "
+                    f"grows with the attack's {len(data.sizes)} rounds, so epochs would be "
+                    f"compared on different data: use lightning_modules.CompleteSet{name}"
+                )
             if monitor.startswith(FORBIDDEN_MONITORS):
                 raise ConfigError(
                     f"{type(callback).__name__} monitors {monitor!r}, the victim's test set: "
@@ -151,9 +160,22 @@ class AttackRounds(Callback):
 
     @staticmethod
     def log_strategy(trainer: Trainer, data: TransferSetDataModule, r: int) -> None:
-        """The strategy's own metrics after round `r`, to the trainer's logger (rank 0)."""
-        metrics = data.attack.metrics()
+        """After round `r`, to the trainer's logger (rank 0): the strategy's own metrics, and
+        what the owner knows of the round's queries (a mixed pool: the share that is relevant)."""
+        start = sum(data.sizes[:r])
+        metrics = {**data.attack.metrics(), **data.pool.query_analysis(data.indices[start:])}
         if not metrics or trainer.logger is None or not trainer.is_global_zero:
             return
         logged = {f"attack/{name}": value for name, value in metrics.items()}
         trainer.logger.log_metrics({**logged, "attack/round": float(r)}, step=trainer.global_step)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Beside the surrogate's test metrics: the owner's view of every query asked
+        (`attack/<name>`) and of the last round's (`attack/<name>_last`)."""
+        data = trainer.datamodule
+        whole = data.pool.query_analysis(data.indices)
+        last = data.pool.query_analysis(data.indices[sum(data.sizes[:-1]) :])
+        metrics = {f"attack/{k}": v for k, v in whole.items()}
+        metrics |= {f"attack/{k}_last": v for k, v in last.items()}
+        if metrics:
+            pl_module.log_dict(metrics)

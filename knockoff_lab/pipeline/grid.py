@@ -44,11 +44,14 @@ class Plot:
 @dataclass
 class Reference:
     """Each cell compared with the cell that has `variant` on `axis` (the rest equal), on
-    `metrics`, paired across seeds."""
+    `metrics`, paired across seeds; a variant named in `also` is compared with its own
+    reference too (a strategy with the random policy in the same rounds: the same schedule,
+    only the choice of queries differs)."""
 
     axis: str
     variant: str
     metrics: list[str]
+    also: dict[str, str] = field(default_factory=dict)  # variant -> a second reference
 
 
 @dataclass
@@ -83,10 +86,12 @@ class Grid:
             if plot.y not in self.metrics:
                 raise ConfigError(f"{where}: plot.y {plot.y!r} is not one of its metrics")
         if (ref := self.reference) is not None:
-            if ref.variant not in self.axes.get(ref.axis, {}):
-                raise ConfigError(
-                    f"{where}: reference {ref.axis}={ref.variant} is no variant of its axes"
-                )
+            variants = self.axes.get(ref.axis, {})
+            for name in [ref.variant, *ref.also, *ref.also.values()]:
+                if name not in variants:
+                    raise ConfigError(
+                        f"{where}: reference {ref.axis}={name} is no variant of its axes"
+                    )
             if unknown := [m for m in ref.metrics if m not in self.metrics]:
                 raise ConfigError(f"{where}: reference metrics {unknown} are not its metrics")
 
@@ -121,22 +126,30 @@ class Grid:
         axis = list(self.axes).index(ref.axis)
         lines = []
         for cell in self.cells():
-            if cell[axis] == ref.variant:
+            references = [ref.variant, *([ref.also[cell[axis]]] if cell[axis] in ref.also else [])]
+            for reference in references:
+                if cell[axis] != reference:
+                    other = (*cell[:axis], reference, *cell[axis + 1 :])
+                    lines += self.compare(results, cell, other, ref.metrics)
+        return lines
+
+    def compare(
+        self, results: Results, cell: tuple[str, ...], other: tuple[str, ...], metrics: list[str]
+    ) -> list[str]:
+        lines = []
+        for metric in metrics:
+            a, b = self.get(results, cell, metric), self.get(results, other, metric)
+            if not a or not b:
                 continue
-            other = (*cell[:axis], ref.variant, *cell[axis + 1 :])
-            for metric in ref.metrics:
-                a, b = self.get(results, cell, metric), self.get(results, other, metric)
-                if not a or not b:
-                    continue
-                centre, half, n = paired_interval(a, b)
-                verdict = {"reproduced": "higher", "NOT reproduced": "lower"}.get(
-                    decide(centre, half, n), "inconclusive"
-                )
-                spread = "1 seed: no spread to judge by" if n < 2 else f"+- {half:.3f}, {n} seeds"
-                lines.append(
-                    f"- {'/'.join(cell)} vs {'/'.join(other)}: {metric} "
-                    f"{centre:+.3f} ({spread}): **{verdict}**"
-                )
+            centre, half, n = paired_interval(a, b)
+            verdict = {"reproduced": "higher", "NOT reproduced": "lower"}.get(
+                decide(centre, half, n), "inconclusive"
+            )
+            spread = "1 seed: no spread to judge by" if n < 2 else f"+- {half:.3f}, {n} seeds"
+            lines.append(
+                f"- {'/'.join(cell)} vs {'/'.join(other)}: {metric} "
+                f"{centre:+.3f} ({spread}): **{verdict}**"
+            )
         return lines
 
     def figure(self, results: Results, path: Path) -> Path | None:

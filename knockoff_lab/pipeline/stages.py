@@ -280,9 +280,7 @@ class StageRunner:
             "class_path": "lightning.pytorch.loggers.CSVLogger",
             "init_args": {"save_dir": str(folder), "name": "", "version": ""},
         }
-        checkpoints = [
-            c for c in trainer.get("callbacks", []) if "ModelCheckpoint" in c["class_path"]
-        ]
+        checkpoints = [c for c in trainer.get("callbacks", []) if "Checkpoint" in c["class_path"]]
         for callback in checkpoints:  # best.ckpt, last.ckpt: the names the YAML gives them
             callback.setdefault("init_args", {}).update(
                 dirpath=str(folder / "checkpoints"), enable_version_counter=False

@@ -1,5 +1,6 @@
 """Embedded query pools: shipped photos only, seeded, disjoint photo sets, images without labels."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,3 +87,22 @@ def test_a_pool_its_caller_changed_leaves_the_next_one_whole():
     second = CropsPoolDataModule("natural", size=30, seed=5)
     second.setup()
     assert torch.equal(second.splits["pool"].labelled.tensors[0], expected)
+
+
+def test_a_mixed_pool_is_its_parts_and_its_owner_knows_the_relevant_share():
+    """The broad pool's images, then the relevant pool's; the owner's share of relevant
+    queries; a pool of other parts describes (so caches) differently."""
+    from datamodules import DigitsDataModule, MixedPoolDataModule
+    from datamodules.base import describe
+
+    broad = CropsPoolDataModule(size=100, image_size=16, style="digitlike")
+    mixed = MixedPoolDataModule(broad, DigitsDataModule(image_size=16))
+    pool = mixed.split("pool")
+    assert len(pool) == 100 + 359
+    assert torch.equal(pool[0], broad.split("pool")[0])
+    assert torch.equal(pool[100], DigitsDataModule(image_size=16).split("pool")[0])
+    assert mixed.query_analysis(np.array([0, 5, 100, 458, -1])) == {"relevant_share": 0.5}
+    other = MixedPoolDataModule(CropsPoolDataModule(size=200, image_size=16), DigitsDataModule())
+    assert describe(other) != describe(mixed)
+    with pytest.raises(ConfigError, match="give both the same image_size"):
+        MixedPoolDataModule(broad, DigitsDataModule(image_size=8)).split("pool")

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
 from knockoff_lab.api import PredictionAPI
 from knockoff_lab.core.errors import ConfigError
-from lightning_modules import AttackRounds, Surrogate
+from lightning_modules import AttackRounds, CompleteSetCheckpoint, Surrogate
 from lightning_modules.surrogate import soft_cross_entropy
 
 
@@ -106,3 +106,41 @@ def test_a_surrogate_trained_on_the_victims_answers_beats_chance(victim_ckpt, tm
     trainer.fit(model, data)
     metrics = trainer.test(model, data, ckpt_path="best", verbose=False)[0]
     assert metrics["test/acc"] > 0.6 and metrics["test/fidelity"] > 0.6, metrics
+
+
+def test_a_several_round_attack_is_selected_only_among_epochs_on_its_whole_transfer_set(
+    victim_ckpt, tmp_path
+):
+    """Five rounds of two epochs: the last round is asked after epoch 7, so only epochs 8 and 9
+    trained and validated on every round; a ModelCheckpoint that would compare the others (on
+    a smaller validation set) is refused before any query."""
+    from knockoff_lab.attacks import ActiveThief
+
+    def fit(checkpoint) -> None:
+        data = TransferSetDataModule(
+            api=PredictionAPI(str(victim_ckpt), posterior_cache=None, ledger=None),
+            pool=CropsPoolDataModule(size=300),
+            victim_data=DigitsDataModule(),
+            budget=150,
+            attack=ActiveThief(rounds=5, selection="entropy", seed_fraction=0.2),
+            epochs_per_round=2,
+            val_fraction=0.2,
+            cache_dir=str(tmp_path / "cache"),
+        )
+        trainer = Trainer(
+            max_epochs=10,
+            limit_val_batches=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[checkpoint, AttackRounds()],
+        )
+        trainer.fit(Surrogate(num_classes=10), data)
+
+    every_epoch = CompleteSetCheckpoint(
+        dirpath=tmp_path / "ckpt", monitor="val/acc", mode="max", save_top_k=-1, filename="{epoch}"
+    )
+    fit(every_epoch)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch=8.ckpt", "epoch=9.ckpt"]
+    with pytest.raises(ConfigError, match="grows with the attack's 5 rounds"):
+        fit(ModelCheckpoint(monitor="val/acc", mode="max"))

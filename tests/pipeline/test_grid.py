@@ -106,6 +106,25 @@ def test_the_grid_table_and_its_paired_comparisons_with_the_reference():
     assert g.comparisons(higher)[0].endswith("**higher**")
 
 
+def test_a_variant_is_also_compared_with_its_own_reference():
+    """`also`: JBDA is compared with random sampling, as every strategy, and with random
+    sampling in JBDA's own rounds (the same schedule: only the choice of queries differs)."""
+    attacks = {"random": Variant(), "random_r6": Variant(), "jbda": Variant()}
+    reference = Reference("attack", "random", ["acc"], also={"jbda": "random_r6"})
+    g = grid(axes={"attack": attacks, "defence": {"none": Variant()}}, reference=reference)
+    results = {("g", "v", f"{a}/none", "acc"): [0.5, 0.6, 0.7] for a in attacks}
+    assert [line.split(":")[0] for line in g.comparisons(results)] == [
+        "- random_r6/none vs random/none",
+        "- jbda/none vs random/none",
+        "- jbda/none vs random_r6/none",
+    ]
+    with pytest.raises(ConfigError, match="reference attack=dfal is no variant"):
+        grid(
+            axes={"attack": attacks},
+            reference=Reference("attack", "random", ["acc"], {"jbda": "dfal"}),
+        )
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
