@@ -187,7 +187,8 @@ CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
     ),
     "val_fraction 0 with a val/ monitor": (
         lambda: [*SURROGATE, checkpoint(), "--data.init_args.val_fraction", "0"],
-        "ModelCheckpoint monitors 'val/acc', but data.val_fraction is 0 (no validation split)",
+        "CompleteSetCheckpoint monitors 'val/acc', but data.val_fraction is 0 "
+        "(no validation split)",
     ),
     "val_fraction too small for a validation split": (
         lambda: [*SURROGATE, checkpoint(), "--data.init_args.val_fraction", "0.001"],
