@@ -401,9 +401,8 @@ class TransferSetDataModule(ImageDataModule):
                 val.append(shuffled[:n_val])
                 train.append(shuffled[n_val:])
             offset += size
-        return np.concatenate(train or [[]]).astype(np.int64), np.concatenate(val or [[]]).astype(
-            np.int64
-        )
+        rows = [np.concatenate(part or [[]]).astype(np.int64) for part in (train, val)]
+        return rows[0], rows[1]
 
     def class_histogram(self) -> torch.Tensor:
         """How many answered queries name each class as the most likely (Figure 1, left)."""
