@@ -21,9 +21,9 @@ def on_whole_set(trainer: Trainer) -> bool:
     return not isinstance(data, TransferSetDataModule) or data.complete
 
 
-class CompleteSetCheckpoint(ModelCheckpoint):
-    """`ModelCheckpoint` that compares only epochs trained and validated on the whole transfer
-    set (configs/checkpoints/best_val_acc.yaml)."""
+class OnWholeSet:
+    """Lets a selection callback act only on epochs of the whole transfer set: the hooks where
+    ModelCheckpoint and EarlyStopping compare a monitored value pass through only then."""
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
         if on_whole_set(trainer):
@@ -38,14 +38,11 @@ class CompleteSetCheckpoint(ModelCheckpoint):
             super().on_validation_end(trainer, pl_module)
 
 
-class CompleteSetEarlyStopping(EarlyStopping):
+class CompleteSetCheckpoint(OnWholeSet, ModelCheckpoint):
+    """`ModelCheckpoint` that compares only epochs trained and validated on the whole transfer
+    set (configs/checkpoints/best_val_acc.yaml)."""
+
+
+class CompleteSetEarlyStopping(OnWholeSet, EarlyStopping):
     """`EarlyStopping` that counts only epochs trained and validated on the whole transfer set:
     an attack never stops before its last round (configs/callbacks/early_stopping.yaml)."""
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if on_whole_set(trainer):
-            super().on_train_epoch_end(trainer, pl_module)
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if on_whole_set(trainer):
-            super().on_validation_end(trainer, pl_module)
