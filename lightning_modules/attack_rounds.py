@@ -131,8 +131,6 @@ class AttackRounds(Callback):
 
     def due_round(self, trainer: Trainer, data: TransferSetDataModule, epoch: int) -> int:
         """The last round an epoch-round attack's `epoch` trains on."""
-        if len(data.sizes) == 1 or data.attack.round_unit == "step":
-            return data.rounds_done - 1 if data.rounds_done else 0
         return min(epoch // self.epochs_per_round(trainer, data), len(data.sizes) - 1)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
