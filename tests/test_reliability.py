@@ -1,5 +1,6 @@
 """Kills and resumes with a real SIGKILL of a subprocess, and determinism on CPU."""
 
+import csv
 import json
 import signal
 import subprocess
@@ -283,12 +284,19 @@ def test_sigkill_while_writing_cached_embeddings_then_rerun(tmp_path, one_thread
     assert cache_embeddings(str(weights), str(cache)) == 0  # complete: read, not recomputed
 
 
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """A metrics.csv's rows, each without its empty cells."""
+    with open(path, newline="") as file:
+        return [{k: v for k, v in row.items() if v} for row in csv.DictReader(file)]
+
+
 def test_sigkill_mid_stage_of_reproduce_then_rerun(
     tmp_path, victim_ckpt, monkeypatch, capsys, one_thread
 ):
     """Twin surrogate stages; the second one's YAML adds a one-shot kill switch, so `python
     main.py reproduce` is SIGKILLed in that stage's epoch 1; the rerun resumes the stage from its
-    last.ckpt (it trains epoch 1 only), and the stage ends exactly as its uninterrupted twin."""
+    last.ckpt (it trains epoch 1 only), and the stage ends exactly as its uninterrupted twin,
+    its metrics.csv included."""
     import yaml
 
     from knockoff_lab.pipeline.reproduce import reproduce_main
@@ -363,3 +371,6 @@ def test_sigkill_mid_stage_of_reproduce_then_rerun(
     ]
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
+    logged = [csv_rows(stage / "metrics.csv") for stage in (twin, killed)]
+    assert logged[0] == logged[1]  # epoch 0's rows kept through the resume, epoch 1's once
+    assert {row["epoch"] for row in logged[1] if "val/acc" in row} == {"0", "1"}

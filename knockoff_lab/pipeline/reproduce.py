@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from knockoff_lab.core.atomic import atomic_write_text
@@ -27,7 +28,7 @@ from knockoff_lab.pipeline.report import (
     write_results,
     write_tables,
 )
-from knockoff_lab.pipeline.stages import Stage, StageRunner, read_yaml
+from knockoff_lab.pipeline.stages import Stage, StageRunner, leaves, read_yaml
 
 
 def curve_metrics(folder: Path) -> dict[str, float]:
@@ -94,6 +95,7 @@ def reproduce(
     logged in to W&B: `wandb sync` uploads it later). `source` names the preset in errors
     (its file, from the command line).
     """
+    set = leaves(set or {})
     cells = [stage for grid in grids for stage in grid.stages()]
     stages = every_stage(stages, grids)
     names = [stage.name for stage in stages]
@@ -102,7 +104,7 @@ def reproduce(
     for stage in stages:  # before any stage runs
         if missing := [path for path in stage.configs if not Path(path).is_file()]:
             raise ConfigError(f"stage {stage.name}: config {missing[0]} does not exist")
-    check_keys(stages, set or {}, source)  # a typo fails now, not hours into a run
+    check_keys(stages, set, source)  # a typo fails now, not hours into a run
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
     runs = [
@@ -111,7 +113,7 @@ def reproduce(
         for seed in range((stage.seeds or seeds) if is_attack(stage) else 1)
     ]
     output = Path(output_dir)
-    runner = StageRunner(output, set or {}, force, verbose)
+    runner = StageRunner(output, set, force, verbose)
     results: Results = {}
     scored: list[Scored] = []
     figures = output / "figures"
@@ -186,9 +188,41 @@ def read_preset(path: str | Path) -> dict[str, Any]:
     return dict(config)
 
 
+def split_settings(args: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """(the other arguments, the command line's settings): `--set.trainer.max_epochs 1` (or
+    `--set.trainer.max_epochs=1`) sets that one leaf, its value read as YAML (`1` a number); `--set
+    '{trainer.max_epochs: 1, data.init_args.budget: 500}'` sets several. Both add to the preset's
+    `set` (`reproduce_main`) instead of replacing it, as jsonargparse's own reading of a `dict`
+    argument would."""
+    rest, settings, i = [], {}, 0
+    while i < len(args):
+        arg = args[i]
+        if not (arg == "--set" or arg.startswith(("--set.", "--set="))):
+            rest.append(arg)
+            i += 1
+            continue
+        name, given, value = arg.partition("=")
+        if not given:
+            if i + 1 >= len(args):
+                raise ConfigError(f"{arg} needs a value")
+            value, i = args[i + 1], i + 1
+        i += 1
+        parsed = yaml.safe_load(value)
+        if name == "--set":
+            if not isinstance(parsed, dict):
+                raise ConfigError(f"--set takes a mapping of dotted keys, got {value!r}")
+            settings.update(leaves(parsed))
+        else:
+            settings.update(leaves({name.removeprefix("--set."): parsed}))
+    return rest, settings
+
+
 def reproduce_main(args: list[str] | None = None) -> Path:
+    """`main.py reproduce`: the preset's arguments, the command line's settings added to its
+    `set` (`split_settings`)."""
+    args, settings = split_settings(sys.argv[2:] if args is None else args)
     parser = preset_parser()
-    config = parser.parse_args(sys.argv[2:] if args is None else args)
-    config = parser.instantiate(config)
+    config = dict(parser.instantiate(parser.parse_args(args)))
+    config["set"] = {**leaves(config.get("set") or {}), **settings}
     files = [str(path) for path in config.pop("config", None) or [] if path is not None]
     return reproduce(**config, source=" + ".join(files) or "main.py reproduce")

@@ -71,6 +71,7 @@ class Stage:
         (never outside it: `--force` deletes there). A family is checked stage by stage."""
         if self.foreach:
             return
+        self.set = leaves(self.set)
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) or ".." in self.name:
             raise ConfigError(
                 f"stage name {self.name!r} must be letters, digits, '-', '_' or "
@@ -124,6 +125,20 @@ def filled(node: Any, given: dict[str, Any]) -> Any:
     if isinstance(node, list):
         return [filled(v, given) for v in node]
     return node
+
+
+def leaves(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`settings` as dotted keys that each set one leaf: a nested mapping (`trainer: {max_epochs:
+    1}`) becomes `trainer.max_epochs: 1`, so it never replaces the rest of `trainer`. A mapping
+    with a `class_path` is a whole value (it names a class), and so is an empty one."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and "class_path" not in value:
+            flat.update(leaves(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
 
 
 def set_dotted(config: dict, key: str, value: Any) -> None:
@@ -277,7 +292,7 @@ class StageRunner:
             default_root_dir=str(folder), enable_progress_bar=False, enable_model_summary=False
         )
         trainer["logger"] = {
-            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "class_path": "knockoff_lab.pipeline.loggers.ResumableCSVLogger",
             "init_args": {"save_dir": str(folder), "name": "", "version": ""},
         }
         checkpoints = [c for c in trainer.get("callbacks", []) if "Checkpoint" in c["class_path"]]

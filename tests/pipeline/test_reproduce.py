@@ -3,6 +3,7 @@ progress display, stage caching, resume, --force."""
 
 import contextlib
 import csv
+import functools
 import json
 import shutil
 from collections import Counter
@@ -342,3 +343,25 @@ def test_bad_stages_fail_before_any_stage_runs(tmp_path, stage, top, message):
     with pytest.raises(ConfigError, match=message):
         reproduce_main(["--config", str(path)])
     assert not (tmp_path / "out").exists() and not (tmp_path / "x").exists()
+
+
+def test_command_line_settings_set_one_leaf_each_over_the_presets(tmp_path, monkeypatch):
+    """`--set.trainer.max_epochs 3` and `--set '{...}'` add to the preset's `set`, one leaf
+    each: the trainer's other settings (the preset's limits, the YAML's callbacks) stay."""
+    from knockoff_lab.pipeline import reproduce as module
+    from knockoff_lab.pipeline.stages import Stage, StageRunner
+
+    given: dict = {}
+
+    @functools.wraps(module.reproduce)  # its signature: the preset parser's arguments
+    def capture(**kwargs) -> None:
+        given.update(kwargs)
+
+    monkeypatch.setattr(module, "reproduce", capture)
+    args = ["--config", str(tiny_config(tmp_path)), "--set.trainer.max_epochs", "3"]
+    module.reproduce_main([*args, "--set", "{trainer: {limit_val_batches: 4}}"])
+    assert given["set"] == {**TINY, "trainer.max_epochs": 3, "trainer.limit_val_batches": 4}
+    stage = Stage(name="victim", config=str(CONFIGS / "victim/digits_cnn.yaml"))
+    trainer = StageRunner(tmp_path, given["set"]).effective_config(stage, tmp_path)["trainer"]
+    assert (trainer["max_epochs"], trainer["limit_train_batches"]) == (3, 3)
+    assert any("Checkpoint" in callback["class_path"] for callback in trainer["callbacks"])
