@@ -213,14 +213,24 @@ def build_network(arch: str, num_classes: int, weights: str | None = None) -> nn
         if not path.is_file():
             raise ConfigError(f"weights file {path} does not exist")
         return _load_local(spec.build, arch, num_classes, path)
-    resolved = _torchvision_weights(arch, weights)
-    try:
-        net = torchvision.models.get_model(arch, weights=resolved)
-    except OSError as err:  # offline and not cached (URLError is an OSError)
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(resolved.url).name
-        raise ConfigError(
-            f"weights {weights!r} of {arch} are not in the cache {cached} and cannot be "
-            f"downloaded ({err}); copy the file there or pass a local path"
-        ) from None
+    fetch_weights(arch, weights)
+    net = torchvision.models.get_model(arch, weights=_torchvision_weights(arch, weights))
     _replace_head(net, num_classes)
     return net
+
+
+def fetch_weights(arch: str, weights: str) -> Path:
+    """The file of torchvision weights `weights` of `arch` in torchvision's cache (TORCH_HOME),
+    downloaded now if absent, or a one-line ConfigError naming where it must be put: called
+    before anything trains, so an offline node without the file fails at once."""
+    resolved = _torchvision_weights(arch, weights)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(resolved.url).name
+    if not cached.is_file():
+        try:
+            torch.hub.load_state_dict_from_url(resolved.url, progress=False, check_hash=True)
+        except OSError as err:  # offline (URLError is an OSError)
+            raise ConfigError(
+                f"weights {weights!r} of {arch} are not in the cache {cached} and cannot be "
+                f"downloaded ({err}); copy the file there or pass a local path"
+            ) from None
+    return cached

@@ -53,10 +53,27 @@ def decide(centre: float, half: float, n: int, margin: float = 0.0) -> str:
     return "inconclusive"
 
 
-def _first(results: Results, table: str, setting: str, metric: str) -> list[float] | None:
-    for (t, _, s, m), values in results.items():
-        if (t, s, m) == (table, setting, metric):
-            return values
+def _victims(results: Results) -> list[str]:
+    """The victims of `results`, in the order they first appear."""
+    return list(dict.fromkeys(victim for _, victim, _, _ in results))
+
+
+def _dataset(victim: str) -> str:
+    """A victim's dataset: victims are named `<dataset>-<arch>` (`gtsrb-rn34`, `gtsrb-5l`)."""
+    return victim.rsplit("-", 1)[0]
+
+
+def _pair(results: Results, a: tuple[str, str], b: tuple[str, str], metric: str):
+    """(dataset, a's values, b's values) of the first dataset measured in both (table, setting)
+    cells: a claim compares settings on the same task (Table 5 GTSRB's 5L victim with its RN34),
+    never one dataset's narrow pool with another's natural one. None if no dataset has both."""
+    cells: dict[tuple[tuple[str, str], str], list[float]] = {}
+    for (table, victim, setting, name), values in results.items():
+        if name == metric:
+            cells.setdefault(((table, setting), _dataset(victim)), values)
+    for dataset in dict.fromkeys(_dataset(victim) for victim in _victims(results)):
+        if (values_a := cells.get((a, dataset))) and (values_b := cells.get((b, dataset))):
+            return dataset, values_a, values_b
     return None
 
 
@@ -76,11 +93,11 @@ def compare(table_a, set_a, table_b, set_b, metric, lower: bool):
     """The claim that `metric` of set_a is lower (or higher) than that of set_b."""
 
     def check(results: Results) -> Verdict | None:
-        a, b = _first(results, table_a, set_a, metric), _first(results, table_b, set_b, metric)
-        if a is None or b is None:
+        if (pair := _pair(results, (table_a, set_a), (table_b, set_b), metric)) is None:
             return None
+        dataset, a, b = pair
         centre, half, n = paired_interval(b, a) if lower else paired_interval(a, b)
-        shown = f"{metric} {set_a} {_spread(a)} vs {set_b} {_spread(b)}"
+        shown = f"{dataset}: {metric} {set_a} {_spread(a)} vs {set_b} {_spread(b)}"
         return decide(centre, half, n), f"{shown}; {_evidence(centre, half, n)}"
 
     return check
@@ -93,41 +110,59 @@ def every_seed(holds: list[bool]) -> str:
 
 
 def _batch_size_spread(results: Results) -> Verdict | None:
-    accs = {s: v for (t, _, s, m), v in results.items() if t == "7" and m == "acc_surrogate"}
-    if len(accs) < 2:
+    """Against the first victim measured at two batch sizes or more."""
+    for victim in _victims(results):
+        accs = {
+            s: v
+            for (t, who, s, m), v in results.items()
+            if (t, who, m) == ("7", victim, "acc_surrogate")
+        }
+        if len(accs) >= 2:
+            break
+    else:
         return None
     best = max(accs, key=lambda s: mean(accs[s]))
     worst = min(accs, key=lambda s: mean(accs[s]))
     centre, half, n = paired_interval(accs[best], accs[worst])
-    shown = "acc by batch size " + ", ".join(f"{s} {_spread(v)}" for s, v in accs.items())
+    sizes = ", ".join(f"{s} {_spread(v)}" for s, v in accs.items())
+    shown = f"{victim}: acc by batch size {sizes}"
     return decide(centre, half, n, margin=0.02), f"{shown}; {best} - {worst}: " + _evidence(
         centre, half, n
     )
 
 
 def _early_best(results: Results) -> Verdict | None:
-    best = _first(results, "5.2.1", "early_stopping", "best_test_epoch")
-    last = _first(results, "5.2.1", "early_stopping", "epochs_run")
-    if best is None or last is None:
+    """Of the first 5.2.1 run (with early stopping, or the paper's 200 epochs)."""
+    runs = [
+        (best, last)
+        for (table, victim, setting, metric), best in results.items()
+        if (table, metric) == ("5.2.1", "best_test_epoch")
+        and (last := results.get((table, victim, setting, "epochs_run")))
+    ]
+    if not runs:
         return None
+    best, last = runs[0]
     holds = [b < e - 1 for b, e in zip(best, last, strict=False)]
     pairs = ", ".join(f"{b:.0f} of {e:.0f}" for b, e in zip(best, last, strict=False))
     return every_seed(holds), f"best test epoch per seed: {pairs}"
 
 
 def _detector_flags(results: Results) -> Verdict | None:
-    tpr, tnr = _first(results, "4a", "ours", "tpr"), _first(results, "4a", "ours", "tnr")
-    if tpr is None or tnr is None:
+    for victim in _victims(results):
+        tpr, tnr = (results.get(("4a", victim, "ours", metric)) for metric in ("tpr", "tnr"))
+        if tpr and tnr:
+            break
+    else:
         return None
     holds = [p >= 0.9 and n >= 0.9 for p, n in zip(tpr, tnr, strict=False)]
     return every_seed(holds), f"TPR {_spread(tpr)}, TNR {_spread(tnr)}"
 
 
 def _indist_evades(results: Results) -> Verdict | None:
-    flagged = _first(results, "4.1", "in_distribution", "flagged_fraction")
-    ood = _first(results, "4.1", "natural", "flagged_fraction")
-    if flagged is None or ood is None:
+    metric = "flagged_fraction"
+    if (pair := _pair(results, ("4.1", "in_distribution"), ("4.1", "natural"), metric)) is None:
         return None
+    _, flagged, ood = pair
     holds = [f < 0.2 <= o for f, o in zip(flagged, ood, strict=False)]
     return every_seed(holds), f"flagged {_spread(flagged)} in-dist vs {_spread(ood)} natural"
 

@@ -4,13 +4,12 @@ such as `trainer.max_epoch` is refused when the preset is read, not hours later 
 that reads it."""
 
 import difflib
-import importlib
 import inspect
 from typing import Any
 
 from knockoff_lab.core.errors import ConfigError
 from knockoff_lab.pipeline.stages import Stage, read_yaml, resolved, set_dotted
-from knockoff_lab.pipeline.trust import trusted_modules
+from knockoff_lab.pipeline.trust import class_of
 
 # Top-level keys of an experiment YAML beside trainer/model/data (LightningCLI's own options).
 CLI_KEYS = ("seed_everything", "trainer", "model", "data", "ckpt_path", "test_after_fit")
@@ -29,19 +28,6 @@ def init_parameters(cls: type) -> set[str] | None:
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
             return names
     return None
-
-
-def class_of(class_path: Any) -> type | None:
-    """The class a YAML's `class_path` names, imported only from the trusted packages (a config
-    is code: `pipeline.trust`); None for any other, or one that does not import (the CLI names
-    that itself)."""
-    if not isinstance(class_path, str) or class_path.split(".")[0] not in trusted_modules():
-        return None
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
 
 
 def extensions(config: dict, path: list[str]) -> tuple[set[str] | None, str]:

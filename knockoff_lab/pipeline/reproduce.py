@@ -21,6 +21,7 @@ from knockoff_lab.evaluation.ood_metrics import TEST_SETS
 from knockoff_lab.pipeline.findings import Results
 from knockoff_lab.pipeline.grid import Grid
 from knockoff_lab.pipeline.keys import check_keys
+from knockoff_lab.pipeline.preflight import preflight
 from knockoff_lab.pipeline.report import (
     Scored,
     log_to_wandb,
@@ -75,6 +76,8 @@ def reproduce(
     output_dir: str = "runs/reproduce",
     set: dict[str, Any] | None = None,
     seeds: int = 1,
+    data_root: str | None = None,
+    smoke: bool = False,
     preset: Literal["embedded", "paper"] = "embedded",
     force: bool = False,
     verbose: bool = False,
@@ -89,6 +92,11 @@ def reproduce(
     `seeds` repeats every attack stage with that many seeds, unless the stage sets its own
     (tables show the mean and range, the findings are decided by the spread:
     `pipeline.findings`);
+    `data_root` points every on-disk dataset of every stage at that data root (each dataset
+    in its own folder under it, README); `smoke` runs every stage for a step or two, small and
+    on CPU with no downloads (`pipeline.rewrites.smoke`), into `output_dir/smoke`: a paper-scale
+    preset checked end to end in minutes, its report written, before anyone books a GPU.
+    Before any stage runs, every stage's data and weights are checked (`pipeline.preflight`).
     `force` redoes every stage instead of reusing finished ones; `verbose` shows Lightning's
     output of each stage on the console (it always goes to the stage's `stdout.log`); `wandb`
     logs the report to one W&B run in `wandb_project` (offline under `output_dir/wandb` unless
@@ -105,6 +113,9 @@ def reproduce(
         if missing := [path for path in stage.configs if not Path(path).is_file()]:
             raise ConfigError(f"stage {stage.name}: config {missing[0]} does not exist")
     check_keys(stages, set, source)  # a typo fails now, not hours into a run
+    output = Path(output_dir) / "smoke" if smoke else Path(output_dir)
+    runner = StageRunner(output, set, force, verbose, data_root, smoke)
+    preflight(stages, runner)  # so does missing data
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
     runs = [
@@ -112,8 +123,6 @@ def reproduce(
         for stage in stages
         for seed in range((stage.seeds or seeds) if is_attack(stage) else 1)
     ]
-    output = Path(output_dir)
-    runner = StageRunner(output, set, force, verbose)
     results: Results = {}
     scored: list[Scored] = []
     figures = output / "figures"

@@ -41,6 +41,7 @@ from knockoff_lab.core.errors import ConfigError
 from knockoff_lab.core.fragments import inline_value, read_config
 from knockoff_lab.pipeline.cli import cli_main
 from knockoff_lab.pipeline.loggers import LIGHTNING_LOGGERS
+from knockoff_lab.pipeline.rewrites import caches_under, point_at_data, smoke
 
 
 @dataclass
@@ -197,13 +198,18 @@ def resolved(settings: dict[str, Any]) -> list[tuple[str, Any]]:
     return [(key, inline_value(value, key)) for key, value in ordered]
 
 
-def stage_key(stage: Stage, settings: dict[str, Any], upstream: dict[str, str]) -> str:
+def stage_key(
+    stage: Stage,
+    settings: dict[str, Any],
+    upstream: dict[str, str],
+    varied: dict[str, Any] | None = None,
+) -> str:
     """What the stage runs: its configs with their fragments (an edited fragment is a new key,
-    an edited comment is not), its command, settings and upstream results."""
+    an edited comment is not), its command, settings and upstream results, and what the run
+    varies beyond them (`StageRunner.varied`: a data root, a smoke run)."""
     configs = [read_config(path) for path in stage.configs]
-    blob = json.dumps(
-        [configs, stage.command, resolved(settings), upstream], sort_keys=True, default=str
-    )
+    what = [configs, stage.command, resolved(settings), upstream, *([varied] if varied else [])]
+    blob = json.dumps(what, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -262,7 +268,8 @@ def read_result(result_file: Path) -> dict:
 
 
 class StageRunner:
-    """Runs stages in order into `output_dir/stages/<name>-<key>/`, reusing finished ones."""
+    """Runs stages in order into `output_dir/stages/<name>-<key>/`, reusing finished ones;
+    their caches (transfer sets, embeddings, the API's books) in `output_dir/cache/`."""
 
     def __init__(
         self,
@@ -270,21 +277,42 @@ class StageRunner:
         settings: dict[str, Any],
         force: bool = False,
         verbose: bool = False,
+        data_root: str | None = None,
+        smoke: bool = False,
     ):
         self.output_dir, self.settings, self.force = output_dir, settings, force
-        self.verbose = verbose
+        self.verbose, self.data_root, self.smoke = verbose, data_root, smoke
         self.done: dict[str, dict] = {}  # stage name -> result
+
+    @property
+    def varied(self) -> dict[str, Any]:
+        """What this run changes in every stage beyond the settings (part of each stage's key)."""
+        return {
+            **({"data_root": str(Path(self.data_root).absolute())} if self.data_root else {}),
+            **({"smoke": True} if self.smoke else {}),
+        }
 
     def folder(self, stage: Stage) -> Path:
         upstream = {key: self.done[name]["key"] for key, name in stage.inputs.items()}
-        key = stage_key(stage, {**self.settings, **stage.set}, upstream)
+        key = stage_key(stage, {**self.settings, **stage.set}, upstream, self.varied)
         return self.output_dir / "stages" / f"{stage.name}-{key}"
 
-    def effective_config(self, stage: Stage, folder: Path) -> dict:
-        """The stage's YAML with the pipeline's settings, inputs, logger and checkpoint folder."""
+    def stage_config(self, stage: Stage) -> dict:
+        """The stage's YAML with the pipeline's settings and this run's rewrites (data root,
+        caches, smoke: `pipeline.rewrites`); its inputs not yet filled in."""
         config = read_yaml(stage)
         for key, value in resolved({**self.settings, **stage.set}):
             set_dotted(config, key, value)
+        if self.data_root:
+            point_at_data(config, self.data_root)
+        if self.smoke:
+            smoke(config)
+        caches_under(config, self.output_dir.absolute() / "cache")
+        return config
+
+    def effective_config(self, stage: Stage, folder: Path) -> dict:
+        """`stage_config` with the inputs' checkpoints, the logger and the checkpoint folder."""
+        config = self.stage_config(stage)
         for key, name in stage.inputs.items():
             set_dotted(config, key, self.done[name]["checkpoint"])
         trainer = config.setdefault("trainer", {})
@@ -303,10 +331,6 @@ class StageRunner:
         return config
 
     def run(self, stage: Stage, position: str) -> dict:
-        if missing := [name for name in stage.inputs.values() if name not in self.done]:
-            raise ConfigError(
-                f"stage {stage.name!r} reads {missing}, which run later or not at all"
-            )
         folder = self.folder(stage)
         result_file = folder / "result.json"
         if self.force and folder.exists():

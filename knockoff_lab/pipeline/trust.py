@@ -5,6 +5,7 @@ these packages are instantiated unless the user widens the list for this run, ou
 config file (a config cannot vouch for itself): KNOCKOFF_TRUSTED_MODULES=pkg1,pkg2.
 """
 
+import importlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -46,3 +47,16 @@ def check_trusted(config: dict) -> None:
                 f"({', '.join(trusted)}); if you trust it, run with "
                 f"KNOCKOFF_TRUSTED_MODULES={path.split('.')[0]}"
             )
+
+
+def class_of(class_path: Any) -> type | None:
+    """The class a YAML's `class_path` names, imported only from the trusted packages (a config
+    is code: `pipeline.trust`); None for any other, or one that does not import (the CLI names
+    that itself)."""
+    if not isinstance(class_path, str) or class_path.split(".")[0] not in trusted_modules():
+        return None
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None

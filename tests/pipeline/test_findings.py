@@ -62,3 +62,16 @@ def test_results_csv_keeps_every_seed_and_adds_aggregates(tmp_path):
     )
     assert not [line for line in lines if line.startswith("3,") and ",mean," in line]
     assert read_results(tmp_path / "r.csv") == measured
+
+
+def test_a_claim_compares_settings_against_the_same_victim():
+    """GTSRB's narrow pool against GTSRB's natural one, not against the first victim's (a
+    paper-scale report has five victims in each table)."""
+    narrow_lower = next(f for f in FINDINGS if f.section == "5.1.3").check
+    results = {
+        ("5.1.3", "caltech256-rn34", "natural", "acc_surrogate"): [0.90, 0.91, 0.92],
+        ("5.1.3", "gtsrb-rn34", "natural", "acc_surrogate"): [0.20, 0.21, 0.19],
+        ("5.1.3", "gtsrb-rn34", "narrow", "acc_surrogate"): [0.30, 0.32, 0.31],
+    }
+    verdict, shown = narrow_lower(results)
+    assert verdict == "NOT reproduced" and shown.startswith("gtsrb: ")

@@ -311,6 +311,20 @@ def test_paper_preset_shows_the_papers_detection_figures_beside_ours(tmp_path):
     assert "| cubs200-rn34 | msp | n/a | 40.0% [paper 39.0%] |" in tables
 
 
+@pytest.mark.parametrize("preset", ["paper.yaml", "embedded.yaml"])
+def test_every_finding_is_decided_by_rows_the_preset_writes(preset: str):
+    """Each finding reads rows of the report (table, victim, setting, metric); a preset that
+    writes none of them would leave it "not measured" after days of GPU."""
+    stages = every_stage(read_preset(CONFIGS / "reproduce" / preset)["stages"])
+    results = {
+        (row.table, row.victim, row.setting, metric): [0.5]
+        for stage in stages
+        for row in stage.rows
+        for metric in row.metrics
+    }
+    assert [finding.claim for finding in FINDINGS if finding.check(results) is None] == []
+
+
 TYPO = (
     r"bad\.yaml: stage victim: {where} key 'trainer\.max_epoch' is not a setting of "
     r"\S+/configs/victim/digits_cnn\.yaml: trainer \(arguments of "
