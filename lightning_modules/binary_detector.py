@@ -32,6 +32,7 @@ from knockoff_lab.evaluation.ood_metrics import (
     write_scores,
 )
 from knockoff_lab.nets.networks import build_network
+from lightning_modules.synced import log_synced
 from lightning_modules.victim import log_global_batch_size
 
 
@@ -104,7 +105,7 @@ class BinaryDetector(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         scores = self.scores.pop()
-        self.log_dict(detection_metrics(scores, self.hparams.threshold))
+        log_synced(self, detection_metrics(scores, self.hparams.threshold))
         save_test_scores(self.trainer, scores, f"{type(self).__name__} {self.hparams.arch}")
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:

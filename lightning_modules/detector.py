@@ -29,6 +29,7 @@ from knockoff_lab.core.atomic import atomic_save_npy, atomic_write_text
 from knockoff_lab.core.errors import ConfigError
 from knockoff_lab.nets.features import PENULTIMATE, layer_features
 from lightning_modules.binary_detector import BinaryDetector
+from lightning_modules.synced import log_synced
 from lightning_modules.victim import configure, cross_entropy_step
 
 FEATURES, LABELS, RECORD = "train_features.npy", "train_labels.npy", "embeddings.json"
@@ -244,7 +245,7 @@ class FrozenFeaturesDetector(BinaryDetector):
         )
         self.net.fc.weight.copy_(weight)
         self.net.fc.bias.copy_(bias)
-        self.log_dict({"train/cv_score": cv_score, "train/C": c})
+        log_synced(self, {"train/cv_score": cv_score, "train/C": c})
 
     def training_step(self, batch, batch_idx: int) -> None:
         """Lightning's fit loop needs one; the head was fitted in `on_train_start`."""

@@ -11,6 +11,7 @@ from knockoff_lab.nets.guard import load_detector
 from knockoff_lab.nets.victim import load_victim
 from knockoff_lab.ood.scorers import OODScorer, list_ood_scorers
 from lightning_modules.binary_detector import save_test_scores
+from lightning_modules.synced import log_synced
 
 
 class OODBaseline(LightningModule):
@@ -84,5 +85,5 @@ class OODBaseline(LightningModule):
                 metrics[f"test/tpr_at_tnr_ours/{name}"] = tpr_at_tnr(
                     scores["in"], scores[name], tnr
                 )[0]
-        self.log_dict(metrics)
+        log_synced(self, metrics)
         save_test_scores(self.trainer, scores, self.scorer.title())

@@ -14,6 +14,7 @@ drawn by `lightning_modules.TransferHistogram` from the per-class accuracies log
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_modules.synced import log_synced
 from lightning_modules.victim import VictimClassifier
 
 
@@ -76,21 +77,24 @@ class Surrogate(VictimClassifier):
 
     def on_test_epoch_end(self) -> None:
         acc, victim_acc = self.test_acc.compute(), self.victim_acc.compute()
-        self.log_dict(
+        per_class = {
+            "acc_class": self.test_acc_class.compute(),
+            "acc_victim_class": self.victim_acc_class.compute(),
+        }
+        log_synced(
+            self,
             {
                 "test/acc": acc,
                 "test/acc_victim": victim_acc,
                 "test/recovery": acc / victim_acc.clamp_min(1e-12),
                 "test/fidelity": self.fidelity.compute(),
-            }
+                **{
+                    f"test/{name}/{cls}": value
+                    for name, values in per_class.items()
+                    for cls, value in enumerate(values)
+                },
+            },
         )
-        per_class = {
-            "acc_class": self.test_acc_class.compute(),
-            "acc_victim_class": self.victim_acc_class.compute(),
-        }
-        for name, values in per_class.items():
-            for cls, value in enumerate(values):
-                self.log(f"test/{name}/{cls}", value)
         for metric in (
             self.test_acc,
             self.victim_acc,

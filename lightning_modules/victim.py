@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from knockoff_lab.core.checkpoints import atomic_checkpoints
 from knockoff_lab.nets.networks import build_network
+from lightning_modules.synced import log_synced
 
 
 def log_global_batch_size(module: LightningModule) -> None:
@@ -104,8 +105,8 @@ class VictimClassifier(LightningModule):
         self.log("test/acc", self.test_acc)
 
     def on_test_epoch_end(self) -> None:
-        for cls, acc in enumerate(self.test_acc_class.compute()):
-            self.log(f"test/acc_class/{cls}", acc)
+        per_class = self.test_acc_class.compute()
+        log_synced(self, {f"test/acc_class/{cls}": acc for cls, acc in enumerate(per_class)})
         self.test_acc_class.reset()
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ def run(args: list[str], cwd: Path) -> dict[str, float]:
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "WANDB_MODE": "offline"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sync_dist=True" not in proc.stderr  # values every process holds whole: no warning
     return {m[0]: float(m[1]) for m in re.findall(r"(test/[\w/]+)\s+([0-9.]+)", proc.stdout)}
 
 
