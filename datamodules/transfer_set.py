@@ -362,8 +362,13 @@ class TransferSetDataModule(ImageDataModule):
 
     @cached_property
     def victim_labels(self) -> torch.Tensor:
-        """F_V's predictions on its test set (owner-side evaluation, not part of the attack)."""
-        loader = DataLoader(self.victim_data.split("test"), batch_size=self.query_batch_size)
+        """F_V's predictions on its test set (owner-side evaluation, not part of the attack),
+        decoded by the transfer set's workers."""
+        loader = DataLoader(
+            self.victim_data.split("test"),
+            batch_size=self.query_batch_size,
+            num_workers=self.num_workers,
+        )
         return torch.cat([self.api.victim_labels(images) for images, _ in loader])
 
     def build_splits(self) -> dict[str, Dataset]:

@@ -19,8 +19,17 @@ import numpy as np
 import torch
 
 from knockoff_lab.attacks.base import Queries, QueryStrategy, Seen, register_attack
-from knockoff_lab.attacks.pool_views import pool_images, unasked
+from knockoff_lab.attacks.pool_views import pool_chunks, unasked
 from knockoff_lab.core.errors import ConfigError
+
+# DFAL's pool chunk: its Jacobian holds (chunk, classes, pixels) floats, 1.2 GB for 32 images of
+# 224 px against 256 classes
+DFAL_CHUNK = 32
+
+
+def surrogate_outputs(seen: Seen, indices: np.ndarray) -> torch.Tensor:
+    """The current surrogate's logits on the pool images at `indices`, streamed."""
+    return torch.cat([seen.surrogate_outputs(chunk) for chunk in pool_chunks(seen.pool, indices)])
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -131,17 +140,21 @@ class ActiveThief(QueryStrategy):
         if seen.round == 0 or seen.surrogate is None or self.selection == "random":
             order = np.random.default_rng([seen.seed, seen.round]).permutation(candidates)
             return Queries(indices=order[:count])
-        images = pool_images(seen.pool, candidates)
         if self.selection == "dfal":  # nearest the boundary first; ties to the lower index
-            distance = deepfool_distance(seen.surrogate, images.float(), seen.device)
+            distance = torch.cat(
+                [
+                    deepfool_distance(seen.surrogate, chunk.float(), seen.device)
+                    for chunk in pool_chunks(seen.pool, candidates, DFAL_CHUNK)
+                ]
+            )
             return Queries(indices=candidates[np.argsort(distance.numpy(), kind="stable")[:count]])
-        logits = seen.surrogate_outputs(images)
+        logits = surrogate_outputs(seen, candidates)
         if self.selection == "entropy":
             # stable sort on -entropy: ties go to the lower pool index
             order = np.argsort(-entropy(logits).numpy(), kind="stable")
             return Queries(indices=candidates[order[:count]])
         asked = seen.indices[seen.indices >= 0]
-        centers = seen.surrogate_outputs(pool_images(seen.pool, asked)) if len(asked) else None
+        centers = surrogate_outputs(seen, asked) if len(asked) else None
         centers = centers.softmax(-1) if centers is not None else torch.empty(0, logits.shape[1])
         picks = kcenter_greedy(logits.softmax(-1), centers, count)
         return Queries(indices=candidates[picks])

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from knockoff_lab.attacks.base import Queries, QueryStrategy, Seen, register_attack
-from knockoff_lab.attacks.pool_views import answered_rows, pool_images
+from knockoff_lab.attacks.pool_views import answered_rows, pool_chunks, pool_images
 from knockoff_lab.core.errors import ConfigError
 
 REWARDS = ("certainty", "diversity", "loss")
@@ -50,8 +50,12 @@ def cluster_pool(
     then on the arms' centroids."""
     from sklearn.cluster import KMeans
 
-    images = pool_images(pool).float()
-    features = F.adaptive_avg_pool2d(images, feature_size).flatten(1).numpy()
+    features = np.concatenate(
+        [
+            F.adaptive_avg_pool2d(chunk.float(), feature_size).flatten(1).numpy()
+            for chunk in pool_chunks(pool)
+        ]
+    )
     fine = KMeans(n_clusters=min(arms, len(features)), n_init=3, random_state=seed)
     labels = fine.fit_predict(features).astype(np.int64)
     if groups == 1:
