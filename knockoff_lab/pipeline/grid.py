@@ -14,12 +14,11 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from knockoff_lab.core.errors import ConfigError
 from knockoff_lab.evaluation.figures import Points, plot_points
 from knockoff_lab.pipeline.findings import Results, decide, paired_interval
-from knockoff_lab.pipeline.stages import Row, Stage
+from knockoff_lab.pipeline.stages import Row, Stage, Value
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*")  # no '-': it joins a stage's variant names
 
@@ -27,7 +26,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*")  # no '-': it joins a stage's va
 @dataclass
 class Variant:
     config: list[str] = field(default_factory=list)  # overlays, merged over the grid's YAML
-    set: dict[str, Any] = field(default_factory=dict)  # dotted key -> value
+    set: dict[str, Value] = field(default_factory=dict)  # dotted key -> value
     inputs: dict[str, str] = field(default_factory=dict)  # dotted key -> upstream stage
 
 
@@ -62,7 +61,7 @@ class Grid:
     config: str | list[str]  # the experiment YAML every cell starts from (then overlays)
     axes: dict[str, dict[str, Variant]]  # axis -> variant name -> what it changes
     metrics: dict[str, str]  # results.csv metric -> logged metric
-    set: dict[str, Any] = field(default_factory=dict)
+    set: dict[str, Value] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
     seeds: int | None = None  # None: the preset's
     plot: Plot | None = None

@@ -29,7 +29,7 @@ from knockoff_lab.pipeline.report import (
     write_results,
     write_tables,
 )
-from knockoff_lab.pipeline.stages import Stage, StageRunner, leaves, read_yaml
+from knockoff_lab.pipeline.stages import Stage, StageRunner, Value, leaves, read_yaml
 
 
 def curve_metrics(folder: Path) -> dict[str, float]:
@@ -74,7 +74,7 @@ def reproduce(
     stages: list[Stage],
     grids: Sequence[Grid] = (),
     output_dir: str = "runs/reproduce",
-    set: dict[str, Any] | None = None,
+    set: dict[str, Value] | None = None,
     seeds: int = 1,
     data_root: str | None = None,
     smoke: bool = False,

@@ -43,6 +43,11 @@ from knockoff_lab.pipeline.cli import cli_main
 from knockoff_lab.pipeline.loggers import LIGHTNING_LOGGERS
 from knockoff_lab.pipeline.rewrites import caches_under, point_at_data, smoke
 
+# A setting's value as a YAML gives it: data, never built. A `class_path` mapping stays a
+# mapping until the stage's own CLI builds it (typed `Any`, the preset's parser would build it
+# while reading the preset, and the stage's config could not be written).
+Value = str | int | float | bool | list | dict | None
+
 
 @dataclass
 class Row:
@@ -60,12 +65,12 @@ class Stage:
     config: str | list[str]  # an experiment YAML (then overlays), as for `main.py fit --config`
     command: Literal["fit", "test"] = "fit"
     # dotted key -> value, e.g. trainer.max_epochs; a path to a YAML stands for its content
-    set: dict[str, Any] = field(default_factory=dict)
+    set: dict[str, Value] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)  # dotted key -> upstream stage
     rows: list[Row] = field(default_factory=list)
     seeds: int | None = None  # an attack stage's own number of seeds (None: the preset's)
     # a family of stages: placeholder -> its values (`expand`)
-    foreach: dict[str, list[Any]] = field(default_factory=dict)
+    foreach: dict[str, list[Value]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Checked when the preset is read: a stage's name is a folder under `output_dir`

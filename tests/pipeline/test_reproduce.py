@@ -379,3 +379,19 @@ def test_command_line_settings_set_one_leaf_each_over_the_presets(tmp_path, monk
     trainer = StageRunner(tmp_path, given["set"]).effective_config(stage, tmp_path)["trainer"]
     assert (trainer["max_epochs"], trainer["limit_train_batches"]) == (3, 3)
     assert any("Checkpoint" in callback["class_path"] for callback in trainer["callbacks"])
+
+
+def test_a_class_path_in_set_stays_data_until_the_stage_builds_it(tmp_path):
+    """A scorer given as a `class_path` mapping in a stage's `set` is read as a mapping, not
+    built while the preset is parsed, so the stage's config.yaml can be written."""
+    from knockoff_lab.pipeline.stages import StageRunner
+
+    msp = {"class_path": "knockoff_lab.ood.MSP"}
+    stage = {"name": "msp", "config": str(CONFIGS / "ood/digits.yaml"), "command": "test"}
+    preset = {"stages": [{**stage, "set": {"model.init_args.scorer": msp}}]}
+    (path := tmp_path / "preset.yaml").write_text(yaml.safe_dump(preset))
+    [read] = every_stage(read_preset(path)["stages"])
+    assert read.set == {"model.init_args.scorer": msp}
+    config = StageRunner(tmp_path, {}).effective_config(read, tmp_path / "msp")
+    scorer = yaml.safe_load(yaml.safe_dump(config))["model"]["init_args"]["scorer"]
+    assert scorer["class_path"] == msp["class_path"]
