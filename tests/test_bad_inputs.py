@@ -210,8 +210,8 @@ CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
             *DEFENCES,
             '[{"class_path": "knockoff_lab.defences.Soft"}]',
         ],
-        "data.init_args.api.init_args.defences.init_args: module "
-        "'knockoff_lab.defences' has no attribute 'Soft'",
+        "data.init_args.api.init_args.defences.0.class_path: 'knockoff_lab.defences.Soft': "
+        "module knockoff_lab.defences has no 'Soft'",
     ),
     "unknown key": (
         lambda: [*SURROGATE, checkpoint(), "--data.init_args.budgett", "5"],
@@ -390,3 +390,48 @@ def test_full_disk_while_saving_a_checkpoint_keeps_the_last_one(monkeypatch, cap
     assert len(saves) == 2
     assert torch.load(last, weights_only=True)["epoch"] == 0  # epoch 0's, complete
     assert not list(Path("runs").rglob(".*.tmp"))
+
+
+VICTIM = ["fit", "--config", str(CONFIGS / "victim/digits_cnn.yaml")]
+LAMBDA = "--trainer.callbacks+=lightning.pytorch.callbacks.LambdaCallback"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (  # a function under a trusted package, in a slot typed as a callable
+            [*VICTIM, "--model.init_args.optimizer", '{"class_path": "torch.hub.load"}'],
+            "model.init_args.optimizer.class_path: 'torch.hub.load' is a function, not a class",
+        ),
+        (  # a path jsonargparse would resolve attribute by attribute
+            [*VICTIM, "--trainer.callbacks+=torch.os.system"],
+            "trainer.callbacks+: 'torch.os.system': 'torch.os' is not a module",
+        ),
+        (  # a callable argument of a trusted class
+            [*VICTIM, LAMBDA, "--trainer.callbacks.on_fit_start=torch.save"],
+            "trainer.callbacks.on_fit_start: 'torch.save' is a function, not a class",
+        ),
+    ],
+    ids=["function", "attribute walk", "callable argument"],
+)
+def test_a_config_builds_only_classes_defined_in_trusted_packages(
+    args, message, monkeypatch, capsys
+):
+    assert fails(args, monkeypatch, capsys).startswith(message)
+
+
+def test_an_untrusted_module_is_never_imported_by_a_config_or_a_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    """A local `hubconf.py` on the import path, named by a config or by the hyperparameters of a
+    checkpoint that loads with weights_only: refused before the parser imports it."""
+    (tmp_path / "hubconf.py").write_text("import pathlib\npathlib.Path('imported').touch()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("KNOCKOFF_TRUSTED_MODULES")
+    net = build_network("digits_cnn", 10)
+    saved = {"net." + k: v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": saved, "hyper_parameters": {"_class_path": "hubconf.Evil"}}, "h.ckpt")
+    for route in (["--trainer.callbacks+=hubconf.Evil"], ["--ckpt_path", "h.ckpt"]):
+        message = fails([*VICTIM, *route], monkeypatch, capsys)
+        assert "'hubconf.Evil' is outside the trusted packages" in message, message
+        assert not Path("imported").exists()

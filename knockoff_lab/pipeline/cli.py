@@ -10,6 +10,7 @@ to `<trainer.default_root_dir>/checkpoints` (stable, not inside the logger's `ve
 """
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import lightning_modules  # noqa: F401  (registers the LightningModules as subcl
 from datamodules.on_disk import check_present
 from knockoff_lab.core.checkpoints import disagreement, net_state, read_checkpoint
 from knockoff_lab.core.errors import ConfigError
-from knockoff_lab.pipeline.trust import check_trusted
+from knockoff_lab.pipeline.trust import check_arguments, check_trusted
 
 CKPT_KEYWORDS = ("best", "last", "hpc")  # Lightning resolves these itself
 
@@ -95,7 +96,18 @@ class KnockoffCLI(LightningCLI):
             path = self.config[subcommand].get("ckpt_path")
             if (checkpoint := read_ckpt_path(path)) is not None:
                 self._checkpoint = (str(path), checkpoint)
+                # its hyperparameters are a config too: checked before the parser reads them
+                hparams = checkpoint.get("hyper_parameters") or {}
+                check_trusted(
+                    {k: v for k, v in hparams.items() if k != "_instantiator"}, f"{path}: "
+                )  # Lightning drops `_instantiator` (its own function) before parsing
         super()._parse_ckpt_path()
+
+    def parse_arguments(self, parser, args) -> None:
+        """The command line checked by the trust policy before anything it names is imported."""
+        if args is None or isinstance(args, list):
+            check_arguments(sys.argv[1:] if args is None else args)
+        super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

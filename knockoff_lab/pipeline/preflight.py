@@ -10,6 +10,7 @@ from knockoff_lab.core.errors import ConfigError
 from knockoff_lab.nets.networks import fetch_weights
 from knockoff_lab.pipeline.rewrites import WEIGHTS_NAME, classes
 from knockoff_lab.pipeline.stages import Stage, StageRunner, set_dotted
+from knockoff_lab.pipeline.trust import check_trusted
 
 
 def check_weights(arch: str, weights: str, fetched: set[tuple[str, str]]) -> None:
@@ -36,6 +37,10 @@ def preflight(stages: list[Stage], runner: StageRunner) -> None:
             )
         earlier.add(stage.name)
         config = runner.stage_config(stage)
+        try:
+            check_trusted(config)  # a preset's `set` is a config too
+        except ConfigError as err:
+            raise ConfigError(f"stage {stage.name}: {err}") from None
         for key in stage.inputs:
             set_dotted(config, key, None)
         try:

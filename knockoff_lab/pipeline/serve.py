@@ -19,7 +19,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from knockoff_lab.api.keys import KeyRing, add_client, read_keys
 from knockoff_lab.api.prediction import PredictionAPI
 from knockoff_lab.api.server import ServerSettings, Service, create_app
-from knockoff_lab.pipeline.trust import check_trusted
+from knockoff_lab.pipeline.trust import check_arguments, check_trusted
 
 
 def serve_parser() -> ArgumentParser:
@@ -68,8 +68,9 @@ def build_service(config) -> Service:
 def serve_main(args: list[str] | None = None) -> None:
     import uvicorn
 
-    parser = serve_parser()
-    config = parser.parse_args(args)
+    args = sys.argv[1:] if args is None else args
+    check_arguments(args)  # before the parser imports what they name
+    config = serve_parser().parse_args(args)
     if config.add_client:
         key = add_client(
             config.server.keys_file, config.add_client, config.client_budget, config.owner

@@ -342,11 +342,17 @@ TYPO = (
         ({"seeds": 0}, {}, "stage victim: seeds must be >= 1, got 0"),
         ({"set": {"trainer.max_epoch": 1}}, {}, TYPO.format(where="set")),
         ({}, {"trainer.max_epoch": 1}, TYPO.format(where="top-level set")),
+        (  # a preset is a config too: a function is never built from it
+            {"set": {"model.init_args.optimizer": {"class_path": "torch.hub.load"}}},
+            {},
+            "stage victim: model.init_args.optimizer.class_path: 'torch.hub.load' is a function",
+        ),
     ],
 )
 def test_bad_stages_fail_before_any_stage_runs(tmp_path, stage, top, message):
     """Checked when the preset is read: a name outside output_dir, a missing config, a `set`
-    key the stage's YAML does not have (a typo would otherwise fail, or be ignored, hours in)."""
+    key the stage's YAML does not have (a typo would otherwise fail, or be ignored, hours in),
+    a `set` value naming something other than a trusted class."""
     from knockoff_lab.core.errors import ConfigError
 
     config = yaml.safe_load(tiny_config(tmp_path).read_text())
