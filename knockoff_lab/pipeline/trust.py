@@ -16,11 +16,13 @@ import inspect
 import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.core.fragments import read_config
 
 TRUSTED_MODULES = (
     *("torch", "torchvision", "torchmetrics", "lightning", "sklearn"),
@@ -120,8 +122,6 @@ def check_arguments(args: list[str]) -> None:
     """`check_trusted` on a command line as given, before the parser imports anything it names:
     every `--config` file (its fragments inlined) and every other argument's value, read as
     YAML (`--trainer.callbacks+=pkg.Class`, `--model.init_args.optimizer '{class_path: ...}'`)."""
-    from knockoff_lab.core.fragments import read_config
-
     args = list(args)
     for i, arg in enumerate(args):
         name, given, value = arg.partition("=")
@@ -131,7 +131,7 @@ def check_arguments(args: list[str]) -> None:
             if i + 1 >= len(args) or args[i + 1].startswith("--"):
                 continue
             value = args[i + 1]
-        if name == "--config":
+        if name == "--config" and Path(value).is_file():
             check_trusted(read_config(value) or {}, f"{value}: ")
         else:
             try:
