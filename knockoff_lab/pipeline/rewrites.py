@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningDataModule
-
 from datamodules.on_disk import OnDiskDataModule
 from knockoff_lab.pipeline.trust import class_of
 
@@ -69,9 +67,9 @@ def classes(node: Any) -> Iterator[tuple[type, dict[str, Any], dict[str, Any]]]:
 
 
 def point_at_data(config: dict, data_root: str) -> None:
-    """Every DataModule that reads a data root reads `data_root`."""
-    for cls, args, given in classes(config):
-        if issubclass(cls, LightningDataModule) and "root" in given | args:
+    """Every on-disk dataset reads `data_root` (each in its own folder under it)."""
+    for cls, args, _ in classes(config):
+        if issubclass(cls, OnDiskDataModule):
             args["root"] = data_root
 
 
