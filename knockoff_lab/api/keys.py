@@ -7,11 +7,13 @@ how much of a key was right. Keys are printed once, when made, and never logged.
     {"clients": [{"sha256": "<64 hex>", "client": "alice", "budget": 2000, "owner": false}]}
 """
 
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,19 +58,29 @@ def add_client(
     path: str | Path, client: str, budget: int | None = None, owner: bool = False
 ) -> str:
     """Make a key for a new `client`, store its hash (atomically, the file private to its
-    owner) and return the key: the only time it is seen."""
+    owner) and return the key: the only time it is seen. Concurrent calls on one keys file
+    take turns (an exclusive lock beside it) and write through their own temporary files, so
+    none drops another's key."""
+    if not isinstance(client, str) or not client.strip():
+        raise ConfigError(f"--add_client needs a client name, got {client!r}")
+    if budget is not None and budget < 1:
+        raise ConfigError(f"--client_budget must be >= 1 (or absent: no own budget), got {budget}")
     path = Path(path)
-    entries = read_keys(path) if path.exists() else []
-    if any(e.client == client for e in entries):
-        raise ConfigError(f"keys file {path} already has a client {client!r}")
-    key = secrets.token_urlsafe(32)
-    entries.append(KeyEntry(key_hash(key), client, budget, owner))
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"clients": [asdict(e) for e in entries]}, f, indent=1)
-    os.replace(partial, path)
+    lock = os.open(path.with_name(path.name + ".lock"), os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = read_keys(path) if path.exists() else []
+        if any(e.client == client for e in entries):
+            raise ConfigError(f"keys file {path} already has a client {client!r}")
+        key = secrets.token_urlsafe(32)
+        entries.append(KeyEntry(key_hash(key), client, budget, owner))
+        fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:  # mkstemp: readable by its owner only
+            json.dump({"clients": [asdict(e) for e in entries]}, f, indent=1)
+        os.replace(partial, path)
+    finally:
+        os.close(lock)  # releases the lock
     return key
 
 

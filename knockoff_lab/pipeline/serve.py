@@ -71,9 +71,10 @@ def serve_main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else args
     check_arguments(args)  # before the parser imports what they name
     config = serve_parser().parse_args(args)
-    if config.add_client:
+    named = any(arg.split("=")[0] == "--add_client" for arg in args)  # "" or null: never serve
+    if named or config.add_client is not None:
         key = add_client(
-            config.server.keys_file, config.add_client, config.client_budget, config.owner
+            config.server.keys_file, config.add_client or "", config.client_budget, config.owner
         )
         print(
             f"client {config.add_client!r} added to {config.server.keys_file}; its key (shown "

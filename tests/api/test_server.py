@@ -469,3 +469,15 @@ def test_add_client_prints_the_key_once(victim_ckpt, tmp_path):
         timeout=120,
     )
     assert again.returncode == 2 and "already has a client 'carol'" in again.stderr
+
+
+@pytest.mark.parametrize("name", ["", "null"])
+def test_add_client_without_a_name_is_refused_not_served(victim_ckpt, tmp_path, monkeypatch, name):
+    from knockoff_lab.core.errors import ConfigError
+    from knockoff_lab.pipeline.serve import serve_main
+
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: pytest.fail("it served"))
+    config = serve_config(tmp_path / "serve.yaml", victim_ckpt, free_port(), [], budget=10)
+    with pytest.raises(ConfigError, match="--add_client needs a client name"):
+        serve_main(["--config", str(config), "--add_client", name])
+    assert not (tmp_path / "keys.json").exists()

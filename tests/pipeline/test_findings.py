@@ -64,7 +64,7 @@ def test_results_csv_keeps_every_seed_and_adds_aggregates(tmp_path):
     assert read_results(tmp_path / "r.csv") == measured
 
 
-def test_a_claim_compares_settings_against_the_same_victim():
+def test_a_claim_compares_settings_on_the_same_dataset():
     """GTSRB's narrow pool against GTSRB's natural one, not against the first victim's (a
     paper-scale report has five victims in each table)."""
     narrow_lower = next(f for f in FINDINGS if f.section == "5.1.3").check
