@@ -9,6 +9,7 @@ another service with books of its own.
 """
 
 import io
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,8 +66,9 @@ class Ledger:
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:  # opened on first use: an API object may be built and never used
-            if self.path is not None:
+            if self.path is not None:  # other clients' books (and queries): the owner's only
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))  # journals copy it
             target = ":memory:" if self.path is None else str(self.path)
             self._db = sqlite3.connect(target, timeout=120, isolation_level=None)
             self._db.executescript(SCHEMA)

@@ -62,6 +62,6 @@ class PosteriorCache:
         rows["key"] = np.frombuffer(b"".join(keys), np.uint8).reshape(-1, KEY_BYTES)
         rows["p"] = posteriors
         name = hashlib.blake2b(b"".join(keys), digest_size=8).hexdigest()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_save_npy(self.folder / f"{name}.npy", rows, "victim-posterior cache file")
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # the owner's only
+        atomic_save_npy(self.folder / f"{name}.npy", rows, "victim-posterior cache file", True)
         self.index.update(zip(keys, rows["p"], strict=True))

@@ -19,14 +19,18 @@ from knockoff_lab.core.errors import ConfigError
 
 
 @contextmanager
-def atomic_file(path: Path, mode: str = "w", what: str = "file") -> Iterator[IO]:
+def atomic_file(
+    path: Path, mode: str = "w", what: str = "file", private: bool = False
+) -> Iterator[IO]:
     """Open a temporary file beside `path`; when the block ends without error, fsync it and
-    rename it to `path`. `what` names the file in the full-disk message. The temporary name is
-    unique (`.<name>.<pid>-<random>.tmp`), so concurrent writers of one path never share it:
-    the last complete file wins."""
+    rename it to `path`. `what` names the file in the full-disk message; `private` makes it
+    readable by its owner only (it holds other people's data) from its first byte. The
+    temporary name is unique (`.<name>.<pid>-<random>.tmp`), so concurrent writers of one path
+    never share it: the last complete file wins."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, mode, newline=None if "b" in mode else "") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
+        with open(fd, mode, newline=None if "b" in mode else "") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -62,8 +66,10 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def atomic_save_npy(path: Path, array: np.ndarray, what: str = "cache file") -> None:
-    with atomic_file(path, "wb", what) as f:
+def atomic_save_npy(
+    path: Path, array: np.ndarray, what: str = "cache file", private: bool = False
+) -> None:
+    with atomic_file(path, "wb", what, private) as f:
         np.save(f, array, allow_pickle=False)
 
 

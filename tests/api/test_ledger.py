@@ -91,3 +91,14 @@ def test_a_ledger_file_from_before_first_flagged_gains_the_column(tmp_path):
         columns = [row[1] for row in check.execute("PRAGMA table_info(clients)")]
     check.close()
     assert columns.count("first_flagged") == 1
+
+
+def test_the_books_and_the_posterior_cache_are_readable_by_the_owner_only(tmp_path):
+    """They hold other clients' data (their counts, a stateful defence's query images, the
+    victim's answers to their queries), like the keys file: no bit for group or others."""
+    api = api_with_flags(ledger=tmp_path / "api/books.sqlite", posterior_cache=str(tmp_path / "p"))
+    api.answer(queries(6), "alice")
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".npy" for p in written) and any(p.suffix == ".sqlite" for p in written)
+    for path in [*written, *(p for p in (tmp_path / "p").rglob("*") if p.is_dir())]:
+        assert path.stat().st_mode & 0o077 == 0, path
