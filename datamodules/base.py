@@ -88,6 +88,8 @@ class ImageDataModule(LightningDataModule, ABC):
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
+        if seed < 0:  # numpy's generators take no negative seed: found only mid-run otherwise
+            raise ConfigError(f"data.seed must be >= 0, got {seed}")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed

@@ -213,6 +213,10 @@ CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
         "data.init_args.api.init_args.defences.0.class_path: 'knockoff_lab.defences.Soft': "
         "module knockoff_lab.defences has no 'Soft'",
     ),
+    "negative seed": (  # numpy refuses it only when the first round is drawn
+        lambda: [*SURROGATE, checkpoint(), "--data.init_args.seed", "-1"],
+        "data.seed must be >= 0, got -1",
+    ),
     "unknown key": (
         lambda: [*SURROGATE, checkpoint(), "--data.init_args.budgett", "5"],
         "data.init_args: Option 'budgett' is not accepted",
