@@ -29,7 +29,7 @@ SMOKE_TRAINER = {
 }
 # ... with these at most (wherever a class takes them): small images, few queries, no workers,
 # a frozen-features detector's regression cross-validated over 2 folds and 2 strengths
-SMOKE_CAPS = {"image_size": 32, "budget": 16, "batch_size": 8, "num_workers": 0}
+SMOKE_CAPS = {"image_size": 32, "budget": 16, "batch_size": 64, "num_workers": 0}
 SMOKE_CAPS |= {"folds": 2, "Cs": 2, "max_iter": 100}
 # ... and at most these of each on-disk dataset (a few images per class, every class kept, so
 # each test metric exists); the test sets stay whole
