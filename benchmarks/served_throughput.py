@@ -8,6 +8,11 @@ requests/s, p50 and p99 latency per request, and the ratio of served queries/s t
 queries/s. The victim is an untrained digits_cnn (the time of an answer does not depend on the
 weights); books go to a SQLite ledger in a temporary folder, for both.
 
+The idempotent path (each request with its own `Idempotency-Key`: the ledger checks it, digests
+the images and keeps the reply) is timed against plain requests in the same run, alternating,
+`--repeats` times each: printed is the median throughput of each and their ratio, and the
+throughput of a replay (the same keyed requests again, answered from the books).
+
     python benchmarks/served_throughput.py [--requests 192] [--images 32] [--clients 1 8 32]
 """
 
@@ -59,16 +64,20 @@ def wait_ready(url: str, process, seconds: float = 60) -> None:
     raise SystemExit(f"the server at {url} did not start within {seconds} s")
 
 
-def load(url: str, keys: list[str], bodies: list[bytes]) -> tuple[float, list[float]]:
-    """(wall seconds, latency of each request) of `bodies` sent by len(keys) clients at once."""
+def load(
+    url: str, keys: list[str], bodies: list[bytes], keyed: str | None = None
+) -> tuple[float, list[float]]:
+    """(wall seconds, latency of each request) of `bodies` sent by len(keys) clients at once;
+    `keyed`: each request with the Idempotency-Key `keyed-<its index>`."""
 
     def client(i: int) -> list[float]:
         latencies = []
         headers = {"Authorization": f"Bearer {keys[i]}", "Content-Type": NPY}
         with httpx.Client(base_url=url, timeout=120, headers=headers) as http:
-            for body in bodies[i :: len(keys)]:
-                start = time.perf_counter()
-                reply = http.post("/v1/answer", content=body)
+            for j in range(i, len(bodies), len(keys)):
+                body, start = bodies[j], time.perf_counter()
+                named = {} if keyed is None else {"Idempotency-Key": f"{keyed}-{j}"}
+                reply = http.post("/v1/answer", content=body, headers=named)
                 latencies.append(time.perf_counter() - start)
                 if reply.status_code != 200:
                     raise SystemExit(f"request failed ({reply.status_code}): {reply.text}")
@@ -87,6 +96,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--port", type=int, default=8471)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     requests = [rng.random((args.images, *SHAPE), dtype=np.float32) for _ in range(args.requests)]
@@ -113,12 +123,21 @@ def main() -> None:
             bodies = [to_npy(images) for images in requests]
             load(url, keys[:1], bodies[:4])  # warm-up
             for clients in args.clients:
-                wall, latencies = load(url, keys[:clients], bodies)
+                walls: dict[str, list[float]] = {"plain": [], "keyed": [], "replay": []}
+                for repeat in range(args.repeats):
+                    wall, latencies = load(url, keys[:clients], bodies)
+                    walls["plain"].append(wall)
+                    name = f"c{clients}r{repeat}"
+                    walls["keyed"].append(load(url, keys[:clients], bodies, name)[0])
+                    walls["replay"].append(load(url, keys[:clients], bodies, name)[0])
+                rate = {k: queries / statistics.median(v) for k, v in walls.items()}
                 q = statistics.quantiles(latencies, n=100)
                 print(
-                    f"{clients:3d} clients: {args.requests / wall:7.1f} requests/s, p50 "
+                    f"{clients:3d} clients: {rate['plain'] / args.images:7.1f} requests/s, p50 "
                     f"{1e3 * statistics.median(latencies):7.1f} ms, p99 {1e3 * q[98]:7.1f} ms,"
-                    f"  served/in-process x{queries / wall / baseline:.2f}"
+                    f"  served/in-process x{rate['plain'] / baseline:.2f},"
+                    f"  idempotent/plain x{rate['keyed'] / rate['plain']:.3f},"
+                    f"  replay/plain x{rate['replay'] / rate['plain']:.2f}"
                 )
         finally:
             server.terminate()

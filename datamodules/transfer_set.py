@@ -347,15 +347,16 @@ class TransferSetDataModule(ImageDataModule):
 
     def answer(self, images: torch.Tensor, position: int) -> np.ndarray:
         """The API's answers to consecutive queries starting at transfer-set `position`, each
-        asked through its account of `clients`."""
-        clients = self.clients
+        asked through its account of `clients`, as a request named by the set and the
+        position: a batch asked again after a kill is answered from the books, not paid twice."""
+        clients, request = self.clients, f"{self.folder.name}:{position}"
         if len(clients) == 1:
-            return self.api.answer(images, clients[0]).numpy()
+            return self.api.answer(images, clients[0], request).numpy()
         answers = np.empty((len(images), self.num_classes), np.float32)
         for k, client in enumerate(clients):
             mine = np.flatnonzero((position + np.arange(len(images))) % len(clients) == k)
             if len(mine):
-                answers[mine] = self.api.answer(images[mine], client).numpy()
+                answers[mine] = self.api.answer(images[mine], client, request).numpy()
         return answers
 
     # -- serving ---------------------------------------------------------------------------

@@ -24,9 +24,9 @@ BUILD = textwrap.dedent("""
     victim, cache, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
     original = PredictionAPI.answer
 
-    def answer(self, images, client="default"):  # slowed down, and every answer is logged
+    def answer(self, images, *args):  # slowed down, and every answer is logged
         time.sleep(delay)
-        answers = original(self, images, client)
+        answers = original(self, images, *args)
         with open(cache + ".answered", "a") as log:
             log.write(f"{len(images)}\\n")
         return answers

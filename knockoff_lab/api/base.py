@@ -28,7 +28,11 @@ class QueryAPI(ABC):
     def check_data(self, data_name: str) -> None: ...
 
     @abstractmethod
-    def answer(self, images: torch.Tensor, client: str = "default") -> torch.Tensor: ...
+    def answer(
+        self, images: torch.Tensor, client: str = "default", request: str | None = None
+    ) -> torch.Tensor:
+        """`client`'s answers; `request` names the call, so that a retry of it (same name, same
+        images) is answered from the books and charged nothing."""
 
     @abstractmethod
     def record(self, client: str = "default") -> ClientRecord: ...

@@ -142,28 +142,44 @@ class PredictionAPI(QueryAPI):
 
     # -- the door ---------------------------------------------------------------------------
 
-    def answer(self, images: torch.Tensor, client: str = "default") -> torch.Tensor:
+    def answer(
+        self,
+        images: torch.Tensor,
+        client: str = "default",
+        request: str | None = None,
+        client_budget: int | None = None,
+    ) -> torch.Tensor:
         """What `client` receives for `images` (N, 3, H, W): answers (N, C) float32 on the CPU,
-        a NaN row for a refused query. Counted against the client's budget."""
+        a NaN row for a refused query. Counted against the client's budget and
+        `client_budget` (its own cap, e.g. its API key's). `request`: a name the caller gives
+        this call (e.g. its position in a transfer set): the same request with the same images
+        again is answered from the books, charged nothing (a retry after a lost reply)."""
         check_images(images)
-        before = self.ledger.reserve(client, len(images))  # asked before this call
+        digest = images_digest(images) if request is not None else None
+        booked = self.ledger.reserve(client, len(images), client_budget, request, digest)
+        if booked.reply is not None:
+            return torch.from_numpy(np.frombuffer(booked.reply, np.float32).copy()).view(
+                len(images), self.num_classes
+            )
         try:
             states = self.ledger.states(client, len(self.defences))
             batches = [
                 self._serve(chunk, client, states) for chunk in images.split(self.batch_size)
             ]
         except BaseException:
-            self.ledger.release(client, len(images))
+            self.ledger.release(booked)
             raise
         stateful = {i: s for i, s in states.items() if not self.defences[i].stateless}
         refused = sum(int(b.refused.sum()) for b in batches)
         flags = torch.cat([b.flagged.cpu() for b in batches])  # in query order
         hits = flags.nonzero()
-        first = before + int(hits[0]) + 1 if len(hits) else None  # 1-based, all its queries
+        first = booked.before + int(hits[0]) + 1 if len(hits) else None  # 1-based, all its own
+        answers = torch.cat([b.answers.cpu() for b in batches]).float()
+        reply = answers.numpy().tobytes() if request is not None else None
         self.ledger.settle(
-            client, len(images) - refused, int(flags.sum()), refused, stateful, first_flagged=first
+            booked, len(images) - refused, int(flags.sum()), refused, stateful, first, reply
         )
-        return torch.cat([b.answers.cpu() for b in batches])
+        return answers
 
     def evaluate(self, images: torch.Tensor) -> QueryBatch:
         """Owner-side evaluation: the batch a fresh client would get (answers, flags, refusals,
@@ -227,6 +243,14 @@ class PredictionAPI(QueryAPI):
                 f"{len(images)} queries"
             )
         return logits.softmax(dim=-1).half()
+
+
+def images_digest(images: torch.Tensor) -> str:
+    """SHA-256 of a query batch's shape and float32 bytes: what a request name is bound to."""
+    array = images.detach().cpu().float().contiguous().numpy()
+    sha = hashlib.sha256(str(array.shape).encode())
+    sha.update(array.tobytes())
+    return sha.hexdigest()
 
 
 def check_images(images: torch.Tensor) -> None:

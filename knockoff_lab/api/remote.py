@@ -18,11 +18,16 @@ an owner key (`owner_key_env` or `owner_key_file`); the attacker's key cannot re
 keys out of configs (LightningCLI saves the config beside the run): prefer `key_env` or
 `key_file` to `key`.
 
-Retries only where nothing was answered: a refused connection and a 429 for the rate (after
-`Retry-After`); a lost reply is not retried (it may have been paid for), the transfer set's
-resume takes over.
+`answer(images, request=NAME)` (the transfer set names each API batch by its cache and
+position) sends each HTTP request with an `Idempotency-Key`, a digest of the name, the request's
+offset and its bytes: the server answers a repeat from its books without charging it. Such a
+request is retried after any transport failure, a lost reply included, and after a 409 (still
+being answered); a killed attack that resumes sends the same keys and pays nothing twice.
+Without a name, retries only where nothing was answered: a refused connection and a 429 for
+the rate (after `Retry-After`).
 """
 
+import hashlib
 import json
 import os
 import time
@@ -92,7 +97,9 @@ class RemoteAPI(QueryAPI):
             self._http = httpx.Client(base_url=self.url, timeout=self.timeout)
         return self._http
 
-    def _request(self, method: str, path: str, owner: bool = False, **kwargs) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, owner: bool = False, idempotent: bool = False, **kwargs
+    ) -> httpx.Response:
         key = self._owner_key if owner else self._key
         if key is None:
             raise ConfigError(
@@ -103,15 +110,18 @@ class RemoteAPI(QueryAPI):
         for attempt in range(self.retries + 1):
             try:
                 reply = self.http.request(method, path, headers=headers, **kwargs)
-            except httpx.ConnectError as err:  # nothing was sent: safe to try again
-                if attempt == self.retries:
+            except httpx.TransportError as err:
+                # nothing sent (a refused connection), or a keyed request: safe to try again
+                if attempt == self.retries or not (
+                    idempotent or isinstance(err, httpx.ConnectError)
+                ):
                     raise ConfigError(f"cannot reach the API at {self.url} ({err})") from None
                 time.sleep(min(2**attempt * 0.2, 5))
                 continue
-            if reply.status_code == 429 and reply.headers.get("retry-after"):
-                if attempt < self.retries:  # a rate limit: nothing was counted
-                    time.sleep(min(float(reply.headers["retry-after"]), 30))
-                    continue
+            retry = reply.status_code == 429 or (idempotent and reply.status_code == 409)
+            if retry and reply.headers.get("retry-after") and attempt < self.retries:
+                time.sleep(min(float(reply.headers["retry-after"]), 30))  # nothing was counted
+                continue
             return self._check(reply)
         raise AssertionError("unreachable")
 
@@ -135,15 +145,20 @@ class RemoteAPI(QueryAPI):
             self._info = self._request("GET", "/v1/deployment").json()
         return self._info
 
-    def _post_images(self, path: str, images: torch.Tensor, owner: bool = False) -> bytes:
+    def _post_images(
+        self, path: str, images: torch.Tensor, owner: bool = False, request: str | None = None
+    ) -> bytes:
         if not isinstance(images, torch.Tensor) or images.ndim != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
             raise ConfigError(f"queries must be a float tensor (N, channels, H, W), got {shape}")
         array = images.detach().cpu()
         array = array if array.dtype in (torch.float16, torch.float32) else array.float()
         body = to_npy(array.numpy())
+        headers = {"Content-Type": NPY}
+        if request is not None:  # bound to the bytes: the server checks them too
+            headers["Idempotency-Key"] = hashlib.sha256(request.encode() + body).hexdigest()
         return self._request(
-            "POST", path, owner, content=body, headers={"Content-Type": NPY}
+            "POST", path, owner, request is not None, content=body, headers=headers
         ).content
 
     def _chunks(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -182,13 +197,18 @@ class RemoteAPI(QueryAPI):
         if self._owner_key is not None:
             self._request("POST", "/v1/owner/check_data", owner=True, json={"data": data_name})
 
-    def answer(self, images: torch.Tensor, client: str = "default") -> torch.Tensor:
-        """What this key's client receives for `images`: (N, C) float32, NaN rows refused."""
+    def answer(
+        self, images: torch.Tensor, client: str = "default", request: str | None = None
+    ) -> torch.Tensor:
+        """What this key's client receives for `images`: (N, C) float32, NaN rows refused.
+        `request`: the caller's name for this call; a repeat is answered from the books."""
         if len(images) == 0:
             return torch.empty(0, self.num_classes)
-        answers = [
-            from_npy(self._post_images("/v1/answer", chunk)) for chunk in self._chunks(images)
-        ]
+        answers, offset = [], 0
+        for chunk in self._chunks(images):
+            name = None if request is None else f"{request}@{offset}"
+            answers.append(from_npy(self._post_images("/v1/answer", chunk, request=name)))
+            offset += len(chunk)
         return torch.from_numpy(np.concatenate(answers).astype(np.float32, copy=False))
 
     def record(self, client: str = "default") -> ClientRecord:

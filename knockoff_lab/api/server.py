@@ -6,8 +6,12 @@ Every request is authenticated before its body is read (`Authorization: Bearer K
 strictly from its `.npy` header (`api.wire.read_array`: 400/422) and against the client's rate
 (429 with `Retry-After`) before anything is counted. Then one worker thread runs
 `PredictionAPI.answer(images, client)` for the key's client: the ledger counts it, enforces the
-deployment's budget and the key's own (429), and keeps stateful defences' per-client state, so
-books and defence state survive a restart. Refused or failed requests charge nothing.
+deployment's budget and the key's own in one transaction (429), and keeps stateful defences'
+per-client state, so books and defence state survive a restart, and a kill mid-request leaves
+nothing charged (`api.ledger`). Refused or failed requests charge nothing. A request with an
+`Idempotency-Key` header is answered once: sent again with the same images (a retry after a
+lost reply, a resumed attack) it gets the stored answers and is charged nothing (409 while the
+first is still being answered; 422 for the same key with other images).
 
 One worker thread serialises the victim and the books: a client's queries reach its stateful
 defences in the order they were answered, as in one process, and answers are bitwise those of
@@ -22,8 +26,10 @@ books: a Sybil split across keys shows there), `POST /v1/owner/check_data`.
 """
 
 import asyncio
+import json
 import logging
 import math
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,12 +41,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from knockoff_lab.api.keys import KeyEntry, KeyRing
-from knockoff_lab.api.ledger import BudgetExhausted
+from knockoff_lab.api.ledger import BudgetExhausted, RequestInFlight
 from knockoff_lab.api.prediction import PredictionAPI
 from knockoff_lab.api.wire import NPY, NPZ, WireError, read_array, to_npy, to_npz
 from knockoff_lab.core.errors import ConfigError
 
 logger = logging.getLogger("knockoff.serve")
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 @dataclass
@@ -49,7 +56,10 @@ class ServerSettings:
     `image_shape`: (channels, H, W) every query must have (None: any). `max_queries`: images
     per request. `max_body_bytes`: request size cap (413). `rate`: queries per second per
     client (None: unlimited) with bursts of up to `burst` queries (default: a second's worth,
-    at least `max_queries`). `name`: what clients see as the victim's name."""
+    at least `max_queries`). `name`: what clients see as the victim's name. `max_abs_value`:
+    the largest magnitude a query value may have (queries are normalised images; a value far
+    beyond is no image and could drive the victim to overflow). `access_log`: one line per
+    request, its path without the query string (a key pasted into a URL is never written)."""
 
     keys_file: str
     host: str = "127.0.0.1"
@@ -60,11 +70,14 @@ class ServerSettings:
     max_body_bytes: int = 16 * 2**20
     rate: float | None = None
     burst: int | None = None
+    max_abs_value: float = 1000.0
     access_log: bool = True
 
     def check(self) -> None:
         if self.max_queries < 1:
             raise ConfigError(f"server.max_queries must be >= 1, got {self.max_queries}")
+        if not self.max_abs_value > 0:
+            raise ConfigError(f"server.max_abs_value must be > 0, got {self.max_abs_value}")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"server.max_body_bytes must be >= 1024, got {self.max_body_bytes}")
         if self.rate is not None and self.rate <= 0:
@@ -127,21 +140,16 @@ class Service:
 
     # -- in the worker thread (the victim, the ledger) -------------------------------------
 
-    def answer(self, entry: KeyEntry, images: np.ndarray) -> np.ndarray:
-        if entry.budget is not None:
-            asked = self.api.record(entry.client).asked
-            if asked + len(images) > entry.budget:
-                raise Refusal(
-                    429,
-                    "budget",
-                    f"query budget exhausted for client "
-                    f"{entry.client!r}: {asked} asked, {len(images)} more, budget "
-                    f"{entry.budget}",
-                )
+    def answer(self, entry: KeyEntry, images: np.ndarray, request: str | None) -> np.ndarray:
+        queries = torch.from_numpy(images.astype(np.float32))
         try:
-            answers = self.api.answer(torch.from_numpy(images.astype(np.float32)), entry.client)
+            answers = self.api.answer(queries, entry.client, request, entry.budget)
         except BudgetExhausted as err:
             raise Refusal(429, "budget", str(err)) from None
+        except RequestInFlight as err:
+            raise Refusal(409, "in_flight", f"{err}: retry", {"Retry-After": "1"}) from None
+        except ConfigError as err:  # the request's fault (a reused request name, ...)
+            raise Refusal(422, "request", str(err)) from None
         return answers.numpy().astype(np.float32, copy=False)
 
     def record(self, entry: KeyEntry, client: str | None = None) -> dict:
@@ -203,7 +211,12 @@ class Service:
                 raise Refusal(413, "size", f"a request body may hold at most {limit} bytes")
             chunks.append(chunk)
         try:
-            return read_array(b"".join(chunks), self.shape, self.settings.max_queries)
+            return read_array(
+                b"".join(chunks),
+                self.shape,
+                self.settings.max_queries,
+                self.settings.max_abs_value,
+            )
         except WireError as err:
             raise Refusal(err.status, "payload", str(err)) from None
 
@@ -215,7 +228,28 @@ def bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def idempotency_key(request: Request) -> str | None:
+    """The request's `Idempotency-Key` (1 to 128 of A-Z a-z 0-9 . _ : -), or None."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        raise Refusal(400, "request", "Idempotency-Key must be 1 to 128 of A-Z a-z 0-9 . _ : -")
+    return key
+
+
+class WithoutQuery(logging.Filter):
+    """Uvicorn's access lines with the path alone: a query string may hold a pasted key."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) == 5:
+            address, method, path, version, status = record.args
+            record.args = (address, method, str(path).split("?")[0], version, status)
+        return True
+
+
 def create_app(service: Service) -> FastAPI:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, WithoutQuery) for f in access.filters):
+        access.addFilter(WithoutQuery())
     app = FastAPI(
         title="knockoff-lab prediction API", docs_url=None, redoc_url=None, openapi_url=None
     )
@@ -266,8 +300,9 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/answer")
     async def answer(request: Request, entry: Client) -> Response:
         images = await service.images(request, entry)
+        name = idempotency_key(request)
         service.limiter.take(entry.client, len(images))
-        answers = await service.run(service.answer, entry, images)
+        answers = await service.run(service.answer, entry, images, name)
         return Response(to_npy(answers), media_type=NPY)
 
     @app.get("/v1/record")
@@ -290,7 +325,13 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/v1/owner/check_data")
     async def check_data(request: Request, entry: Owner) -> dict:
-        name = str((await request.json()).get("data", ""))
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("data"), str):
+            raise Refusal(400, "payload", 'send a JSON object {"data": "<data name>"}')
+        name = body["data"]
         try:
             service.api.check_data(name)
         except ConfigError as err:

@@ -44,10 +44,11 @@ def read_array(
     payload: bytes,
     image_shape: tuple[int, ...] | None,
     max_count: int,
+    max_abs: float = float("inf"),
 ) -> np.ndarray:
     """The (N, *image_shape) float16/float32 images of a request body, or a `WireError`: 400 not
-    an .npy array, 422 wrong dtype, rank, image shape, count (1..max_count), length or a
-    non-finite value."""
+    an .npy array, 422 wrong dtype, rank, image shape, count (1..max_count), length, a
+    non-finite value or one of magnitude over `max_abs`."""
     stream = io.BytesIO(payload)
     try:
         version = np.lib.format.read_magic(stream)
@@ -79,4 +80,8 @@ def read_array(
     if not np.isfinite(images).all():
         bad = int((~np.isfinite(images.reshape(len(images), -1))).any(axis=1).sum())
         raise WireError(422, f"{bad} of {shape[0]} images hold non-finite values (NaN or inf)")
+    if len(images) and float(np.abs(images).max()) > max_abs:
+        raise WireError(
+            422, f"image values must lie within +-{max_abs:g}, got {np.abs(images).max():g}"
+        )
     return images

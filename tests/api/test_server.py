@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
+from datamodules.rounds import Round
 from knockoff_lab.api import PredictionAPI
 from knockoff_lab.api.keys import KeyRing, key_hash, read_keys
 from knockoff_lab.api.remote import RemoteAPI
@@ -129,11 +130,11 @@ def test_a_killed_remote_attack_resumes_without_paying_twice(victim_ckpt, tmp_pa
     ) as (url, keys, service):
         answer, calls = RemoteAPI.answer, []
 
-        def killed_after_two(self, images, client="default"):
+        def killed_after_two(self, images, *args):
             if len(calls) == 2:
                 raise KeyboardInterrupt("killed")
             calls.append(len(images))
-            return answer(self, images, client)
+            return answer(self, images, *args)
 
         monkeypatch.setattr(RemoteAPI, "answer", killed_after_two)
         with pytest.raises(KeyboardInterrupt):
@@ -150,6 +151,45 @@ def test_a_killed_remote_attack_resumes_without_paying_twice(victim_ckpt, tmp_pa
                 RemoteAPI(url + "/", key=keys["alice"], owner_key=keys["owner"]), "remote"
             ).folder.name
         )
+
+
+def test_a_remote_attack_killed_after_its_answers_came_resumes_within_the_key_budget(
+    victim_ckpt, tmp_path, monkeypatch
+):
+    """Killed after the server answered (and charged) a batch, before the attack stored it: the
+    resumed attack sends the same idempotency keys and is answered from the books, so a key
+    whose budget is the attack's still finishes."""
+    local = transfer(PredictionAPI(str(victim_ckpt), posterior_cache=None, ledger=None), "local")
+    clients = {"alice": {"budget": 100}, "owner": {"owner": True}}
+    with serving(served_api(victim_ckpt, tmp_path), tmp_path, clients) as (url, keys, service):
+        write, stored = Round.write, []
+
+        def killed_before_the_third_is_stored(self, start, answers):
+            if len(stored) == 2:
+                raise KeyboardInterrupt("killed")
+            stored.append(start)
+            return write(self, start, answers)
+
+        monkeypatch.setattr(Round, "write", killed_before_the_third_is_stored)
+        with pytest.raises(KeyboardInterrupt):
+            transfer(RemoteAPI(url, key=keys["alice"], owner_key=keys["owner"]), "remote")
+        assert books(service, "alice")[:2] == (96, 96)  # three batches paid, two stored
+        monkeypatch.setattr(Round, "write", write)
+        resumed = transfer(RemoteAPI(url, key=keys["alice"], owner_key=keys["owner"]), "remote")
+        assert books(service, "alice")[:2] == (100, 100)  # the third answered from the books
+        assert torch.equal(resumed.answers.float(), local.answers.float())
+
+
+def test_an_idempotency_key_is_answered_once_and_bound_to_its_images(bad_server):
+    url, keys, service = bad_server
+    x, key = to_npy(queries(4, seed=5)), {"Idempotency-Key": "batch-7"}
+    before = books(service, "slow")[0]
+    first, again = (post(url, keys["slow"], x, **key) for _ in range(2))
+    assert first.status_code == again.status_code == 200 and first.content == again.content
+    assert books(service, "slow")[0] == before + 4  # charged once
+    other = post(url, keys["slow"], to_npy(queries(4, seed=6)), **key)
+    assert other.status_code == 422 and "answered for other images" in other.text
+    assert books(service, "slow")[0] == before + 4
 
 
 def test_describe_names_the_deployment_not_its_secrets(victim_ckpt, tmp_path):
@@ -267,6 +307,35 @@ def test_a_restart_keeps_the_books_the_budget_and_defence_state(victim_ckpt, tmp
     assert rows["alice"]["budget_left"] == 0
 
 
+def test_a_server_killed_mid_request_charges_nothing_and_keeps_what_it_answered(
+    victim_ckpt, tmp_path
+):
+    port = free_port()
+    kill = [{"class_path": "tests.toy_defence.KillOnMark"}]
+    config = serve_config(tmp_path / "serve.yaml", victim_ckpt, port, kill, budget=60)
+    keys = make_keys(tmp_path / "keys.json", {"alice": {}, "owner": {"owner": True}})
+    url, done = f"http://127.0.0.1:{port}", {"Idempotency-Key": "done"}
+    x, marked = queries(5), queries(3)
+    marked[1, 0, 0, 0] = -1000.0  # KillOnMark: SIGKILL inside the victim's worker
+
+    def owner_books() -> dict:
+        rows = httpx.get(f"{url}/v1/owner/records", headers={"X-API-Key": keys["owner"]})
+        return {
+            r["client"]: (r["asked"], r["answered"], r["refused"]) for r in rows.json()["clients"]
+        }
+
+    with served_process(config, port, tmp_path / "first.log") as process:
+        answered = post(url, keys["alice"], to_npy(x), **done)
+        assert answered.status_code == 200
+        with pytest.raises(httpx.TransportError):  # the reply never comes
+            post(url, keys["alice"], to_npy(marked))
+        assert process.wait(30) == -signal.SIGKILL
+    with served_process(config, port, tmp_path / "second.log"):
+        assert owner_books() == {"alice": (5, 5, 0)}  # the killed call released, not charged
+        replay = post(url, keys["alice"], to_npy(x), **done)  # a retry after the restart
+        assert replay.content == answered.content and owner_books() == {"alice": (5, 5, 0)}
+
+
 # -- bad requests ---------------------------------------------------------------------------------
 
 
@@ -320,6 +389,20 @@ BAD = {  # name: (client or a literal key, body, headers, status, error)
         "payload",
     ),
     "inf": ("alice", to_npy(np.full((1, *SHAPE), np.inf, np.float32)), {}, 422, "payload"),
+    "huge but finite": (
+        "alice",
+        to_npy(np.full((1, *SHAPE), 3e38, np.float32)),
+        {},
+        422,
+        "payload",
+    ),
+    "bad idempotency key": (
+        "alice",
+        to_npy(queries(2)),
+        {"Idempotency-Key": "a b"},
+        400,
+        "request",
+    ),
     "over the key's budget": ("capped", to_npy(queries(11)), {}, 429, "budget"),
     "over the deployment's budget": ("alice", None, {}, 429, "budget"),  # see the test
 }
@@ -358,6 +441,13 @@ def test_a_good_request_is_counted_once_and_answers_as_in_process(bad_server, vi
     assert books(service, "slow")[:2] == (before[0] + 5, before[1] + 5)
     half = post(url, keys["slow"], to_npy(x.astype(np.float16)))  # float16 is accepted too
     assert half.status_code == 200 and books(service, "slow")[0] == before[0] + 10
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b'"digits"', b"{not json", b'{"data": 3}', b""])
+def test_an_owner_endpoint_refuses_a_body_that_is_not_its_json_object(bad_server, body):
+    url, keys, _ = bad_server
+    reply = post(url, keys["owner"], body, "/v1/owner/check_data", **{"Content-Type": "x"})
+    assert reply.status_code == 400 and reply.json()["error"] == "payload", reply.text
 
 
 def test_the_owner_side_is_for_owner_keys_only(bad_server):
@@ -422,10 +512,14 @@ def test_keys_are_hashed_at_rest_and_never_logged(victim_ckpt, tmp_path, capfd):
     ) as (url, keys, _):
         assert post(url, keys["alice"], to_npy(queries(2))).status_code == 200
         assert post(url, keys["alice"] + "x", to_npy(queries(2))).status_code == 401
+        pasted = f"/v1/answer?api_key={keys['alice']}"  # a key in the URL: never accepted
+        assert post(url, None, to_npy(queries(2)), pasted).status_code == 401
+        assert post(url, keys["alice"], to_npy(queries(2)), pasted).status_code == 200
     stored = (tmp_path / "keys.json").read_text()
     assert keys["alice"] not in stored and key_hash(keys["alice"]) in stored
     assert (tmp_path / "keys.json").stat().st_mode & 0o077 == 0  # private to its owner
     out, err = capfd.readouterr()
+    assert '"POST /v1/answer HTTP/1.1" 401' in out + err  # the access log is on, path only
     assert keys["alice"] not in out + err
     assert "alice" not in repr(RemoteAPI(url, key=keys["alice"]))
     assert keys["alice"] not in repr(RemoteAPI(url, key=keys["alice"]))
