@@ -262,14 +262,50 @@ CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
         ),
         "stage victim: config s.yaml is not readable YAML: while parsing a flow sequence",
     ),
+    "reproduce: an input naming no stage": (
+        lambda: preset([victim_stage("victim"), attack_stage("attack", "victm")]),
+        "stage 'attack' reads ['victm'], which run later or not at all",
+    ),
+    "reproduce: inputs in a cycle": (
+        lambda: preset([attack_stage("a", "b"), attack_stage("b", "a")]),
+        "stage 'a' reads ['b'], which run later or not at all",
+    ),
+    "reproduce: a grid variant's unknown input": (
+        lambda: preset(
+            [victim_stage("victim")],
+            grids=[
+                {
+                    "name": "g",
+                    "title": "G",
+                    "victim": "digits",
+                    "config": [ATTACK],
+                    "inputs": {VICTIM_KEY: "victim"},
+                    "axes": {"defence": {"none": {}, "odd": {"inputs": {VICTIM_KEY: "vic"}}}},
+                    "metrics": {"acc": "test/acc"},
+                }
+            ],
+        ),
+        "stage 'g-odd' reads ['vic'], which run later or not at all",
+    ),
 }
+ATTACK = str(CONFIGS / "surrogate/digits_natural_probs.yaml")
+VICTIM_KEY = "data.init_args.api.init_args.victim"
 
 
-def preset(stage: dict, settings: dict | None = None) -> list[str]:
-    """`main.py reproduce` of a one-stage preset `p.yaml` (into runs/reproduce)."""
+def victim_stage(name: str) -> dict:
+    return {"name": name, "config": DIGITS}
+
+
+def attack_stage(name: str, victim: str) -> dict:
+    return {"name": name, "config": ATTACK, "inputs": {VICTIM_KEY: victim}}
+
+
+def preset(stage: dict | list[dict], settings: dict | None = None, **more) -> list[str]:
+    """`main.py reproduce` of a preset `p.yaml` of these stages (into runs/reproduce)."""
     import yaml
 
-    text = {"output_dir": "runs/reproduce", "set": settings or {}, "stages": [stage]}
+    stages = stage if isinstance(stage, list) else [stage]
+    text = {"output_dir": "runs/reproduce", "set": settings or {}, "stages": stages, **more}
     Path("p.yaml").write_text(yaml.safe_dump(text))
     return ["reproduce", "--config", "p.yaml"]
 
@@ -439,3 +475,23 @@ def test_an_untrusted_module_is_never_imported_by_a_config_or_a_checkpoint(
         message = fails([*VICTIM, *route], monkeypatch, capsys)
         assert "'hubconf.Evil' is outside the trusted packages" in message, message
         assert not Path("imported").exists()
+
+
+def test_a_resume_from_a_last_ckpt_that_is_a_pickle_is_one_line(monkeypatch, capsys):
+    """`--ckpt_path last` resolves to the run's last.ckpt only when the fit starts: that file is
+    read unpickling no code, and a pickle is one line naming it, the file left as it was."""
+    import pickle
+    from argparse import Namespace
+
+    last = Path("runs/victim/digits_cnn/checkpoints/last.ckpt")
+    last.parent.mkdir(parents=True)
+    last.write_bytes(pickle.dumps({"state_dict": Namespace(a=1)}))
+    before = last.read_bytes()
+    monkeypatch.setattr(sys, "argv", ["main.py", *VICTIM, "--ckpt_path", "last"])
+    with pytest.raises(SystemExit) as exit:
+        main()
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: checkpoint {last.resolve()} is not a readable checkpoint"), err
+    assert last.read_bytes() == before
+    assert [p for p in Path("runs").rglob("*") if p.is_file()] == [last]

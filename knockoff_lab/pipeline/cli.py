@@ -87,6 +87,19 @@ def checkpoints_follow_run_folder(trainer: Trainer) -> list[str]:
     return where
 
 
+def last_checkpoints(trainer: Trainer) -> list[Path]:
+    """The files `ckpt_path="last"` chooses from, as Lightning finds them when the fit starts:
+    those named `*last*` in each local ModelCheckpoint's folder, the newest first."""
+    found = [
+        path
+        for callback in trainer.checkpoint_callbacks
+        if isinstance(callback, ModelCheckpoint) and "://" not in str(callback.dirpath)
+        for path in Path(str(callback.dirpath)).glob(f"*{callback.CHECKPOINT_NAME_LAST}*")
+        if path.is_file()
+    ]
+    return sorted(found, key=lambda path: path.stat().st_mtime, reverse=True)
+
+
 class KnockoffCLI(LightningCLI):
     _checkpoint: tuple[str, dict[str, Any]] | None = None
 
@@ -129,6 +142,9 @@ class KnockoffCLI(LightningCLI):
         if self._checkpoint is not None:
             check_fits(*self._checkpoint, self.model)
             self._checkpoint = None
+        if self.subcommand == "fit" and self.config.fit.get("ckpt_path") == "last":
+            for path in last_checkpoints(self.trainer)[:1]:  # before the run folder is written
+                read_checkpoint(path, "checkpoint", mmap=True)
         if self.datamodule is not None:
             check_present(self.datamodule)
             for callback in self.trainer.callbacks:  # e.g. DefenceReport's: before the queries
