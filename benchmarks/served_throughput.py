@@ -11,7 +11,9 @@ weights); books go to a SQLite ledger in a temporary folder, for both.
 The idempotent path (each request with its own `Idempotency-Key`: the ledger checks it, digests
 the images and keeps the reply) is timed against plain requests in the same run, alternating,
 `--repeats` times each: printed is the median throughput of each and their ratio, and the
-throughput of a replay (the same keyed requests again, answered from the books).
+throughput of a replay (the same keyed requests again, answered from the books while they are
+among the client's last 64 replies: with 1 client the 192 requests are not, and are answered
+afresh).
 
     python benchmarks/served_throughput.py [--requests 192] [--images 32] [--clients 1 8 32]
 """

@@ -199,6 +199,10 @@ CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
         lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "0"],
         "data.budget must be >= 1 query, got 0",
     ),
+    "query_batch_size 0": (
+        lambda: [*SURROGATE, checkpoint(), "--data.init_args.query_batch_size", "0"],
+        "data.query_batch_size must be >= 1, got 0",
+    ),
     "budget above pool": (
         lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "301"],
         "data.budget 301 exceeds the pool's 300 images",

@@ -249,7 +249,7 @@ def images_digest(images: torch.Tensor) -> str:
     """SHA-256 of a query batch's shape and float32 bytes: what a request name is bound to."""
     array = images.detach().cpu().float().contiguous().numpy()
     sha = hashlib.sha256(str(array.shape).encode())
-    sha.update(array.tobytes())
+    sha.update(array.data)  # the buffer itself, not a copy
     return sha.hexdigest()
 
 
