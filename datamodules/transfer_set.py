@@ -52,6 +52,7 @@ from datamodules.base import ImageDataModule, describe
 from datamodules.rounds import Round, build_lock
 from datamodules.transfer_datasets import TransferDataset, VictimLabelled
 from knockoff_lab.api.base import QueryAPI
+from knockoff_lab.attacks.answers import AnswerReader, AsGiven, QuerySmoothing
 from knockoff_lab.attacks.base import Queries, QueryStrategy, Seen
 from knockoff_lab.attacks.random_sampling import RandomSampling
 from knockoff_lab.core.digests import digest
@@ -85,9 +86,12 @@ class StepTickets(IterableDataset):
 class TransferSetDataModule(ImageDataModule):
     """`api`: the prediction API (`knockoff_lab.api.PredictionAPI`); `attack`: the query
     strategy (default `knockoff_lab.attacks.RandomSampling`, one round); `budget`: the queries
-    the attacker sends in all."""
+    the attacker sends in all. `reader`: what the surrogate trains on, made from the answers
+    (default `AsGiven`; `TopOne` for top-1 relabelling); `smoothing`: each image asked several
+    times under small transforms, the answers averaged (`attacks.answers`): a budget of B
+    queries then buys B / queries_per_input images."""
 
-    not_hparams = ("api", "pool", "victim_data", "attack")
+    not_hparams = ("api", "pool", "victim_data", "attack", "reader", "smoothing")
 
     def __init__(
         self,
@@ -96,6 +100,8 @@ class TransferSetDataModule(ImageDataModule):
         victim_data: ImageDataModule,
         budget: int,
         attack: QueryStrategy | None = None,
+        reader: AnswerReader | None = None,
+        smoothing: QuerySmoothing | None = None,
         epochs_per_round: int | None = None,
         val_fraction: float = 0.1,
         balance: bool = False,
@@ -125,7 +131,15 @@ class TransferSetDataModule(ImageDataModule):
         if query_batch_size < 1:
             raise ConfigError(f"data.query_batch_size must be >= 1, got {query_batch_size}")
         api.check_data(type(victim_data).__name__)  # a detector for other data: fail now
-        self.budget, self.sizes = budget, self.attack.round_sizes(budget)
+        self.reader, self.smoothing = reader or AsGiven(), smoothing
+        copies = smoothing.queries_per_input if smoothing is not None else 1
+        if budget % copies:
+            raise ConfigError(
+                f"data.budget {budget} is not a multiple of data.smoothing.queries_per_input "
+                f"{copies}: every image costs {copies} queries"
+            )
+        self.budget, self.inputs = budget, budget // copies  # queries paid, images asked
+        self.sizes = self.attack.round_sizes(self.inputs)
         if 0 < val_fraction and math.floor(val_fraction * self.sizes[0]) == 0:
             raise ConfigError(  # else found only after the queries were paid for
                 f"data.val_fraction {val_fraction} of data.budget {budget} leaves the first "
@@ -187,6 +201,8 @@ class TransferSetDataModule(ImageDataModule):
             self.seed,
             self.client_name,
         ] + ([self.sybils] if self.sybils > 1 else [])
+        if self.smoothing is not None:  # other queries; a reader reads the same answers
+            key.append(self.smoothing.describe())
         if not self.shares_prefixes:
             key += [self.budget, self.training]
         return self.cache_dir / digest(json.dumps(key, default=str))
@@ -213,7 +229,10 @@ class TransferSetDataModule(ImageDataModule):
         """Checks that need no query; the rounds themselves are asked by `AttackRounds`, or
         read back from the cache by `read_stored` (evaluation outside a fit)."""
         if self.rounds_done == 0:
-            self.attack.check_budget(self.budget, len(self.pool.split("pool")))
+            pool = self.pool.split("pool")
+            self.attack.check_budget(self.inputs, len(pool))
+            if self.smoothing is not None:
+                self.smoothing.check(pool[0])
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in Lightning's checkpoints: how much of the attack the surrogate had seen."""
@@ -351,13 +370,20 @@ class TransferSetDataModule(ImageDataModule):
         position: a batch asked again after a kill is answered from the books, not paid twice."""
         clients, request = self.clients, f"{self.folder.name}:{position}"
         if len(clients) == 1:
-            return self.api.answer(images, clients[0], request).numpy()
+            return self.ask_as(images, clients[0], request).numpy()
         answers = np.empty((len(images), self.num_classes), np.float32)
         for k, client in enumerate(clients):
             mine = np.flatnonzero((position + np.arange(len(images))) % len(clients) == k)
             if len(mine):
-                answers[mine] = self.api.answer(images[mine], client, request).numpy()
+                answers[mine] = self.ask_as(images[mine], client, request).numpy()
         return answers
+
+    def ask_as(self, images: torch.Tensor, client: str, request: str) -> torch.Tensor:
+        """One API call as `client`; with smoothing, every image's copies, averaged."""
+        if self.smoothing is None:
+            return self.api.answer(images, client, request)
+        copies = self.smoothing.expand(images, f"{self.seed}:{request}")
+        return self.smoothing.combine(self.api.answer(copies, client, request))
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -387,9 +413,10 @@ class TransferSetDataModule(ImageDataModule):
                 f"a surrogate on (data.val_fraction {self.val_fraction})"
             )
         pool = self.pool.split("pool")
-        splits["train"] = TransferDataset(pool, self.indices, self.images, self.answers, train)
+        targets = self.reader.read(self.answers)
+        splits["train"] = TransferDataset(pool, self.indices, self.images, targets, train)
         if len(val):
-            splits["val"] = TransferDataset(pool, self.indices, self.images, self.answers, val)
+            splits["val"] = TransferDataset(pool, self.indices, self.images, targets, val)
         return splits
 
     def split_rows(self, rounds: range | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -452,7 +479,7 @@ class TransferSetDataModule(ImageDataModule):
         train, _ = self.split_rows(range(r, r + 1))
         rows = np.sort(train)[self.dealer.rank :: self.dealer.world]  # in the order asked
         data = TransferDataset(
-            self.pool.split("pool"), self.indices, self.images, self.answers, rows
+            self.pool.split("pool"), self.indices, self.images, self.reader.read(self.answers), rows
         )
         return next(iter(DataLoader(data, batch_size=len(data))))
 

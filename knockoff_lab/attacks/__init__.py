@@ -1,6 +1,7 @@
 """Attacks: query strategies run in rounds through the prediction API."""
 
 from knockoff_lab.attacks.active_thief import ActiveThief
+from knockoff_lab.attacks.answers import AnswerReader, AsGiven, QuerySmoothing, TopOne
 from knockoff_lab.attacks.base import (
     ATTACKS,
     Queries,
@@ -15,3 +16,4 @@ from knockoff_lab.attacks.random_sampling import RandomSampling
 
 __all__ = ["ATTACKS", "Queries", "QueryStrategy", "RandomSampling", "Seen", "list_attacks"]
 __all__ += ["register_attack", "ActiveThief", "JacobianAugmentation", "KnockoffAdaptive"]
+__all__ += ["AnswerReader", "AsGiven", "QuerySmoothing", "TopOne"]

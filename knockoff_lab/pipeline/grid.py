@@ -65,7 +65,13 @@ class Grid:
     inputs: dict[str, str] = field(default_factory=dict)
     seeds: int | None = None  # None: the preset's
     plot: Plot | None = None
-    reference: Reference | None = None
+    reference: Reference | list[Reference] | None = None  # several: each compared in turn
+
+    @property
+    def references(self) -> list[Reference]:
+        if self.reference is None:
+            return []
+        return [self.reference] if isinstance(self.reference, Reference) else self.reference
 
     def __post_init__(self) -> None:
         """Checked when the preset is read, before any stage runs."""
@@ -84,7 +90,7 @@ class Grid:
                     )
             if plot.y not in self.metrics:
                 raise ConfigError(f"{where}: plot.y {plot.y!r} is not one of its metrics")
-        if (ref := self.reference) is not None:
+        for ref in self.references:
             variants = self.axes.get(ref.axis, {})
             for name in [ref.variant, *ref.also, *ref.also.values()]:
                 if name not in variants:
@@ -120,16 +126,15 @@ class Grid:
     def comparisons(self, results: Results) -> list[str]:
         """One line per cell and reference metric: its paired difference from the reference cell
         and what the seed spread allows one to say."""
-        if (ref := self.reference) is None:
-            return []
-        axis = list(self.axes).index(ref.axis)
         lines = []
-        for cell in self.cells():
-            references = [ref.variant, *([ref.also[cell[axis]]] if cell[axis] in ref.also else [])]
-            for reference in references:
-                if cell[axis] != reference:
-                    other = (*cell[:axis], reference, *cell[axis + 1 :])
-                    lines += self.compare(results, cell, other, ref.metrics)
+        for ref in self.references:
+            axis = list(self.axes).index(ref.axis)
+            for cell in self.cells():
+                also = [ref.also[cell[axis]]] if cell[axis] in ref.also else []
+                for reference in [ref.variant, *also]:
+                    if cell[axis] != reference:
+                        other = (*cell[:axis], reference, *cell[axis + 1 :])
+                        lines += self.compare(results, cell, other, ref.metrics)
         return lines
 
     def compare(

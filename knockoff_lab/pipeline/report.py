@@ -270,9 +270,9 @@ def write_tables(
         if figure := (figures or {}).get(grid.name):
             lines += [f"![{grid.plot.y} vs {grid.plot.x}]({figure})", ""]
         if comparisons := grid.comparisons(results):
-            ref = grid.reference
+            refs = " and against ".join(f"{r.axis} = {r.variant}" for r in grid.references)
             lines += [
-                f"Each cell against {ref.axis} = {ref.variant}, paired across seeds "
+                f"Each cell against {refs}, paired across seeds "
                 "(higher / lower only when the 95% interval excludes zero):",
                 "",
                 *comparisons,

@@ -125,6 +125,22 @@ def test_a_variant_is_also_compared_with_its_own_reference():
         )
 
 
+def test_a_grid_is_compared_with_each_of_several_references():
+    """Against the naive attacker under the same defence, and against no defence for the same
+    attacker: two questions, each paired across seeds."""
+    both = [Reference("defence", "none", ["acc"]), Reference("attack", "random", ["acc"])]
+    g = grid(reference=both)
+    results = {("g", "v", "/".join(c), "acc"): [0.5, 0.6, 0.7] for c in g.cells()}
+    assert [line.split(":")[0] for line in g.comparisons(results)] == [
+        "- random/top1 vs random/none",
+        "- jbda/top1 vs jbda/none",
+        "- jbda/none vs random/none",
+        "- jbda/top1 vs random/top1",
+    ]
+    with pytest.raises(ConfigError, match="reference attack=dfal is no variant"):
+        grid(reference=[both[0], Reference("attack", "dfal", ["acc"])])
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
