@@ -158,6 +158,7 @@ class TransferSetDataModule(ImageDataModule):
         self.steps_served = 0  # step rounds turned into training batches
         self.rounds_served = 0  # rounds in the loaders of the current epoch
         self.restored_rounds = 0  # rounds a checkpoint had (`load_state_dict`)
+        self.read_rounds = 0  # rounds the reader learnt from (a reader that learns)
         self.indices = np.empty(0, np.int64)
         self.images: torch.Tensor | None = None
         self.answers: torch.Tensor | None = None
@@ -413,11 +414,25 @@ class TransferSetDataModule(ImageDataModule):
                 f"a surrogate on (data.val_fraction {self.val_fraction})"
             )
         pool = self.pool.split("pool")
-        targets = self.reader.read(self.answers)
+        targets = self.targets()
         splits["train"] = TransferDataset(pool, self.indices, self.images, targets, train)
         if len(val):
             splits["val"] = TransferDataset(pool, self.indices, self.images, targets, val)
         return splits
+
+    def targets(self) -> torch.Tensor:
+        """What the surrogate trains on: the answers through the attacker's reader, which first
+        learns from a seeded sample of the asked images when it needs to (once per round)."""
+        if self.reader.max_images and self.read_rounds != self.rounds_done:
+            answered = np.flatnonzero(~self.answers.isnan().any(dim=-1).numpy())
+            rows = np.random.default_rng(self.seed + 2).permutation(answered)
+            rows = np.sort(rows[: self.reader.max_images])
+            data = TransferDataset(
+                self.pool.split("pool"), self.indices, self.images, self.answers, rows
+            )
+            self.reader.fit(*next(iter(DataLoader(data, batch_size=len(data)))))
+            self.read_rounds = self.rounds_done
+        return self.reader.read(self.answers)
 
     def split_rows(self, rounds: range | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(train rows, val rows) of the rounds done (or of `rounds`): a seeded `val_fraction`
@@ -479,7 +494,7 @@ class TransferSetDataModule(ImageDataModule):
         train, _ = self.split_rows(range(r, r + 1))
         rows = np.sort(train)[self.dealer.rank :: self.dealer.world]  # in the order asked
         data = TransferDataset(
-            self.pool.split("pool"), self.indices, self.images, self.reader.read(self.answers), rows
+            self.pool.split("pool"), self.indices, self.images, self.targets(), rows
         )
         return next(iter(DataLoader(data, batch_size=len(data))))
 

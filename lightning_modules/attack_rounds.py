@@ -175,5 +175,6 @@ class AttackRounds(Callback):
         last = data.pool.query_analysis(data.indices[sum(data.sizes[:-1]) :])
         metrics = {f"attack/{k}": v for k, v in whole.items()}
         metrics |= {f"attack/{k}_last": v for k, v in last.items()}
+        metrics |= {f"attack/{k}": v for k, v in data.reader.metrics().items()}
         if metrics:
             pl_module.log_dict(metrics)

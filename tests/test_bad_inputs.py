@@ -217,6 +217,29 @@ CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
         "data.init_args.api.init_args.defences.0.class_path: 'knockoff_lab.defences.Soft': "
         "module knockoff_lab.defences has no 'Soft'",
     ),
+    "smoothing that resizes": (
+        lambda: [
+            *SURROGATE,
+            checkpoint(),
+            "--data.init_args.smoothing",
+            '{"class_path": "knockoff_lab.attacks.QuerySmoothing", "init_args": {"transform": '
+            '{"class_path": "torchvision.transforms.v2.Resize", "init_args": {"size": 20}}}}',
+            "--data.init_args.budget",
+            "100",
+        ],
+        "data.smoothing.transform Resize(size=[20]",
+    ),
+    "D-DAE assuming a defence it has no shadow answers for": (
+        lambda: [
+            *SURROGATE,
+            checkpoint(),
+            "--data.init_args.reader",
+            '{"class_path": "knockoff_lab.attacks.DDAE", "init_args": {"assume": "MAD", '
+            '"candidates": [{"class_path": "knockoff_lab.defences.Rounded"}]}}',
+        ],
+        "data.reader.assume 'MAD' has no shadow answers: expected none or one of the "
+        "candidates ['Rounded']",
+    ),
     "negative seed": (  # numpy refuses it only when the first round is drawn
         lambda: [*SURROGATE, checkpoint(), "--data.init_args.seed", "-1"],
         "data.seed must be >= 0, got -1",

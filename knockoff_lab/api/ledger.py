@@ -146,7 +146,7 @@ class Ledger:
         try:
             fd = os.open(self.sessions / session, os.O_RDWR)
         except FileNotFoundError:
-            return False  # it ended (its file is removed only after its rows are settled)
+            return False  # it ended: a row it left belongs to a call that never finished
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

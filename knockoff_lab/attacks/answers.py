@@ -26,10 +26,21 @@ from knockoff_lab.core.errors import ConfigError
 
 class AnswerReader(ABC):
     """The surrogate's training targets (N, C) from the API's answers (N, C); a refused row (NaN)
-    stays NaN."""
+    stays NaN. A reader that learns from the asked images first (`attacks.ddae.DDAE`) sets
+    `max_images`: the transfer set then calls `fit` with up to that many asked images and their
+    answers after each round, before `read`."""
+
+    max_images: int = 0
 
     @abstractmethod
     def read(self, answers: torch.Tensor) -> torch.Tensor: ...
+
+    def fit(self, images: torch.Tensor, answers: torch.Tensor) -> None:
+        return None
+
+    def metrics(self) -> dict[str, float]:
+        """What to log beside the surrogate's test metrics (as `attack/<name>`)."""
+        return {}
 
 
 class AsGiven(AnswerReader):
