@@ -11,7 +11,8 @@ The attacker computes everything from models of its own, with no extra query:
   out); the API's defence is the majority verdict over its real answers;
 - a **recovery** network (an MLP from a defended answer to the clean one, KL loss) for the
   detected defence, trained on shadow 0 and scored on shadow 1 (L1 to the clean answer before
-  and after). Its output on the API's answers is what the surrogate trains on.
+  and after). Its output on the API's answers is what the surrogate trains on, if it brought
+  shadow 1's answers closer to clean; else the answers as given.
 `metrics()` (logged as `attack/ddae_<name>` beside the surrogate's test metrics): the held-out
 detector accuracy, the detected defence (its index in `names`: none, then the candidates) and
 the recovery's held-out L1 to the clean answer, before and after.
@@ -95,6 +96,8 @@ class DDAE(AnswerReader):
                 before = (made[1][index] - made[1][0]).abs().sum(-1).mean()
                 after = (self.recovery(made[1][index]) - made[1][0]).abs().sum(-1).mean()
             self.report.update(recovery_l1_before=float(before), recovery_l1_after=float(after))
+            if after >= before:  # no help on the held-out shadow: the answers as given
+                self.recovery = None
 
     def metrics(self) -> dict[str, float]:
         return {f"ddae_{name}": value for name, value in self.report.items()}

@@ -10,7 +10,7 @@ from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataMo
 from knockoff_lab.api import PredictionAPI
 from knockoff_lab.attacks import DDAE
 from knockoff_lab.core.errors import ConfigError
-from knockoff_lab.defences import MAD, ReverseSigmoid
+from knockoff_lab.defences import MAD, ReverseSigmoid, Rounded
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,15 @@ def test_recovery_trained_on_shadows_brings_the_apis_answers_back_toward_the_vic
     refused = answers.clone()
     refused[0] = float("nan")
     assert reader.read(refused)[0].isnan().all() and not reader.read(refused)[1:].isnan().any()
+
+
+def test_a_recovery_that_does_not_help_on_the_held_out_shadow_is_not_used(victim_ckpt, crops):
+    """Rounding to 4 decimals moves an answer by ~1e-4: no network recovers that closely."""
+    reader = DDAE([Rounded(4)], assume="Rounded", max_images=200)
+    answers = api(victim_ckpt, Rounded(4)).answer(crops)
+    reader.fit(crops, answers)
+    assert reader.report["recovery_l1_after"] >= reader.report["recovery_l1_before"]
+    assert reader.read(answers) is answers
 
 
 def test_inside_a_transfer_set_the_surrogate_trains_on_what_ddae_recovers(victim_ckpt):
