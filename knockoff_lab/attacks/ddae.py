@@ -9,7 +9,8 @@ The attacker computes everything from models of its own, with no extra query:
 - a **detector** (a logistic regression on the sorted answer vector) that tells which of
   "none" and the candidates made an answer, trained on shadow 0 and scored on shadow 1 (held
   out); the API's defence is the majority verdict over its real answers;
-- a **recovery** network (an MLP from a defended answer to the clean one, KL loss) for the
+- a **recovery** network (`EntrywiseRecovery`: from a defended answer to the clean one, KL
+  loss) for the
   detected defence, trained on shadow 0 and scored on shadow 1 (L1 to the clean answer before
   and after). Its output on the API's answers is what the surrogate trains on, if it brought
   shadow 1's answers closer to clean; else the answers as given.
@@ -147,12 +148,36 @@ def features_and_labels(made: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarra
 
 
 def train_recovery(defended: torch.Tensor, clean: torch.Tensor, epochs: int) -> nn.Module:
-    """An MLP from a defended answer to the clean one, trained on the clean one's KL."""
-    classes = clean.shape[-1]
-    net = nn.Sequential(nn.Linear(classes, 128), nn.ReLU(), nn.Linear(128, classes))
+    """An `EntrywiseRecovery` from defended answers to clean ones, trained on the clean ones'
+    KL divergence."""
+    net = EntrywiseRecovery()
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(epochs):
         optimizer.zero_grad()
         F.kl_div(net(defended).log_softmax(-1), clean, reduction="batchmean").backward()
         optimizer.step()
     return nn.Sequential(net, nn.Softmax(dim=-1)).eval()
+
+
+class EntrywiseRecovery(nn.Module):
+    """Logits of the clean answer, one per class, each from the same small network of that
+    class's entry (its value, log value and rank) and the answer's top value. What a class is
+    called does not matter, only its value: a defence that maps values monotonically is undone
+    without moving the top class, and a thousand shadow answers teach one function, not C."""
+
+    def __init__(self, hidden: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(4, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, answers: torch.Tensor) -> torch.Tensor:
+        classes = answers.shape[-1]
+        rank = answers.argsort(dim=-1).argsort(dim=-1).float() / max(classes - 1, 1)
+        top = answers.max(dim=-1, keepdim=True).values.expand_as(answers)
+        entries = torch.stack([answers, answers.clamp_min(1e-6).log(), rank, top], dim=-1)
+        return self.net(entries).squeeze(-1)
