@@ -12,6 +12,7 @@ interval of the difference lies above zero.
 
 import itertools
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,16 @@ class Reference:
 
 
 @dataclass
+class Multiplier:
+    """Each cell's error (1 - `metric`) over the error of its cell with `variant` on `axis`,
+    seed by seed: the clone-error multiplier of a defence (Orekondy et al.'s amplification)."""
+
+    axis: str
+    variant: str
+    metric: str
+
+
+@dataclass
 class Grid:
     name: str  # the table in results.csv and the prefix of the stages' names
     title: str
@@ -66,6 +77,7 @@ class Grid:
     seeds: int | None = None  # None: the preset's
     plot: Plot | None = None
     reference: Reference | list[Reference] | None = None  # several: each compared in turn
+    multiplier: Multiplier | None = None
 
     @property
     def references(self) -> list[Reference]:
@@ -99,6 +111,11 @@ class Grid:
                     )
             if unknown := [m for m in ref.metrics if m not in self.metrics]:
                 raise ConfigError(f"{where}: reference metrics {unknown} are not its metrics")
+        if (m := self.multiplier) is not None:
+            if m.variant not in self.axes.get(m.axis, {}):
+                raise ConfigError(f"{where}: multiplier {m.axis}={m.variant} is no variant")
+            if m.metric not in self.metrics:
+                raise ConfigError(f"{where}: multiplier metric {m.metric!r} is not its metric")
 
     def cells(self) -> list[tuple[str, ...]]:
         """Every combination of variant names, in axis order."""
@@ -155,6 +172,26 @@ class Grid:
                 f"{centre:+.3f} ({spread}): **{verdict}**"
             )
         return lines
+
+    def multipliers(self, results: Results) -> list[str]:
+        """A table row per measured cell: its multiplier's median [min, max] over seeds."""
+        if (m := self.multiplier) is None:
+            return []
+        axis = list(self.axes).index(m.axis)
+        rows = []
+        for cell in self.cells():
+            other = (*cell[:axis], m.variant, *cell[axis + 1 :])
+            mine, base = self.get(results, cell, m.metric), self.get(results, other, m.metric)
+            pairs = zip(mine or [], base or [], strict=False)  # seed by seed
+            ratios = [(1 - a) / (1 - b) for a, b in pairs if b < 1]
+            if cell[axis] != m.variant and ratios:
+                low, mid, high = min(ratios), statistics.median(ratios), max(ratios)
+                rows.append(f"| {' | '.join(cell)} | x{mid:.2f} [{low:.2f}, {high:.2f}] |")
+        header = [
+            "| " + " | ".join([*self.axes, "error x"]) + " |",
+            "|" + "---|" * (len(self.axes) + 1),
+        ]
+        return header + rows if rows else []
 
     def figure(self, results: Results, path: Path) -> Path | None:
         """The grid's `plot` of this run's results (None without a plot or results)."""

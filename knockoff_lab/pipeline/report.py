@@ -278,6 +278,15 @@ def write_tables(
                 *comparisons,
                 "",
             ]
+        if multipliers := grid.multipliers(results):
+            m = grid.multiplier
+            lines += [
+                f"Error multiplier: 1 - {m.metric} of each cell over that of its {m.axis} = "
+                f"{m.variant} cell, seed by seed (median [min, max]):",
+                "",
+                *multipliers,
+                "",
+            ]
     lines += [
         "## The paper's findings, checked on this run",
         "",

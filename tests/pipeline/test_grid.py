@@ -11,7 +11,7 @@ import yaml
 
 from knockoff_lab.core.errors import ConfigError
 from knockoff_lab.pipeline.cli import cli_main
-from knockoff_lab.pipeline.grid import Grid, Plot, Reference, Variant
+from knockoff_lab.pipeline.grid import Grid, Multiplier, Plot, Reference, Variant
 from knockoff_lab.pipeline.report import grid_table
 from knockoff_lab.pipeline.reproduce import reproduce_main
 from knockoff_lab.pipeline.stages import Stage, read_yaml
@@ -141,6 +141,21 @@ def test_a_grid_is_compared_with_each_of_several_references():
         grid(reference=[both[0], Reference("attack", "dfal", ["acc"])])
 
 
+def test_the_error_multiplier_is_taken_seed_by_seed_against_the_reference_variant():
+    g = grid(multiplier=Multiplier("defence", "none", "acc"))
+    results = {
+        ("g", "v", "random/none", "acc"): [0.9, 0.8, 0.5],
+        ("g", "v", "random/top1", "acc"): [0.8, 0.6, 0.5],  # error x2, x2, x1
+        ("g", "v", "jbda/none", "acc"): [0.5],
+    }
+    assert g.multipliers(results) == [
+        "| attack | defence | error x |",
+        "|---|---|---|",
+        "| random | top1 | x2.00 [1.00, 2.00] |",
+    ]
+    assert grid().multipliers(results) == []
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -153,6 +168,8 @@ def test_a_grid_is_compared_with_each_of_several_references():
         ),
         ({"reference": Reference("defence", "none", ["x"])}, r"reference metrics \['x'\]"),
         ({"axes": {"attack": {}}}, "axes must name at least one variant"),
+        ({"multiplier": Multiplier("defence", "mad", "acc")}, "multiplier defence=mad is no"),
+        ({"multiplier": Multiplier("defence", "none", "x")}, "multiplier metric 'x' is not"),
     ],
 )
 def test_a_bad_grid_is_refused_when_read(changes, message):
