@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     ["knockoff_lab.core"],
     ["knockoff_lab.nets", "knockoff_lab.evaluation"],
-    ["knockoff_lab.attacks", "knockoff_lab.defences", "knockoff_lab.ood"],
+    ["knockoff_lab.defences", "knockoff_lab.ood"],
+    ["knockoff_lab.attacks"],  # a defence-aware attacker models the defences (attacks.ddae)
     ["knockoff_lab.api"],
     ["datamodules"],
     ["lightning_modules"],

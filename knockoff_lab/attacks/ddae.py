@@ -67,7 +67,7 @@ class DDAE(AnswerReader):
 
     def fit(self, images: torch.Tensor, answers: torch.Tensor) -> None:
         """Shadows, detector and recovery from the asked `images` and their `answers` (no NaN)."""
-        num_classes = answers.shape[-1]
+        num_classes, self.report = answers.shape[-1], {}
         for candidate in self.candidates:
             candidate.check(num_classes)
         generator = torch.Generator().manual_seed(self.seed)
