@@ -11,32 +11,20 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from datamodules import CropsPoolDataModule, DigitsDataModule, TransferSetDataModule
 from knockoff_lab.api import PredictionAPI
 from knockoff_lab.attacks.answers import AsGiven, QuerySmoothing, TopOne
 from knockoff_lab.core.errors import ConfigError
 from knockoff_lab.defences import Defence, QueryBatch, ReverseSigmoid
+from tests.datamodules.test_transfer_set import pool_images
+from tests.datamodules.test_transfer_set import transfer as transfer_set
 
 
 def transfer(victim_ckpt, budget=120, defences=(), cache="cache", **kwargs):
-    api = PredictionAPI(str(victim_ckpt), list(defences), posterior_cache=None, ledger=None)
-    dm = TransferSetDataModule(
-        api=api,
-        pool=CropsPoolDataModule(size=300),
-        victim_data=DigitsDataModule(),
-        budget=budget,
-        query_batch_size=32,
-        cache_dir=cache,
-        **kwargs,
+    """The transfer-set tests' builder, with books and victim cache in memory only."""
+    memory = {"posterior_cache": None, "ledger": None}
+    return transfer_set(
+        victim_ckpt, budget, defences, api_options=memory, cache_dir=cache, **kwargs
     )
-    dm.setup()
-    dm.grow_to(0)
-    return dm
-
-
-def pool_images(dm) -> torch.Tensor:
-    pool = dm.pool.split("pool")
-    return torch.stack([pool[int(i)] for i in dm.indices])
 
 
 def training_targets(dm) -> torch.Tensor:
