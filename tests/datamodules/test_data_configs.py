@@ -98,7 +98,7 @@ def test_data_config_instantiates_against_its_dataset(path: Path, layout: Layout
     for split in dm.splits.values():
         item = split[0]
         image = item[0] if isinstance(item, tuple) else item
-        assert image.shape == (3, args["image_size"], args["image_size"])
+        assert image.shape == (3, dm.image_size, dm.image_size)  # the YAML's, or the default
 
 
 @pytest.mark.parametrize("recipe, dataset", VICTIMS, ids=lambda x: x)
