@@ -2,7 +2,8 @@
 attacker sent and what the API returned, nothing of the victim's.
 
   round-<r>/queries.npy      the round's pool indices (int64), or images.npy: synthetic queries
-  round-<r>/strategy.json    the strategy's state after proposing the round (resume point)
+  round-<r>/strategy.json    the strategy's state after proposing the round (resume point);
+                             its tensors (a generator's weights) beside it, strategy-<key>.npy
   round-<r>/a<start>-<end>.npy  the API's answers to positions [start, end) of the round,
                              one file per API batch, float16 where that holds them exactly
                              (probabilities, labels, top-k), else float32 (rounded answers)
@@ -94,6 +95,9 @@ class Round:
         try:
             stored = np.load(path, allow_pickle=False)
             state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+            for array in self.folder.glob("strategy-*.npy"):
+                key = array.stem.removeprefix("strategy-")
+                state[key] = torch.from_numpy(np.load(array, allow_pickle=False))
         except (OSError, ValueError, EOFError) as err:
             raise ConfigError(
                 f"transfer-set round {self.folder} has an unreadable proposal "
@@ -110,7 +114,11 @@ class Round:
 
     def save_proposal(self, queries: Queries, strategy_state: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.folder / "strategy.json", json.dumps(strategy_state))
+        tensors = {k: v for k, v in strategy_state.items() if isinstance(v, torch.Tensor)}
+        for key, tensor in tensors.items():
+            atomic_save_npy(self.folder / f"strategy-{key}.npy", tensor.detach().cpu().numpy())
+        rest = {k: v for k, v in strategy_state.items() if k not in tensors}
+        atomic_write_text(self.folder / "strategy.json", json.dumps(rest))
         if queries.indices is not None:
             atomic_save_npy(self.folder / "queries.npy", np.asarray(queries.indices, np.int64))
         else:

@@ -155,7 +155,7 @@ class TransferSetDataModule(ImageDataModule):
         self.training: str | None = None  # the surrogate's settings, for an adaptive key
         self.dealer = Dealer()
         self.rounds_done = 0  # rounds stored and read into memory
-        self.steps_served = 0  # step rounds turned into training batches
+        self.steps_served = 0  # step rounds passed: trained on, or probes passed over
         self.rounds_served = 0  # rounds in the loaders of the current epoch
         self.restored_rounds = 0  # rounds a checkpoint had (`load_state_dict`)
         self.read_rounds = 0  # rounds the reader learnt from (a reader that learns)
@@ -232,6 +232,7 @@ class TransferSetDataModule(ImageDataModule):
         if self.rounds_done == 0:
             pool = self.pool.split("pool")
             self.attack.check_budget(self.inputs, len(pool))
+            self.attack.check_api(self.api)
             if self.smoothing is not None:
                 self.smoothing.check(pool[0])
 
@@ -467,7 +468,8 @@ class TransferSetDataModule(ImageDataModule):
             )
         self.rounds_served = 0 if self.stepping else self.rounds_done
         if self.stepping:
-            return DataLoader(StepTickets(len(self.sizes) - self.steps_served), batch_size=None)
+            steps = sum(map(self.attack.trains_on, range(self.steps_served, len(self.sizes))))
+            return DataLoader(StepTickets(steps), batch_size=None)
         if not self.balance:
             return super().train_dataloader()
         train = self.split("train")
@@ -485,12 +487,14 @@ class TransferSetDataModule(ImageDataModule):
         if not (isinstance(batch, torch.Tensor) and batch.ndim == 0):
             return batch
         r = self.steps_served
+        while r < self.rounds_done and not self.attack.trains_on(r):  # probes: not trained on
+            r += 1
         if r >= self.rounds_done:
             raise ConfigError(
                 f"step round {r} was not asked before its training step: "
                 "lightning_modules.AttackRounds asks it"
             )
-        self.steps_served += 1
+        self.steps_served = r + 1
         train, _ = self.split_rows(range(r, r + 1))
         rows = np.sort(train)[self.dealer.rank :: self.dealer.world]  # in the order asked
         data = TransferDataset(

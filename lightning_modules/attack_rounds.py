@@ -155,6 +155,8 @@ class AttackRounds(Callback):
             finally:
                 pl_module.train(was_training)
             self.log_strategy(trainer, data, r)
+            if data.attack.round_unit == "step" and not data.attack.trains_on(r):
+                last = max(last, r + 1)  # no step trains on it: the next round goes with it
 
     @staticmethod
     def log_strategy(trainer: Trainer, data: TransferSetDataModule, r: int) -> None:

@@ -11,7 +11,10 @@ it (Knockoff's public code selects on the test set; the paper's 5.2.1 does not).
 drawn by `lightning_modules.TransferHistogram` from the per-class accuracies logged here.
 """
 
+from typing import Literal
+
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_modules.synced import log_synced
@@ -27,16 +30,40 @@ def soft_cross_entropy(logits: torch.Tensor, answers: torch.Tensor) -> torch.Ten
     return losses.sum() / (totals.squeeze(-1) > 0).sum().clamp_min(1)
 
 
+def l1_logits(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """DFME's student loss: mean L1 distance to the victim's logits, recovered from its
+    probabilities as log-probabilities minus their mean over classes (logits are known only up
+    to a constant; the mean fixes it). Needs probabilities: a one-hot answer has no logits."""
+    log_probs = answers.float().clamp_min(1e-8).log()
+    targets = log_probs - log_probs.mean(dim=-1, keepdim=True)
+    return (logits - targets).abs().mean()
+
+
+LOSSES = {"soft_cross_entropy": soft_cross_entropy, "l1_logits": l1_logits}
+
+
 class Surrogate(VictimClassifier):
     """F_A: any registered arch (pretrained or not) trained on a `TransferSetDataModule`.
 
     Test metrics on the victim's test set: `test/acc` = Acc(F_A), `test/acc_victim` = Acc(F_V)
     on the same images, `test/recovery` = their ratio, `test/fidelity` = agreement of F_A with
     F_V, and per-class accuracies of both (`test/acc_class/<i>`, `test/acc_victim_class/<i>`).
+    `loss`: what a training step minimises, soft cross-entropy against the answers (Knockoff),
+    or `l1_logits` (DFME's student). Validation always reports the soft cross-entropy.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        arch: str = "digits_cnn",
+        num_classes: int = 10,
+        weights: str | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        channels_last: bool = False,
+        loss: Literal["soft_cross_entropy", "l1_logits"] = "soft_cross_entropy",
+    ):
+        super().__init__(arch, num_classes, weights, optimizer, lr_scheduler, channels_last)
+        self.loss = LOSSES[loss]
         classes = self.hparams.num_classes
         self.analysis_acc = MulticlassAccuracy(classes, average="micro")
         self.victim_acc = MulticlassAccuracy(classes, average="micro")
@@ -45,7 +72,7 @@ class Surrogate(VictimClassifier):
 
     def training_step(self, batch, batch_idx: int):
         x, answers = batch
-        loss = soft_cross_entropy(self(x), answers)
+        loss = self.loss(self(x), answers)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

@@ -33,6 +33,7 @@ SURROGATE = [
     "--data.init_args.api.init_args.victim",
 ]
 DEFENCES = ["--data.init_args.api.init_args.defences"]
+DFME = ["--config", str(CONFIGS / "attacks/dfme.yaml")]
 TRAIN = Path("data/gtsrb/GTSRB/Training")
 TEST_TABLE = Path("data/gtsrb/GT-final_test.csv")
 
@@ -202,6 +203,36 @@ CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
     "query_batch_size 0": (
         lambda: [*SURROGATE, checkpoint(), "--data.init_args.query_batch_size", "0"],
         "data.query_batch_size must be >= 1, got 0",
+    ),
+    "DFME directions 0": (
+        lambda: [
+            *SURROGATE,
+            checkpoint(),
+            *DFME,
+            "--data.init_args.attack.init_args.directions",
+            "0",
+        ],
+        "attack directions must be >= 1, got 0",
+    ),
+    "DFME budget below one iteration's probes": (
+        lambda: [*SURROGATE, checkpoint(), *DFME, "--data.init_args.budget", "100"],
+        "data.budget 100 does not pay for one DFME iteration: its probe round alone is batch x "
+        "(directions + 1) = 128 queries",
+    ),
+    "DFME asking an API that answers labels": (
+        lambda: [
+            *SURROGATE,
+            checkpoint(),
+            *DFME,
+            "--data.init_args.budget",
+            "200",
+            "--data.init_args.attack.init_args.batch",
+            "8",
+            "--config",
+            str(CONFIGS / "defences/label_only.yaml"),
+        ],
+        "data.attack: DFME recovers the victim's logits from probabilities, but this API "
+        "answers labels",
     ),
     "budget above pool": (
         lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "301"],

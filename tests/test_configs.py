@@ -4,6 +4,8 @@ attack and defence overlays with the embedded Knockoff attack."""
 
 import contextlib
 import dataclasses
+import importlib
+import inspect
 import io
 import os
 from pathlib import Path
@@ -216,6 +218,17 @@ def test_embedded_attack_config_runs(path: Path, victim_ckpt: Path):
     assert {"test/acc", "test/recovery", "test/fidelity"} <= set(metrics)
 
 
+def attack_arguments(path: Path) -> list[str]:
+    """The init arguments of the query strategy an overlay names (none if it names none)."""
+    attack = ((yaml.safe_load(path.read_text()).get("data") or {}).get("init_args", {})).get(
+        "attack"
+    )
+    if not attack:
+        return []
+    module, name = attack["class_path"].rsplit(".", 1)
+    return list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+
+
 @pytest.mark.parametrize("path", EMBEDDED_OVERLAYS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_attack_and_defence_overlays_run(path: Path, victim_ckpt: Path, request, tmp_path: Path):
     """Each overlay composes with the embedded attack and runs (two rounds of one epoch for a
@@ -231,7 +244,7 @@ def test_attack_and_defence_overlays_run(path: Path, victim_ckpt: Path, request,
             "--data.init_args.val_fraction",  # JBDA's seed round is 5% of the budget: 8 queries
             "0.2",
         ]
-        if "attack:" in path.read_text()
+        if "rounds" in attack_arguments(path)
         else []
     )
     own_pool = "pool" in (yaml.safe_load(path.read_text()).get("data") or {}).get("init_args", {})

@@ -67,6 +67,12 @@ class PredictionAPI(QueryAPI):
             ledger,
         )
 
+    @property
+    def answers_probabilities(self) -> bool:
+        """Whether answers carry probabilities an attack can read logits from (no defence
+        turns them into labels or a top-1 value); attacks check it before asking."""
+        return all(defence.keeps_probabilities for defence in self.defences)
+
     @classmethod
     def around(
         cls,

@@ -106,6 +106,18 @@ class QueryStrategy(ABC):
         base, extra = divmod(budget - first, self.rounds - 1)
         return [first] + [base + (r < extra) for r in range(self.rounds - 1)]
 
+    def trains_on(self, r: int) -> bool:
+        """Whether the surrogate takes an optimiser step on step round `r`. A data-free attack's
+        gradient probes are asked, paid for and stored like any round, but are not training
+        data: `AttackRounds` asks the next round right after such a round, and the step trains
+        on that one. Epoch-round strategies train on everything; this is not asked of them."""
+        return True
+
+    def check_api(self, api: Any) -> None:
+        """Raise a one-line ConfigError, before any query, when the API cannot serve this
+        strategy (one that needs probabilities, asking an API that answers labels)."""
+        return None
+
     def check_budget(self, budget: int, pool_size: int) -> None:
         """Fail before any query when the pool cannot supply the budget."""
         if not self.synthetic and budget > pool_size:
@@ -116,7 +128,8 @@ class QueryStrategy(ABC):
         """The next `count` queries."""
 
     def state_dict(self) -> dict[str, Any]:
-        """What the strategy learnt across rounds (JSON-able), saved with each round, so a
+        """What the strategy learnt across rounds (JSON-able values, or tensors: a generator's
+        weights, stored as .npy beside the JSON), saved with each round, so a
         resumed attack continues where it stopped; stateless strategies keep nothing."""
         return {}
 

@@ -60,6 +60,7 @@ class Defence(ABC):
     """Base class: `apply` edits a `QueryBatch` in place; `check` validates options early."""
 
     stateless: ClassVar[bool] = True
+    keeps_probabilities: ClassVar[bool] = True  # False: answers are labels (or top-1 only)
 
     def check(self, num_classes: int) -> None:
         """Raise a one-line ConfigError for options that cannot work with this victim; called

@@ -16,6 +16,10 @@ class TopK(Defence):
     def __init__(self, k: int = 1):
         self.k = k
 
+    @property
+    def keeps_probabilities(self) -> bool:  # the top-1 value alone leaves no logits to recover
+        return self.k > 1
+
     def check(self, num_classes: int) -> None:
         if not 1 <= self.k <= num_classes:
             raise ConfigError(f"TopK: k must be in 1..{num_classes} (num_classes), got {self.k}")
@@ -45,6 +49,8 @@ class Rounded(Defence):
 @register_defence
 class LabelOnly(Defence):
     """The one-hot vector of the predicted class (A_c of Table 6)."""
+
+    keeps_probabilities = False
 
     def apply(self, batch: QueryBatch) -> None:
         labels = batch.answers.argmax(dim=-1)

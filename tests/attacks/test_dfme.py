@@ -1,0 +1,104 @@
+"""DFME: its generator climbs the student-victim disagreement through paid probes alone, its
+rounds cost what its formula says, and bad settings fail before any query."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from knockoff_lab.attacks import DFME, Seen
+from knockoff_lab.core.errors import ConfigError
+
+
+def small_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.Tanh(), nn.Linear(16, 4))
+
+
+def generator_steps(attack: DFME, updates: int, victim: nn.Module, student: nn.Module):
+    """Run `updates` DFME iterations against `victim` with a frozen `student`, answering each
+    round as an API would (softmax of the victim); returns the disagreement after each update."""
+    images, answers, curve = torch.empty(0, 3, 8, 8), torch.empty(0, 4), []
+    sizes = attack.round_sizes(updates * attack.queries_per_iteration() + attack.probes + 1)
+    pool = [torch.zeros(3, 8, 8)]
+    for r in range(len(sizes)):
+        seen = Seen(
+            pool, np.full(len(images), -1), images, answers, student, torch.device("cpu"), r, 0
+        )
+        asked = attack.propose(seen, sizes[r]).images
+        with torch.no_grad():
+            answered = victim(asked).softmax(-1)
+        images, answers = torch.cat([images, asked]), torch.cat([answers, answered])
+        if attack.metrics() and (not curve or attack.metrics()["disagreement"] != curve[-1]):
+            curve.append(attack.metrics()["disagreement"])
+        if len(curve) > updates:
+            break
+    return curve
+
+
+def test_the_generator_raises_the_disagreement_it_cannot_see_the_gradient_of():
+    """A student that never learns: G, trained on forward differences of paid answers only,
+    must find images where it and the victim disagree more (a flipped sign lowers it)."""
+    attack = DFME(
+        batch=32,
+        directions=4,
+        student_steps=1,
+        generator="dfme_small",
+        latent=8,
+        generator_optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+    )
+    curve = generator_steps(attack, 30, small_net(1), small_net(2))
+    assert np.mean(curve[-5:]) > 1.3 * np.mean(curve[:5]), curve
+
+
+def run_dfme(victim_ckpt, budget: int, *more: str):
+    from knockoff_lab.pipeline.cli import cli_main
+    from tests.attacks.test_attacks import CONFIGS
+
+    args = ["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml")]
+    args += ["--config", str(CONFIGS / "attacks/dfme.yaml")]
+    args += ["--data.init_args.api.init_args.victim", str(victim_ckpt)]
+    args += ["--data.init_args.budget", str(budget), "--test_after_fit", "false"]
+    args += ["--data.init_args.attack.init_args.batch", "8", *more]
+    return cli_main(args)
+
+
+def test_every_probe_is_a_paid_query_and_the_books_agree_with_the_formula(victim_ckpt):
+    """From the YAML: 2 whole iterations of 8 x (1 + 1) probes + 5 x 8 student queries, then
+    a probe round and 3 student rounds (the last of 4) for the remaining 44: the API's books
+    hold the budget exactly, and the surrogate stepped on the student rounds alone."""
+    cli = run_dfme(victim_ckpt, 2 * 56 + 44)
+    data = cli.datamodule
+    assert data.attack.queries_per_iteration() == 8 * 2 + 5 * 8 == 56
+    assert data.sizes == ([16] + [8] * 5) * 2 + [16, 8, 8, 8, 4]
+    record = data.api.record(data.client)
+    assert (record.asked, record.answered) == (156, 156)
+    assert cli.trainer.global_step == 14 == len(data.sizes) - 3  # no step on the 3 probe rounds
+    assert data.rounds_done == len(data.sizes) == data.steps_served
+    assert "g.project.weight" in data.round(1).proposal()[1]  # G as its update left it
+    assert "g.project.weight" not in data.round(2).proposal()[1]  # unchanged: not stored again
+
+
+def test_a_rerun_reads_every_round_back_and_asks_nothing(victim_ckpt):
+    first = run_dfme(victim_ckpt, 56).datamodule
+    again = run_dfme(victim_ckpt, 56).datamodule
+    assert again.api.record(again.client).asked == 56  # the books: the first run's only
+    assert torch.equal(again.answers, first.answers) and torch.equal(again.images, first.images)
+
+
+def test_a_generator_that_diverged_fails_before_its_queries_are_asked():
+    attack = DFME(batch=4, latent=8)
+    attack.round_sizes(100)
+    seen = Seen(
+        [torch.zeros(3, 8, 8)],
+        np.empty(0),
+        None,
+        torch.empty(0, 4),
+        None,
+        torch.device("cpu"),
+        0,
+        0,
+    )
+    attack.build(seen).project.weight.data.fill_(float("nan"))
+    with pytest.raises(ConfigError, match="generator made non-finite images for round 0"):
+        attack.propose(seen, 8)
