@@ -36,7 +36,7 @@ round, on the queries asked for it.
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -435,7 +435,7 @@ class TransferSetDataModule(ImageDataModule):
             self.read_rounds = self.rounds_done
         return self.reader.read(self.answers)
 
-    def split_rows(self, rounds: range | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def split_rows(self, rounds: Collection[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(train rows, val rows) of the rounds done (or of `rounds`): a seeded `val_fraction`
         of each round to validation, refused queries to neither."""
         generator = np.random.default_rng(self.seed + 1)  # one permutation per round, in order
@@ -496,7 +496,13 @@ class TransferSetDataModule(ImageDataModule):
             )
         self.steps_served = r + 1
         train, _ = self.split_rows(range(r, r + 1))
-        rows = np.sort(train)[self.dealer.rank :: self.dealer.world]  # in the order asked
+        rows = np.sort(train)  # in the order asked
+        if self.attack.replay and r:  # experience replay: earlier training queries, no query
+            earlier, _ = self.split_rows([q for q in range(r) if self.attack.trains_on(q)])
+            generator = np.random.default_rng([self.seed, r])
+            replayed = generator.permutation(earlier)[: self.attack.replay]
+            rows = np.concatenate([rows, np.sort(replayed)])
+        rows = rows[self.dealer.rank :: self.dealer.world]
         data = TransferDataset(
             self.pool.split("pool"), self.indices, self.images, self.targets(), rows
         )

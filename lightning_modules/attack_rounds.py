@@ -61,6 +61,7 @@ class AttackRounds(Callback):
                     "a step-round attack trains one optimiser step per round: "
                     "trainer.accumulate_grad_batches must be 1"
                 )
+            self.check_steps(trainer, data)
         elif rounds > 1:
             every = self.epochs_per_round(trainer, data)
             if trainer.max_epochs <= every * (rounds - 1):
@@ -71,6 +72,20 @@ class AttackRounds(Callback):
         if rounds > 1:
             trainer.reload_dataloaders_every_n_epochs = 1  # each epoch serves what is stored
         self.grow(trainer, pl_module, 0)  # before anything is written: a failed query leaves none
+
+    @staticmethod
+    def check_steps(trainer: Trainer, data: TransferSetDataModule) -> None:
+        """A step-round attack's rounds are asked step by step: a fit that stops sooner would
+        leave the budget unspent without a word."""
+        steps = sum(map(data.attack.trains_on, range(len(data.sizes))))
+        limit, max_steps = trainer.limit_train_batches, trainer.max_steps
+        for key, value in (("limit_train_batches", limit), ("max_steps", max_steps)):
+            short = value < steps if isinstance(value, int) else value < 1.0
+            if value not in (-1, None) and short:
+                raise ConfigError(
+                    f"trainer.{key} {value} stops before the attack's {steps} step rounds (one "
+                    "optimiser step each): its last queries would never be asked; remove it"
+                )
 
     @staticmethod
     def epochs_per_round(trainer: Trainer, data: TransferSetDataModule) -> int:

@@ -231,8 +231,23 @@ CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
             "--config",
             str(CONFIGS / "defences/label_only.yaml"),
         ],
-        "data.attack: DFME recovers the victim's logits from probabilities, but this API "
-        "answers labels",
+        "data.attack: DFME measures the disagreement on probabilities, but this API answers "
+        "labels (data.api.init_args.defences)",
+    ),
+    "a step-round attack stopped before its last round": (
+        lambda: [
+            *SURROGATE,
+            checkpoint(),
+            *DFME,
+            "--data.init_args.budget",
+            "200",
+            "--data.init_args.attack.init_args.batch",
+            "8",
+            "--trainer.max_steps",
+            "5",
+        ],
+        "trainer.max_steps 5 stops before the attack's 17 step rounds (one optimiser step "
+        "each): its last queries would never be asked",
     ),
     "budget above pool": (
         lambda: [*SURROGATE, checkpoint(), "--data.init_args.budget", "301"],

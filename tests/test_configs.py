@@ -247,6 +247,9 @@ def test_attack_and_defence_overlays_run(path: Path, victim_ckpt: Path, request,
         if "rounds" in attack_arguments(path)
         else []
     )
+    if "directions" in attack_arguments(path):  # a data-free attack: iterations that fit 150
+        rounds = ["--data.init_args.attack.init_args.batch", "8"]
+        rounds += ["--trainer.limit_train_batches", "1.0"]  # every round is a step
     own_pool = "pool" in (yaml.safe_load(path.read_text()).get("data") or {}).get("init_args", {})
     pool_args = [] if own_pool else small_pool(ATTACK)  # an overlay's own pool keeps its size
     configs = config_args(path)

@@ -82,6 +82,7 @@ class QueryStrategy(ABC):
     adaptive: ClassVar[bool] = True  # proposals depend on answers or the surrogate
     synthetic: ClassVar[bool] = False  # proposes images, not pool indices
     round_unit: ClassVar[Literal["epoch", "step"]] = "epoch"
+    replay: int = 0  # a step round's step also trains on this many earlier queries (seeded)
 
     def __init__(self, rounds: int = 1):
         if rounds < 1:

@@ -99,7 +99,8 @@ class DFME(QueryStrategy):
     def round_sizes(self, budget: int) -> list[int]:
         if budget <= self.probes:
             raise ConfigError(
-                f"data.budget {budget} does not pay for one DFME iteration: its probe round "
+                f"data.budget {budget} does not pay for one {type(self).__name__} iteration: its "
+                "probe round "
                 f"alone is batch x (directions + 1) = {self.probes} queries, and the student "
                 f"needs more (one iteration: {self.queries_per_iteration()})"
             )
@@ -121,8 +122,9 @@ class DFME(QueryStrategy):
     def check_api(self, api: Any) -> None:
         if getattr(api, "answers_probabilities", True) is False:
             raise ConfigError(
-                "data.attack: DFME recovers the victim's logits from probabilities, but this "
-                "API answers labels (data.api.init_args.defences); use a hard-label attack"
+                f"data.attack: {type(self).__name__} measures the disagreement on "
+                "probabilities, but this API answers labels (data.api.init_args.defences); use a "
+                "hard-label attack"
             )
 
     def noise(self, seen: Seen, r: int, count: int) -> torch.Tensor:
@@ -150,8 +152,8 @@ class DFME(QueryStrategy):
             images = net(self.noise(seen, r, self.batch if r in self._probe_rounds else count))
         if not torch.isfinite(images).all():
             raise ConfigError(
-                f"data.attack: DFME's generator made non-finite images for round {r} (diverged): "
-                "lower data.attack.init_args.generator_optimizer's lr"
+                f"data.attack: {type(self).__name__}'s generator made non-finite images for "
+                f"round {r} (diverged): lower data.attack.init_args.generator_optimizer's lr"
             )
         if r not in self._probe_rounds:
             return Queries(images=images.cpu())
@@ -163,19 +165,22 @@ class DFME(QueryStrategy):
         self._pending = r
         return Queries(images=torch.cat([images, probes]).cpu())
 
+    def disagreement(self, logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+        """(N,) what G climbs: the student's mean L1 distance to the victim's logits."""
+        return (logits - victim_logits(answers)).abs().mean(-1)
+
     def update(self, seen: Seen, net: nn.Module) -> None:
         """One step of G from the pending probe round's answers (its queries are the last
-        asked): ascend the student-victim L1 disagreement along the estimated gradient."""
+        asked): ascend the student-victim disagreement along the estimated gradient."""
         images = seen.images[-self.probes :].to(seen.device)
         answers = seen.answers[-self.probes :]
         if one_hot_rows(answers[~answers.isnan().any(-1)]):
             raise ConfigError(
-                "data.attack: DFME got labels from the API, not probabilities: it cannot "
-                "recover the victim's logits; use a hard-label attack"
+                f"data.attack: {type(self).__name__} got labels from the API, not "
+                "probabilities, to measure the disagreement on; use a hard-label attack"
             )
-        targets = victim_logits(answers).to(seen.device)
         with torch.no_grad():
-            losses = (seen.surrogate(images).float() - targets).abs().mean(-1)
+            losses = self.disagreement(seen.surrogate(images).float(), answers.to(seen.device))
         losses = losses.nan_to_num(nan=0.0)  # a refused probe: no difference, no direction
         b, m = self.batch, self.directions
         x, perturbed = images[:b], images[b:].view(b, m, *images.shape[1:])
@@ -227,3 +232,36 @@ class DFME(QueryStrategy):
         """`disagreement`: the student's mean L1 distance to the victim's logits on G's last
         probe images, which G is trained to raise and the student to lower."""
         return {} if self._disagreement is None else {"disagreement": self._disagreement}
+
+
+@register_attack
+class MAZE(DFME):
+    """MAZE (Kariyappa et al., CVPR 2021): DFME's loop with the KL divergence from the victim's
+    answer to the student's softmax as what G climbs (and the student's own loss: the
+    surrogate's default soft cross-entropy, whose gradient is the KL's), `directions` 10 as
+    the paper's ndirs, and experience replay: each student step also trains on `replay`
+    earlier answered student queries drawn at random, seeded by the round (MAZE's separate
+    replay steps folded into the student's steps; no query is paid for them). Queries per
+    iteration: B (m + 1) + n_s B, as DFME's."""
+
+    def __init__(
+        self,
+        batch: int = 64,
+        directions: int = 10,
+        epsilon: float = 1e-3,
+        student_steps: int = 5,
+        replay: int = 64,
+        generator: str = "dfme_small",
+        latent: int = 64,
+        generator_optimizer: OptimizerCallable = torch.optim.Adam,
+    ):
+        super().__init__(
+            batch, directions, epsilon, student_steps, generator, latent, generator_optimizer
+        )
+        if replay < 0:
+            raise ConfigError(f"attack replay must be >= 0 earlier queries, got {replay}")
+        self.replay = replay
+
+    def disagreement(self, logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+        p = answers.float()
+        return (p * (p.clamp_min(1e-8).log() - logits.log_softmax(-1))).sum(-1)

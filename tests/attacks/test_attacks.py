@@ -23,12 +23,12 @@ def surrogate() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(48, 5)).eval()
 
 
-def seen(indices, r: int, seed: int = 0) -> Seen:
+def seen(indices, r: int, seed: int = 0, images: torch.Tensor | None = None) -> Seen:
     answers = torch.full((len(indices), 5), 0.2)
     return Seen(
         POOL,
         np.asarray(indices, np.int64),
-        None,
+        images,
         answers,
         surrogate(),
         torch.device("cpu"),
@@ -43,18 +43,30 @@ def test_registry_lists_random_sampling_and_a_users_own():
 
 @pytest.mark.parametrize("name", list_attacks())
 def test_strategy_contract(name):
-    """Rounds of the promised sizes summing to the budget, fresh in-pool queries, the same
-    proposals from the same state, and a JSON-able state to resume from."""
+    """Rounds of the promised sizes summing to the budget (a step-round attack: as many as it
+    plans), fresh in-pool queries or images of the pool's shape, and a state to resume from
+    (JSON-able, or tensors, as the transfer set stores it)."""
     strategy: QueryStrategy = ATTACKS[name]()  # every strategy has defaults that run
-    sizes = strategy.round_sizes(24)
-    assert sum(sizes) == 24 and len(sizes) == strategy.rounds
-    asked = np.empty(0, np.int64)
-    for r, size in enumerate(sizes):
-        queries = strategy.propose(seen(asked, r), size)
+    budget = 24 if strategy.round_unit == "epoch" else 2000
+    sizes = strategy.round_sizes(budget)
+    assert sum(sizes) == budget and (strategy.round_unit == "step" or len(sizes) == strategy.rounds)
+    asked, images = np.empty(0, np.int64), None
+    for r, size in enumerate(sizes[:8]):
+        queries = strategy.propose(seen(asked, r, images=images), size)
+        state = strategy.state_dict()
+        tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
         again = ATTACKS[name]()
-        again.load_state_dict(json.loads(json.dumps(strategy.state_dict())))
-        if not strategy.synthetic:
-            assert len(queries.indices) == size == len(set(queries.indices.tolist()))
+        again.round_sizes(budget)
+        again.load_state_dict(
+            {**json.loads(json.dumps({**state, **dict.fromkeys(tensors)})), **tensors}
+        )
+        assert len(queries) == size
+        if queries.images is not None:
+            assert strategy.synthetic and queries.images.shape[1:] == POOL[0].shape
+            images = queries.images if images is None else torch.cat([images, queries.images])
+            asked = np.concatenate([asked, np.full(size, -1)])
+        else:
+            assert len(set(queries.indices.tolist())) == size
             assert ((0 <= queries.indices) & (queries.indices < len(POOL))).all()
             assert not np.isin(queries.indices, asked).any()
             asked = np.concatenate([asked, queries.indices])

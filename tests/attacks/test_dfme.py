@@ -1,4 +1,4 @@
-"""DFME: its generator climbs the student-victim disagreement through paid probes alone, its
+"""DFME and MAZE: their generator climbs the student-victim disagreement through paid probes alone, its
 rounds cost what its formula says, and bad settings fail before any query."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from knockoff_lab.attacks import DFME, Seen
+from knockoff_lab.attacks import DFME, MAZE, Seen
 from knockoff_lab.core.errors import ConfigError
 
 
@@ -36,10 +36,11 @@ def generator_steps(attack: DFME, updates: int, victim: nn.Module, student: nn.M
     return curve
 
 
-def test_the_generator_raises_the_disagreement_it_cannot_see_the_gradient_of():
+@pytest.mark.parametrize("kind", [DFME, MAZE])
+def test_the_generator_raises_the_disagreement_it_cannot_see_the_gradient_of(kind):
     """A student that never learns: G, trained on forward differences of paid answers only,
     must find images where it and the victim disagree more (a flipped sign lowers it)."""
-    attack = DFME(
+    attack = kind(
         batch=32,
         directions=4,
         student_steps=1,
@@ -51,12 +52,12 @@ def test_the_generator_raises_the_disagreement_it_cannot_see_the_gradient_of():
     assert np.mean(curve[-5:]) > 1.3 * np.mean(curve[:5]), curve
 
 
-def run_dfme(victim_ckpt, budget: int, *more: str):
+def run_dfme(victim_ckpt, budget: int, *more: str, overlay: str = "dfme"):
     from knockoff_lab.pipeline.cli import cli_main
     from tests.attacks.test_attacks import CONFIGS
 
     args = ["fit", "--config", str(CONFIGS / "surrogate/digits_natural_probs.yaml")]
-    args += ["--config", str(CONFIGS / "attacks/dfme.yaml")]
+    args += ["--config", str(CONFIGS / f"attacks/{overlay}.yaml")]
     args += ["--data.init_args.api.init_args.victim", str(victim_ckpt)]
     args += ["--data.init_args.budget", str(budget), "--test_after_fit", "false"]
     args += ["--data.init_args.attack.init_args.batch", "8", *more]
@@ -102,3 +103,32 @@ def test_a_generator_that_diverged_fails_before_its_queries_are_asked():
     attack.build(seen).project.weight.data.fill_(float("nan"))
     with pytest.raises(ConfigError, match="generator made non-finite images for round 0"):
         attack.propose(seen, 8)
+
+
+def test_maze_replays_earlier_student_queries_unpaid_and_never_its_probes(victim_ckpt, monkeypatch):
+    """Iterations of 8 x (10 + 1) probes + 5 x 8 student queries; every step trains on its own
+    round and up to 12 earlier student queries (none from a probe round), paying nothing more."""
+    from lightning_modules import Surrogate
+
+    trained_on = []
+    step = Surrogate.training_step
+    monkeypatch.setattr(
+        Surrogate,
+        "training_step",
+        lambda self, batch, i: (trained_on.append(batch[0].cpu().clone()), step(self, batch, i))[1],
+    )
+    cli = run_dfme(
+        victim_ckpt, 2 * 128, "--data.init_args.attack.init_args.replay", "12", overlay="maze"
+    )
+    data = cli.datamodule
+    assert data.sizes == [88, 8, 8, 8, 8, 8] * 2
+    assert data.api.record(data.client).asked == 256
+    assert [len(x) for x in trained_on] == [8, 16] + [20] * 8
+    starts = np.cumsum([0, *data.sizes])
+    probes = torch.cat([data.images[starts[r] : starts[r + 1]] for r in (0, 6)])
+    students = [data.images[starts[r] : starts[r + 1]] for r in range(12) if r not in (0, 6)]
+    for images, own in zip(trained_on, students, strict=True):
+        assert torch.equal(images[:8], own)  # its own round first, then the replayed
+        replayed = images[8:]
+        assert not (replayed[:, None] == probes[None]).flatten(2).all(-1).any()
+        assert (replayed[:, None] == torch.cat(students)[None]).flatten(2).all(-1).any(-1).all()
