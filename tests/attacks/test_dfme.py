@@ -1,5 +1,5 @@
-"""DFME and MAZE: their generator climbs the student-victim disagreement through paid probes alone, its
-rounds cost what its formula says, and bad settings fail before any query."""
+"""DFME and MAZE: their generator climbs the student-victim disagreement through paid probes
+alone, and their rounds cost what their formula says (bad inputs: tests/test_bad_inputs.py)."""
 
 import numpy as np
 import pytest
