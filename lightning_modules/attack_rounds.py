@@ -186,12 +186,14 @@ class AttackRounds(Callback):
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Beside the surrogate's test metrics: the owner's view of every query asked
-        (`attack/<name>`) and of the last round's (`attack/<name>_last`)."""
+        (`attack/<name>`) and of the last round's (`attack/<name>_last`), the reader's and the
+        strategy's own metrics after its last round."""
         data = trainer.datamodule
         whole = data.pool.query_analysis(data.indices)
         last = data.pool.query_analysis(data.indices[sum(data.sizes[:-1]) :])
         metrics = {f"attack/{k}": v for k, v in whole.items()}
         metrics |= {f"attack/{k}_last": v for k, v in last.items()}
         metrics |= {f"attack/{k}": v for k, v in data.reader.metrics().items()}
+        metrics |= {f"attack/{k}": v for k, v in data.attack.metrics().items()}  # its last round
         if metrics:
             pl_module.log_dict(metrics)
