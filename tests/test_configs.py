@@ -218,15 +218,15 @@ def test_embedded_attack_config_runs(path: Path, victim_ckpt: Path):
     assert {"test/acc", "test/recovery", "test/fidelity"} <= set(metrics)
 
 
-def attack_arguments(path: Path) -> list[str]:
-    """The init arguments of the query strategy an overlay names (none if it names none)."""
+def attack_class(path: Path) -> type | None:
+    """The query strategy an overlay names (None if it names none)."""
     attack = ((yaml.safe_load(path.read_text()).get("data") or {}).get("init_args", {})).get(
         "attack"
     )
     if not attack:
-        return []
+        return None
     module, name = attack["class_path"].rsplit(".", 1)
-    return list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+    return getattr(importlib.import_module(module), name)
 
 
 @pytest.mark.parametrize("path", EMBEDDED_OVERLAYS, ids=lambda p: str(p.relative_to(CONFIGS)))
@@ -244,10 +244,10 @@ def test_attack_and_defence_overlays_run(path: Path, victim_ckpt: Path, request,
             "--data.init_args.val_fraction",  # JBDA's seed round is 5% of the budget: 8 queries
             "0.2",
         ]
-        if "rounds" in attack_arguments(path)
+        if (strategy := attack_class(path)) and "rounds" in inspect.signature(strategy).parameters
         else []
     )
-    if "directions" in attack_arguments(path):  # a data-free attack: iterations that fit 150
+    if strategy and strategy.round_unit == "step":  # a data-free attack: iterations that fit 150
         rounds = ["--data.init_args.attack.init_args.batch", "8"]
         rounds += ["--trainer.limit_train_batches", "1.0"]  # every round is a step
     own_pool = "pool" in (yaml.safe_load(path.read_text()).get("data") or {}).get("init_args", {})

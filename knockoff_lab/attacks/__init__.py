@@ -12,10 +12,20 @@ from knockoff_lab.attacks.base import (
 )
 from knockoff_lab.attacks.ddae import DDAE
 from knockoff_lab.attacks.dfme import DFME, MAZE
+from knockoff_lab.attacks.hard_label import HardLabelDataFree
 from knockoff_lab.attacks.jacobian import JacobianAugmentation
 from knockoff_lab.attacks.knockoff_adaptive import KnockoffAdaptive
 from knockoff_lab.attacks.random_sampling import RandomSampling
 
 __all__ = ["ATTACKS", "Queries", "QueryStrategy", "RandomSampling", "Seen", "list_attacks"]
 __all__ += ["register_attack", "ActiveThief", "JacobianAugmentation", "KnockoffAdaptive"]
-__all__ += ["AnswerReader", "AsGiven", "DDAE", "DFME", "MAZE", "QuerySmoothing", "TopOne"]
+__all__ += [
+    "AnswerReader",
+    "AsGiven",
+    "DDAE",
+    "DFME",
+    "HardLabelDataFree",
+    "MAZE",
+    "QuerySmoothing",
+    "TopOne",
+]

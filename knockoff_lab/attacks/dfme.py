@@ -16,9 +16,9 @@ a whole number of iterations go to a last probe round and fewer (or smaller) stu
 to student rounds alone when a probe round no longer fits: the budget is spent exactly. The
 surrogate should train with `loss: l1_logits` (DFME's student loss; the YAML sets it).
 
-G's weights and its optimiser's state are saved with the round that changed them (about
-12 x G's size per iteration on disk), so a killed attack resumes without asking anything twice.
-Left out: the learning-rate schedule of G (its optimiser's rate is fixed), DFME's n_G > 1.
+G's state is saved with the round that changed it (`GeneratorAttack`; about 3 x G's size per
+iteration on disk, with Adam). Left out: the learning-rate schedule of G (its optimiser's rate
+is fixed), DFME's n_G > 1.
 """
 
 from typing import Any
@@ -27,9 +27,9 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
-from knockoff_lab.attacks.base import Queries, QueryStrategy, Seen, register_attack
+from knockoff_lab.attacks.base import Queries, Seen, register_attack
+from knockoff_lab.attacks.generator import GeneratorAttack
 from knockoff_lab.core.errors import ConfigError
-from knockoff_lab.nets.generators import build_generator
 
 
 def victim_logits(answers: torch.Tensor) -> torch.Tensor:
@@ -44,14 +44,11 @@ def one_hot_rows(answers: torch.Tensor) -> bool:
 
 
 @register_attack
-class DFME(QueryStrategy):
+class DFME(GeneratorAttack):
     """Data-free extraction: `batch` B images per generator batch, `directions` m >= 1,
     `epsilon` the forward-difference step (in normalised pixels), `student_steps` n_s student
-    rounds per generator update, `generator` a name of `nets.generators`, `latent` its noise
-    size, `generator_optimizer` its optimiser (DFME: Adam, 1e-4 on CIFAR-10)."""
-
-    synthetic = True
-    round_unit = "step"
+    rounds per generator update; `generator`, `latent`, `generator_optimizer`: G (DFME: Adam,
+    1e-4 on CIFAR-10)."""
 
     def __init__(
         self,
@@ -63,30 +60,16 @@ class DFME(QueryStrategy):
         latent: int = 64,
         generator_optimizer: OptimizerCallable = torch.optim.Adam,
     ):
-        super().__init__(rounds=1)
-        for name, value in (("batch", batch), ("directions", directions)):
-            if value < 1:
-                raise ConfigError(f"attack {name} must be >= 1, got {value}")
+        super().__init__(batch, generator, latent, generator_optimizer)
+        if directions < 1:
+            raise ConfigError(f"attack directions must be >= 1, got {directions}")
         if student_steps < 1:
             raise ConfigError(f"attack student_steps must be >= 1, got {student_steps}")
         if not epsilon > 0:
             raise ConfigError(f"attack epsilon must be > 0, got {epsilon}")
-        self.batch, self.directions, self.epsilon = batch, directions, epsilon
-        self.student_steps, self.generator, self.latent = student_steps, generator, latent
-        self._optimizer_factory = generator_optimizer
-        self._net: nn.Module | None = None
-        self._optimizer: torch.optim.Optimizer | None = None
+        self.directions, self.epsilon, self.student_steps = directions, epsilon, student_steps
         self._probe_rounds: set[int] = set()
         self._pending: int | None = None  # a probe round whose answers are not used yet
-        self._changed = False  # G changed while proposing this round: save it with the round
-        self._disagreement: float | None = None
-        self._restore: dict[str, Any] | None = None  # G's stored state, read before G is built
-
-    def settings(self) -> dict[str, Any]:
-        settings = super().settings()
-        optimizer = self._optimizer_factory(nn.Linear(1, 1).parameters())
-        settings["generator_optimizer"] = [type(optimizer).__name__, optimizer.defaults]
-        return settings
 
     @property
     def probes(self) -> int:
@@ -100,9 +83,8 @@ class DFME(QueryStrategy):
         if budget <= self.probes:
             raise ConfigError(
                 f"data.budget {budget} does not pay for one {type(self).__name__} iteration: its "
-                "probe round "
-                f"alone is batch x (directions + 1) = {self.probes} queries, and the student "
-                f"needs more (one iteration: {self.queries_per_iteration()})"
+                f"probe round alone is batch x (directions + 1) = {self.probes} queries, and the "
+                f"student needs more (one iteration: {self.queries_per_iteration()})"
             )
         sizes, left = [], budget
         while left:
@@ -127,35 +109,14 @@ class DFME(QueryStrategy):
                 "hard-label attack"
             )
 
-    def noise(self, seen: Seen, r: int, count: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(seen.seed * 1_000_003 + r)
-        return torch.randn(count, self.latent, generator=generator).to(seen.device)
-
-    def build(self, seen: Seen) -> nn.Module:
-        """G, initialised from the attack's seed, and its optimiser, on the surrogate's device."""
-        if self._net is None:
-            channels, size = seen.pool[0].shape[0], seen.pool[0].shape[-1]
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seen.seed)
-                self._net = build_generator(self.generator, self.latent, size, channels)
-            self._optimizer = self._optimizer_factory(self._net.parameters())
-            if self._restore is not None:
-                self.restore(self._restore)
-        return self._net.to(seen.device).train()
-
     def propose(self, seen: Seen, count: int) -> Queries:
         net, r = self.build(seen), seen.round
         self._changed = False
         if self._pending is not None and seen.surrogate is not None:
             self.update(seen, net)
-        with torch.no_grad():
-            images = net(self.noise(seen, r, self.batch if r in self._probe_rounds else count))
-        if not torch.isfinite(images).all():
-            raise ConfigError(
-                f"data.attack: {type(self).__name__}'s generator made non-finite images for "
-                f"round {r} (diverged): lower data.attack.init_args.generator_optimizer's lr"
-            )
-        if r not in self._probe_rounds:
+        probing = r in self._probe_rounds
+        images = self.generate(net, self.noise(seen, r, self.batch if probing else count), r)
+        if not probing:
             return Queries(images=images.cpu())
         generator = torch.Generator().manual_seed(seen.seed * 1_000_003 + r + 500_000)
         shape = (len(images), self.directions, *images.shape[1:])
@@ -189,49 +150,19 @@ class DFME(QueryStrategy):
         dimension = x[0].numel()
         gradient = dimension / m * (differences.view(b, m, *[1] * (x.ndim - 1)) * u).sum(1)
         self._disagreement = float(losses[:b].mean())
-        z = self.noise(seen, self._pending, b)
         with torch.enable_grad():
-            regenerated = net(z)
-            self._optimizer.zero_grad()
-            regenerated.backward(-gradient / b)  # descend -L: ascend the disagreement
-            self._optimizer.step()
-        self._pending, self._changed = None, True
+            regenerated = net(self.noise(seen, self._pending, b))
+            # descend -L along the estimate: ascend the disagreement
+            self.step_generator(net, -(regenerated * gradient).sum() / b)
+        self._pending = None
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"pending": self._pending}
-        if self._changed and self._net is not None:
-            state |= {f"g.{k}": v.detach().cpu() for k, v in self._net.state_dict().items()}
-            optimizer = self._optimizer.state_dict()
-            for index, entries in optimizer["state"].items():
-                for key, value in entries.items():
-                    state[f"opt.{index}.{key}"] = torch.as_tensor(value).cpu()
-            state["opt_groups"] = optimizer["param_groups"]
-        if self._disagreement is not None:
-            state["disagreement"] = self._disagreement
-        return state
+        return {**super().state_dict(), "pending": self._pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """A round read back: the pending probe round, and G as that round left it if the
-        round changed it (else G stays as the last such round left it: rounds load in order)."""
-        self._pending, self._changed = state.get("pending"), False
-        self._disagreement = state.get("disagreement", self._disagreement)
-        if any(key.startswith("g.") for key in state):
-            self._restore = state if self._net is None else self.restore(state)
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """G and its optimiser as a stored round left them."""
-        self._net.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("g.")})
-        entries: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in state.items():
-            if key.startswith("opt."):
-                _, index, name = key.split(".", 2)
-                entries.setdefault(int(index), {})[name] = value
-        self._optimizer.load_state_dict({"state": entries, "param_groups": state["opt_groups"]})
-
-    def metrics(self) -> dict[str, float]:
-        """`disagreement`: the student's mean L1 distance to the victim's logits on G's last
-        probe images, which G is trained to raise and the student to lower."""
-        return {} if self._disagreement is None else {"disagreement": self._disagreement}
+        """A round read back: also the probe round whose answers G has not used yet."""
+        super().load_state_dict(state)
+        self._pending = state.get("pending")
 
 
 @register_attack

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from knockoff_lab.attacks import DFME, MAZE, Seen
+from knockoff_lab.attacks import DFME, MAZE, HardLabelDataFree, Seen
+from knockoff_lab.attacks.dfme import one_hot_rows
 from knockoff_lab.core.errors import ConfigError
 
 
@@ -132,3 +133,50 @@ def test_maze_replays_earlier_student_queries_unpaid_and_never_its_probes(victim
         replayed = images[8:]
         assert not (replayed[:, None] == probes[None]).flatten(2).all(-1).any()
         assert (replayed[:, None] == torch.cat(students)[None]).flatten(2).all(-1).any(-1).all()
+
+
+def test_the_hard_label_generator_finds_images_the_student_gets_wrong():
+    """A frozen student and a victim that answer labels only: G, stepped on the labels the
+    victim gave its last images, must raise the student's cross-entropy to them (the class
+    diversity off, so the curve is that term alone; a flipped sign lowers it)."""
+    attack = HardLabelDataFree(
+        batch=32,
+        student_steps=1,
+        diversity=0.0,
+        latent=8,
+        generator_optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+    )
+    victim, student = small_net(1), small_net(2)
+    images, answers, curve = torch.empty(0, 3, 8, 8), torch.empty(0, 4), []
+    for r in range(40):
+        seen = Seen(
+            [torch.zeros(3, 8, 8)],
+            np.full(len(images), -1),
+            images,
+            answers,
+            student,
+            torch.device("cpu"),
+            r,
+            0,
+        )
+        asked = attack.propose(seen, 32).images
+        with torch.no_grad():
+            answered = torch.nn.functional.one_hot(victim(asked).argmax(-1), 4).float()
+        images, answers = torch.cat([images, asked]), torch.cat([answers, answered])
+        curve += list(attack.metrics().values())
+    assert np.mean(curve[-5:]) > 1.3 * np.mean(curve[:5]), curve
+    assert all(p.grad is None for p in student.parameters())  # G's steps leave it untouched
+
+
+def test_the_hard_label_attack_runs_on_labels_every_round_a_paid_training_step(victim_ckpt):
+    from tests.attacks.test_attacks import CONFIGS
+
+    labels = ["--config", str(CONFIGS / "defences/label_only.yaml")]
+    cli = run_dfme(victim_ckpt, 100, *labels, overlay="hard_label")
+    data = cli.datamodule
+    assert data.sizes == [8] * 12 + [4]
+    assert data.api.record(data.client).asked == 100
+    assert cli.trainer.global_step == 13 == data.rounds_done
+    assert one_hot_rows(data.answers)  # the API gave labels, and that was enough
+    stored = [r for r in range(13) if "g.project.weight" in data.round(r).proposal()[1]]
+    assert stored == [5, 10]  # G stepped every student_steps rounds, saved with that round
