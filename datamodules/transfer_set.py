@@ -503,6 +503,9 @@ class TransferSetDataModule(ImageDataModule):
             replayed = generator.permutation(earlier)[: self.attack.replay]
             rows = np.concatenate([rows, np.sort(replayed)])
         rows = rows[self.dealer.rank :: self.dealer.world]
+        if not len(rows):  # the API refused the whole round: nothing to learn, no step
+            shape = self.pool.split("pool")[0].shape if self.images is None else self.images.shape
+            return torch.empty(0, *shape[-3:]), torch.empty(0, self.num_classes)
         data = TransferDataset(
             self.pool.split("pool"), self.indices, self.images, self.targets(), rows
         )

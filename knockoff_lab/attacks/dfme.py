@@ -40,7 +40,9 @@ def victim_logits(answers: torch.Tensor) -> torch.Tensor:
 
 def one_hot_rows(answers: torch.Tensor) -> bool:
     """Whether every answer is a label (a single 1, zeros elsewhere)."""
-    return bool(((answers == 0) | (answers == 1)).all() and (answers.sum(-1) == 1).all())
+    return bool(
+        len(answers) and ((answers == 0) | (answers == 1)).all() and (answers.sum(-1) == 1).all()
+    )
 
 
 @register_attack

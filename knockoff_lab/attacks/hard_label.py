@@ -71,4 +71,3 @@ class HardLabelDataFree(GeneratorAttack):
                 net, -(wrong.mean() if len(wrong) else 0) - self.diversity * entropy
             )
         seen.surrogate.zero_grad(set_to_none=True)  # G's step went through it: leave it clean
-

@@ -180,3 +180,22 @@ def test_the_hard_label_attack_runs_on_labels_every_round_a_paid_training_step(v
     assert one_hot_rows(data.answers)  # the API gave labels, and that was enough
     stored = [r for r in range(13) if "g.project.weight" in data.round(r).proposal()[1]]
     assert stored == [5, 10]  # G stepped every student_steps rounds, saved with that round
+
+
+def test_rounds_the_api_refuses_whole_are_paid_and_skipped(victim_ckpt, monkeypatch):
+    """A defence that stops answering after 60 queries: every later round is paid for and
+    refused, and the student's step on it has nothing to learn from (no loss, no gradient)."""
+    from lightning_modules import Surrogate
+
+    trained, step = [], Surrogate.training_step
+    monkeypatch.setattr(
+        Surrogate,
+        "training_step",
+        lambda self, batch, i: (trained.append(len(batch[0])), step(self, batch, i))[1],
+    )
+    defences = '[{"class_path": "tests.toy_defence.RefuseAfter", "init_args": {"limit": 60}}]'
+    cli = run_dfme(victim_ckpt, 156, "--data.init_args.api.init_args.defences", defences)
+    data = cli.datamodule
+    record = data.api.record(data.client)
+    assert (record.asked, record.answered, record.refused) == (156, 60, 96)
+    assert trained == [8] * 5 + [0] * 9  # 16 probes + 5 x 8 answered, then 4 of 16 probes
