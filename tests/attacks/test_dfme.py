@@ -199,3 +199,30 @@ def test_rounds_the_api_refuses_whole_are_paid_and_skipped(victim_ckpt, monkeypa
     record = data.api.record(data.client)
     assert (record.asked, record.answered, record.refused) == (156, 60, 96)
     assert trained == [8] * 5 + [0] * 9  # 16 probes + 5 x 8 answered, then 4 of 16 probes
+
+
+def test_the_paper_scale_overlay_runs_an_iteration_on_a_cifar10_layout(tmp_path):
+    """configs/attacks/dfme_cifar10.yaml over the paper-scale surrogate, on a tiny CIFAR-10 in
+    its real layout (python batches) and a ResNet-18 victim: one iteration and a step more, so
+    the 20M-query preset cannot crash hours in."""
+    from knockoff_lab.nets.networks import build_network
+    from knockoff_lab.pipeline.cli import cli_main
+    from tests.attacks.test_attacks import CONFIGS
+    from tests.datamodules import layouts
+
+    root = layouts.cifar10(tmp_path / "data")
+    state = {f"net.{k}": v for k, v in build_network("resnet18", 10).state_dict().items()}
+    hparams = {"arch": "resnet18", "num_classes": 10}
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "victim.ckpt")
+    args = ["fit", "--config", str(CONFIGS / "surrogate/rn34_imagenet.yaml")]
+    args += ["--config", str(CONFIGS / "attacks/dfme_cifar10.yaml")]
+    args += ["--data.init_args.api.init_args.victim", str(tmp_path / "victim.ckpt")]
+    for part in ("pool", "victim_data"):
+        args += [f"--data.init_args.{part}.init_args.root", str(root)]
+    args += ["--data.init_args.attack.init_args.batch", "4", "--data.init_args.budget", "32"]
+    args += ["--data.init_args.num_workers", "0", "--trainer.limit_test_batches", "1"]
+    cli = cli_main(args)
+    data = cli.datamodule
+    assert data.sizes == [8, 4, 4, 4, 4, 4, 4] and data.images.shape[1:] == (3, 32, 32)
+    assert data.api.record(data.client).asked == 32
+    assert "test/acc" in cli.trainer.callback_metrics
