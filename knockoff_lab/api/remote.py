@@ -178,6 +178,11 @@ class RemoteAPI(QueryAPI):
         return int(self.info["num_classes"])
 
     @property
+    def answers_probabilities(self) -> bool:
+        """Whether the server answers probabilities (not labels), as its deployment says."""
+        return bool(self.info.get("answers_probabilities", True))
+
+    @property
     def victim_name(self) -> str:
         return f"{self.info['name']} at {self.url}"
 

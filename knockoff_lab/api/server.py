@@ -294,6 +294,7 @@ def create_app(service: Service) -> FastAPI:
             "max_queries": s.max_queries,
             "max_body_bytes": s.max_body_bytes,
             "batch_size": service.api.batch_size,
+            "answers_probabilities": service.api.answers_probabilities,  # as an API's docs say
             "client": entry.client,
         }
 

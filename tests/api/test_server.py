@@ -102,6 +102,21 @@ def queries(n: int, seed: int = 0, dtype=np.float32) -> np.ndarray:
 # -- an attack through HTTP ----------------------------------------------------------------------
 
 
+def test_a_data_free_attack_needing_probabilities_is_refused_by_a_label_api_before_paying(
+    victim_ckpt, tmp_path
+):
+    from knockoff_lab.attacks import DFME
+    from knockoff_lab.defences import LabelOnly
+
+    api = served_api(victim_ckpt, tmp_path, [LabelOnly()])
+    with serving(api, tmp_path, {"alice": {}}) as (url, keys, service):
+        remote = RemoteAPI(url, key=keys["alice"])
+        assert remote.answers_probabilities is False
+        with pytest.raises(ConfigError, match="DFME measures the disagreement on probabilities"):
+            DFME().check_api(remote)
+        assert books(service, "alice")[0] == 0
+
+
 @pytest.mark.parametrize("stack", ["probs", "top2", "prada"])
 def test_an_attack_through_http_builds_the_in_process_transfer_set(victim_ckpt, tmp_path, stack):
     defences = {"probs": [], "top2": [TopK(2)], "prada": [PRADA(min_queries=20, on_flag="flag")]}
