@@ -118,9 +118,9 @@ def test_maze_replays_earlier_student_queries_unpaid_and_never_its_probes(victim
         "training_step",
         lambda self, batch, i: (trained_on.append(batch[0].cpu().clone()), step(self, batch, i))[1],
     )
-    cli = run_dfme(
-        victim_ckpt, 2 * 128, "--data.init_args.attack.init_args.replay", "12", overlay="maze"
-    )
+    more = ["--data.init_args.attack.init_args.replay", "12"]
+    more += ["--data.init_args.attack.init_args.directions", "10"]
+    cli = run_dfme(victim_ckpt, 2 * 128, *more, overlay="maze")
     data = cli.datamodule
     assert data.sizes == [88, 8, 8, 8, 8, 8] * 2
     assert data.api.record(data.client).asked == 256
