@@ -57,6 +57,7 @@ def framework(victim: str, iterations: int) -> dict[str, float]:
             args = ["fit", "--config", str(ROOT / "configs/surrogate/digits_natural_probs.yaml")]
             args += ["--config", str(ROOT / "configs/attacks/dfme.yaml"), "--test_after_fit"]
             args += ["false", "--trainer.logger", "false", "--trainer.default_root_dir", folder]
+            args += ["--trainer.enable_progress_bar", "false"]
             args += ["--data.init_args.api.init_args.victim", victim]
             args += ["--data.init_args.cache_dir", folder, "--data.init_args.budget"]
             args += [str(iterations * (B * (M + 1) + STUDENT_STEPS * B))]
