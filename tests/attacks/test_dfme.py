@@ -201,10 +201,11 @@ def test_rounds_the_api_refuses_whole_are_paid_and_skipped(victim_ckpt, monkeypa
     assert trained == [8] * 5 + [0] * 9  # 16 probes + 5 x 8 answered, then 4 of 16 probes
 
 
-def test_the_paper_scale_overlay_runs_an_iteration_on_a_cifar10_layout(tmp_path):
-    """configs/attacks/dfme_cifar10.yaml over the paper-scale surrogate, on a tiny CIFAR-10 in
-    its real layout (python batches) and a ResNet-18 victim: one iteration and a step more, so
-    the 20M-query preset cannot crash hours in."""
+@pytest.mark.parametrize("overlay, budget", [("dfme", 32), ("maze", 70), ("hard_label", 32)])
+def test_the_paper_scale_overlays_run_an_iteration_on_a_cifar10_layout(tmp_path, overlay, budget):
+    """configs/attacks/<attack>_cifar10.yaml over the paper-scale surrogate, on a tiny CIFAR-10
+    in its real layout (python batches) and a ResNet-18 victim: one iteration and a step more,
+    so a run of millions of queries cannot crash hours in."""
     from knockoff_lab.nets.networks import build_network
     from knockoff_lab.pipeline.cli import cli_main
     from tests.attacks.test_attacks import CONFIGS
@@ -215,14 +216,61 @@ def test_the_paper_scale_overlay_runs_an_iteration_on_a_cifar10_layout(tmp_path)
     hparams = {"arch": "resnet18", "num_classes": 10}
     torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "victim.ckpt")
     args = ["fit", "--config", str(CONFIGS / "surrogate/rn34_imagenet.yaml")]
-    args += ["--config", str(CONFIGS / "attacks/dfme_cifar10.yaml")]
+    args += ["--config", str(CONFIGS / f"attacks/{overlay}_cifar10.yaml")]
     args += ["--data.init_args.api.init_args.victim", str(tmp_path / "victim.ckpt")]
     for part in ("pool", "victim_data"):
         args += [f"--data.init_args.{part}.init_args.root", str(root)]
-    args += ["--data.init_args.attack.init_args.batch", "4", "--data.init_args.budget", "32"]
+    args += ["--data.init_args.attack.init_args.batch", "4", "--data.init_args.budget", str(budget)]
     args += ["--data.init_args.num_workers", "0", "--trainer.limit_test_batches", "1"]
     cli = cli_main(args)
     data = cli.datamodule
-    assert data.sizes == [8, 4, 4, 4, 4, 4, 4] and data.images.shape[1:] == (3, 32, 32)
-    assert data.api.record(data.client).asked == 32
+    assert sum(data.sizes) == budget == data.api.record(data.client).asked
+    assert data.rounds_done == len(data.sizes) and data.images.shape[1:] == (3, 32, 32)
     assert "test/acc" in cli.trainer.callback_metrics
+
+
+@pytest.mark.parametrize("kind", [DFME, HardLabelDataFree])
+def test_a_resumed_attack_proposes_what_the_uninterrupted_one_does(kind, tmp_path):
+    """Rounds read back in order (their stored state through the transfer set's files, G's
+    tensors as .npy) leave a fresh strategy where the first one was: its next round is the same."""
+    from datamodules.rounds import Round
+
+    def make():
+        attack = kind(batch=8, latent=8)
+        return attack, attack.round_sizes(300)
+
+    victim, student = small_net(1), small_net(2)
+    first, sizes = make()
+    images, answers, proposals = torch.empty(0, 3, 8, 8), torch.empty(0, 4), []
+    for r in range(12):
+        seen = Seen(
+            [torch.zeros(3, 8, 8)],
+            np.full(len(images), -1),
+            images,
+            answers,
+            student,
+            torch.device("cpu"),
+            r,
+            0,
+        )
+        queries = first.propose(seen, sizes[r])
+        Round(tmp_path / f"round-{r}", 4).save_proposal(queries, first.state_dict())
+        with torch.no_grad():
+            answered = victim(queries.images).softmax(-1)
+        images, answers = torch.cat([images, queries.images]), torch.cat([answers, answered])
+        proposals.append(queries.images)
+    resumed, _ = make()
+    for r in range(11):  # a kill after round 10: rounds 0-10 read back, round 11 proposed
+        resumed.load_state_dict(Round(tmp_path / f"round-{r}", 4).proposal()[1])
+    cut = sum(sizes[:11])
+    seen = Seen(
+        [torch.zeros(3, 8, 8)],
+        np.full(cut, -1),
+        images[:cut],
+        answers[:cut],
+        student,
+        torch.device("cpu"),
+        11,
+        0,
+    )
+    assert torch.equal(resumed.propose(seen, sizes[11]).images, proposals[11])
