@@ -80,8 +80,9 @@ class AttackRounds(Callback):
         steps = sum(map(data.attack.trains_on, range(len(data.sizes))))
         limit, max_steps = trainer.limit_train_batches, trainer.max_steps
         for key, value in (("limit_train_batches", limit), ("max_steps", max_steps)):
-            short = value < steps if isinstance(value, int) else value < 1.0
-            if value not in (-1, None) and short:
+            if value in (-1, None):
+                continue
+            if value < steps if isinstance(value, int) else value < 1.0:
                 raise ConfigError(
                     f"trainer.{key} {value} stops before the attack's {steps} step rounds (one "
                     "optimiser step each): its last queries would never be asked; remove it"
