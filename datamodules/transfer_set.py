@@ -159,6 +159,9 @@ class TransferSetDataModule(ImageDataModule):
         self.rounds_served = 0  # rounds in the loaders of the current epoch
         self.restored_rounds = 0  # rounds a checkpoint had (`load_state_dict`)
         self.read_rounds = 0  # rounds the reader learnt from (a reader that learns)
+        self._round_splits: list[tuple[np.ndarray, np.ndarray]] = []  # `round_splits`
+        self._split_generator: np.random.Generator | None = None
+        self._split_offset = 0  # the first query of the first round not split yet
         self.indices = np.empty(0, np.int64)
         self.images: torch.Tensor | None = None
         self.answers: torch.Tensor | None = None
@@ -436,22 +439,28 @@ class TransferSetDataModule(ImageDataModule):
         return self.reader.read(self.answers)
 
     def split_rows(self, rounds: Collection[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(train rows, val rows) of the rounds done (or of `rounds`): a seeded `val_fraction`
-        of each round to validation, refused queries to neither."""
-        generator = np.random.default_rng(self.seed + 1)  # one permutation per round, in order
-        refused = self.answers.isnan().any(dim=-1).numpy()
-        train, val, offset = [], [], 0
-        wanted = range(self.rounds_done) if rounds is None else rounds
-        for r, size in enumerate(self.sizes[: self.rounds_done]):
-            shuffled = offset + generator.permutation(size)
-            shuffled = shuffled[~refused[shuffled]]  # the attacker got no answer: nothing to learn
+        """(train rows, val rows) of the rounds done (or of `rounds`, in order): a seeded
+        `val_fraction` of each round to validation, refused queries to neither."""
+        splits = self.round_splits()
+        wanted = range(len(splits)) if rounds is None else [r for r in rounds if r < len(splits)]
+        rows = [np.concatenate([splits[r][part] for r in wanted] or [[]]) for part in (0, 1)]
+        return rows[0].astype(np.int64), rows[1].astype(np.int64)
+
+    def round_splits(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each done round's (train rows, val rows), split once: one seeded permutation per
+        round, drawn in round order, so a step-round attack's step costs its own round alone
+        (a round's answers never change once stored)."""
+        if not self._round_splits:
+            self._split_generator, self._split_offset = np.random.default_rng(self.seed + 1), 0
+        for r in range(len(self._round_splits), self.rounds_done):
+            offset, size = self._split_offset, self.sizes[r]
+            refused = self.answers[offset : offset + size].isnan().any(dim=-1).numpy()
+            shuffled = self._split_generator.permutation(size)
+            shuffled = offset + shuffled[~refused[shuffled]]  # no answer: nothing to learn
             n_val = math.floor(self.val_fraction * len(shuffled))
-            if r in wanted:
-                val.append(shuffled[:n_val])
-                train.append(shuffled[n_val:])
-            offset += size
-        rows = [np.concatenate(part or [[]]).astype(np.int64) for part in (train, val)]
-        return rows[0], rows[1]
+            self._round_splits.append((shuffled[n_val:], shuffled[:n_val]))
+            self._split_offset += size
+        return self._round_splits
 
     def class_histogram(self) -> torch.Tensor:
         """How many answered queries name each class as the most likely (Figure 1, left)."""

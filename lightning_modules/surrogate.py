@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
 
+from knockoff_lab.attacks.dfme import victim_logits
 from lightning_modules.synced import log_synced
 from lightning_modules.victim import VictimClassifier
 
@@ -34,9 +35,7 @@ def l1_logits(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
     """DFME's student loss: mean L1 distance to the victim's logits, recovered from its
     probabilities as log-probabilities minus their mean over classes (logits are known only up
     to a constant; the mean fixes it). Needs probabilities: a one-hot answer has no logits."""
-    log_probs = answers.float().clamp_min(1e-8).log()
-    targets = log_probs - log_probs.mean(dim=-1, keepdim=True)
-    return (logits - targets).abs().mean()
+    return (logits - victim_logits(answers)).abs().mean()
 
 
 LOSSES = {"soft_cross_entropy": soft_cross_entropy, "l1_logits": l1_logits}

@@ -62,14 +62,12 @@ class DFME(GeneratorAttack):
         latent: int = 64,
         generator_optimizer: OptimizerCallable = torch.optim.Adam,
     ):
-        super().__init__(batch, generator, latent, generator_optimizer)
+        super().__init__(batch, student_steps, generator, latent, generator_optimizer)
         if directions < 1:
             raise ConfigError(f"attack directions must be >= 1, got {directions}")
-        if student_steps < 1:
-            raise ConfigError(f"attack student_steps must be >= 1, got {student_steps}")
         if not epsilon > 0:
             raise ConfigError(f"attack epsilon must be > 0, got {epsilon}")
-        self.directions, self.epsilon, self.student_steps = directions, epsilon, student_steps
+        self.directions, self.epsilon = directions, epsilon
         self._probe_rounds: set[int] = set()
         self._pending: int | None = None  # a probe round whose answers are not used yet
 
@@ -120,9 +118,8 @@ class DFME(GeneratorAttack):
         images = self.generate(net, self.noise(seen, r, self.batch if probing else count), r)
         if not probing:
             return Queries(images=images.cpu())
-        generator = torch.Generator().manual_seed(seen.seed * 1_000_003 + r + 500_000)
         shape = (len(images), self.directions, *images.shape[1:])
-        u = torch.randn(shape, generator=generator).to(images.device)
+        u = torch.randn(shape, generator=self.random(seen, r, stream=1)).to(images.device)
         u = u / u.flatten(2).norm(dim=-1).view(*shape[:2], *[1] * (len(shape) - 2))
         probes = (images.unsqueeze(1) + self.epsilon * u).flatten(0, 1)
         self._pending = r

@@ -15,8 +15,9 @@ from knockoff_lab.nets.generators import build_generator
 
 
 class GeneratorAttack(QueryStrategy):
-    """Base of the generator-based attacks: `batch` B images per generator batch, `generator` a
-    name of `nets.generators`, `latent` its noise size, `generator_optimizer` its optimiser.
+    """Base of the generator-based attacks: `batch` B images per generator batch,
+    `student_steps` student rounds per step of G, `generator` a name of `nets.generators`,
+    `latent` its noise size, `generator_optimizer` its optimiser.
     Subclasses propose G's images and call `changed()` after a step of G."""
 
     synthetic = True
@@ -25,14 +26,17 @@ class GeneratorAttack(QueryStrategy):
     def __init__(
         self,
         batch: int = 64,
+        student_steps: int = 5,
         generator: str = "dfme_small",
         latent: int = 64,
         generator_optimizer: OptimizerCallable = torch.optim.Adam,
     ):
         super().__init__(rounds=1)
-        if batch < 1:
-            raise ConfigError(f"attack batch must be >= 1, got {batch}")
-        self.batch, self.generator, self.latent = batch, generator, latent
+        for name, value in (("batch", batch), ("student_steps", student_steps)):
+            if value < 1:
+                raise ConfigError(f"attack {name} must be >= 1, got {value}")
+        self.batch, self.student_steps = batch, student_steps
+        self.generator, self.latent = generator, latent
         self._optimizer_factory = generator_optimizer
         self._net: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
@@ -46,10 +50,14 @@ class GeneratorAttack(QueryStrategy):
         settings["generator_optimizer"] = [type(optimizer).__name__, optimizer.defaults]
         return settings
 
-    def noise(self, seen: Seen, r: int, count: int, stream: int = 0) -> torch.Tensor:
-        """Round `r`'s latent noise (seeded: the same round gets the same noise again)."""
-        generator = torch.Generator().manual_seed(seen.seed * 1_000_003 + r + stream * 500_000)
-        return torch.randn(count, self.latent, generator=generator).to(seen.device)
+    @staticmethod
+    def random(seen: Seen, r: int, stream: int = 0) -> torch.Generator:
+        """Round `r`'s seeded random stream `stream` (0: G's noise): the same again on resume."""
+        return torch.Generator().manual_seed(seen.seed * 1_000_003 + r + stream * 500_000)
+
+    def noise(self, seen: Seen, r: int, count: int) -> torch.Tensor:
+        """Round `r`'s latent noise."""
+        return torch.randn(count, self.latent, generator=self.random(seen, r)).to(seen.device)
 
     def build(self, seen: Seen) -> nn.Module:
         """G, initialised from the attack's seed, and its optimiser, on the surrogate's device."""

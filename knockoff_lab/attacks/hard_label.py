@@ -37,12 +37,10 @@ class HardLabelDataFree(GeneratorAttack):
         latent: int = 64,
         generator_optimizer: OptimizerCallable = torch.optim.Adam,
     ):
-        super().__init__(batch, generator, latent, generator_optimizer)
-        if student_steps < 1:
-            raise ConfigError(f"attack student_steps must be >= 1, got {student_steps}")
+        super().__init__(batch, student_steps, generator, latent, generator_optimizer)
         if diversity < 0:
             raise ConfigError(f"attack diversity must be >= 0, got {diversity}")
-        self.student_steps, self.diversity = student_steps, diversity
+        self.diversity = diversity
 
     def round_sizes(self, budget: int) -> list[int]:
         full, rest = divmod(budget, self.batch)

@@ -53,6 +53,19 @@ def test_the_generator_raises_the_disagreement_it_cannot_see_the_gradient_of(kin
     assert np.mean(curve[-5:]) > 1.3 * np.mean(curve[:5]), curve
 
 
+def steps_trained_on(monkeypatch) -> list[torch.Tensor]:
+    """The images of every training step the surrogate takes, as they come."""
+    from lightning_modules import Surrogate
+
+    trained, step = [], Surrogate.training_step
+    monkeypatch.setattr(
+        Surrogate,
+        "training_step",
+        lambda self, batch, i: (trained.append(batch[0].cpu().clone()), step(self, batch, i))[1],
+    )
+    return trained
+
+
 def run_dfme(victim_ckpt, budget: int, *more: str, overlay: str = "dfme"):
     from knockoff_lab.pipeline.cli import cli_main
     from tests.attacks.test_attacks import CONFIGS
@@ -109,15 +122,7 @@ def test_a_generator_that_diverged_fails_before_its_queries_are_asked():
 def test_maze_replays_earlier_student_queries_unpaid_and_never_its_probes(victim_ckpt, monkeypatch):
     """Iterations of 8 x (10 + 1) probes + 5 x 8 student queries; every step trains on its own
     round and up to 12 earlier student queries (none from a probe round), paying nothing more."""
-    from lightning_modules import Surrogate
-
-    trained_on = []
-    step = Surrogate.training_step
-    monkeypatch.setattr(
-        Surrogate,
-        "training_step",
-        lambda self, batch, i: (trained_on.append(batch[0].cpu().clone()), step(self, batch, i))[1],
-    )
+    trained_on = steps_trained_on(monkeypatch)
     more = ["--data.init_args.attack.init_args.replay", "12"]
     more += ["--data.init_args.attack.init_args.directions", "10"]
     cli = run_dfme(victim_ckpt, 2 * 128, *more, overlay="maze")
@@ -185,20 +190,15 @@ def test_the_hard_label_attack_runs_on_labels_every_round_a_paid_training_step(v
 def test_rounds_the_api_refuses_whole_are_paid_and_skipped(victim_ckpt, monkeypatch):
     """A defence that stops answering after 60 queries: every later round is paid for and
     refused, and the student's step on it has nothing to learn from (no loss, no gradient)."""
-    from lightning_modules import Surrogate
-
-    trained, step = [], Surrogate.training_step
-    monkeypatch.setattr(
-        Surrogate,
-        "training_step",
-        lambda self, batch, i: (trained.append(len(batch[0])), step(self, batch, i))[1],
-    )
+    trained = steps_trained_on(monkeypatch)
     defences = '[{"class_path": "tests.toy_defence.RefuseAfter", "init_args": {"limit": 60}}]'
     cli = run_dfme(victim_ckpt, 156, "--data.init_args.api.init_args.defences", defences)
     data = cli.datamodule
     record = data.api.record(data.client)
     assert (record.asked, record.answered, record.refused) == (156, 60, 96)
-    assert trained == [8] * 5 + [0] * 9  # 16 probes + 5 x 8 answered, then 4 of 16 probes
+    assert [len(images) for images in trained] == [8] * 5 + [
+        0
+    ] * 9  # 16 probes + 5 x 8 answered, then 4 of 16 probes
 
 
 @pytest.mark.parametrize("overlay, budget", [("dfme", 32), ("maze", 70), ("hard_label", 32)])
