@@ -6,6 +6,8 @@ stratified split gives the victim's train / val / test sets and an attacker pool
 all three: the stand-in for the in-distribution Bing images of 5.2.2.
 """
 
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,10 @@ def digits_images(image_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
 class DigitsDataModule(ImageDataModule):
     """Digits split into `train`, `val`, `test` (victim) and `pool` (attacker), stratified.
 
-    The fractions are of all 1,797 images; `train` gets what is left.
+    The fractions are of all 1,797 images; `train` gets what is left. `train_from: pool` trains
+    on the pool split instead (disjoint from the victim's splits: an independent model's data,
+    the same test set); `train_size` keeps that many of the training images (stratified): a
+    small private set a model can memorise, as dataset inference needs.
     """
 
     num_classes = 10
@@ -44,6 +49,8 @@ class DigitsDataModule(ImageDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         pool_fraction: float = 0.2,
+        train_from: Literal["train", "pool"] = "train",
+        train_size: int | None = None,
     ):
         super().__init__(batch_size, num_workers, seed)
         fractions = {
@@ -58,8 +65,12 @@ class DigitsDataModule(ImageDataModule):
             raise ConfigError(f"data fractions {fractions} leave under 10% for training")
         if image_size < 8:
             raise ConfigError(f"data.image_size must be >= 8, got {image_size}")
-        self.image_size = image_size
-        self.fractions = fractions
+        if train_from not in ("train", "pool"):
+            raise ConfigError(f"data.train_from must be train or pool, got {train_from!r}")
+        if train_size is not None and train_size < 10:
+            raise ConfigError(f"data.train_size must be >= 10 (one per class), got {train_size}")
+        self.image_size, self.fractions = image_size, fractions
+        self.train_from, self.train_size = train_from, train_size
 
     def build_splits(self) -> dict[str, Dataset]:
         images, labels = digits_images(self.image_size)
@@ -71,6 +82,22 @@ class DigitsDataModule(ImageDataModule):
                 rest, test_size=size, stratify=targets[rest], random_state=self.seed
             )
         parts["train"] = rest
+        if self.train_from == "pool":
+            parts["train"], parts["pool"] = parts["pool"], parts["train"]
+        if self.train_size is not None:
+            train = parts["train"]
+            if self.train_size > len(train):
+                raise ConfigError(
+                    f"data.train_size {self.train_size} exceeds the {len(train)} images of "
+                    f"the {self.train_from} split"
+                )
+            if self.train_size < len(train):
+                parts["train"], _ = train_test_split(
+                    train,
+                    train_size=self.train_size,
+                    stratify=targets[train],
+                    random_state=self.seed,
+                )
         splits = {
             name: TensorDataset(images[torch.from_numpy(idx)], labels[torch.from_numpy(idx)])
             for name, idx in parts.items()

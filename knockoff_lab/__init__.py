@@ -8,6 +8,7 @@ Every import points down this stack (a test, `tests/test_layers.py`, keeps it so
     attacks                      query strategies, the attacker's answer processing (D-DAE
                                  runs the defences on its shadow models)
     api                          the prediction API, its books, server and remote client
+    ownership                    proofs of theft: verifiers asking a suspect through an API
     datamodules                  (top level) datasets, pools, the stored transfer set
     lightning_modules            (top level) LightningModules and callbacks
     pipeline                     the command line, the trust policy, reproduce presets, report

@@ -6,6 +6,7 @@ from lightning_modules.complete_set import CompleteSetCheckpoint, CompleteSetEar
 from lightning_modules.defence_report import DefenceReport
 from lightning_modules.detector import Detector, FrozenFeaturesDetector
 from lightning_modules.ood_baseline import OODBaseline
+from lightning_modules.ownership_report import OwnershipReport
 from lightning_modules.surrogate import Surrogate
 from lightning_modules.transfer_histogram import TransferHistogram
 from lightning_modules.victim import VictimClassifier
@@ -17,4 +18,4 @@ __all__ += [
     "CompleteSetEarlyStopping",
     "TransferHistogram",
 ]
-__all__ += ["VictimClassifier"]
+__all__ += ["OwnershipReport", "VictimClassifier"]

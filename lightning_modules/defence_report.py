@@ -34,7 +34,10 @@ empty: the ledger metrics are then absent, with one warning, and the others are 
 so the callback can sit in every surrogate config.
 """
 
+from collections.abc import Iterator
+
 import numpy as np
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
@@ -147,18 +150,34 @@ def benign_metrics(api, data) -> dict[str, float]:
 def watermark_metrics(
     dawn: DawnWatermark, data, suspect: LightningModule, applied: bool = True
 ) -> dict[str, float]:
-    """DAWN's ownership test of `suspect` on the attack's watermarked queries, recovered
-    owner-side (`DawnWatermark.watermarks`) from the transfer set's queries (pool images by
-    index, synthetic ones as stored) and the answers the attacker received. A refused or
-    all-zero answer taught nothing and is left out. Run in chunks of `query_batch_size`, so only
-    one chunk of images is in memory; hits are summed over chunks and tested once, as
-    `ownership_test` would test them all."""
+    """DAWN's ownership test of `suspect` on the attack's watermarked queries
+    (`marked_queries`): hits summed over chunks and tested once, as `ownership_test` would
+    test them all."""
+    hits, marked_total = 0, 0
+    for images, labels in marked_queries(dawn, data, applied):
+        hits += watermark_hits(suspect, images.to(suspect.device), labels)
+        marked_total += len(images)
+    metrics = {"watermark/queries": float(marked_total)}
+    if marked_total:
+        metrics["watermark/agreement"] = hits / marked_total
+        metrics["watermark/p_value"] = false_claim_p(hits, marked_total, data.num_classes)
+    return metrics
+
+
+def marked_queries(
+    dawn: DawnWatermark, data, applied: bool = True
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The transfer set's watermarked queries and their watermark labels, chunk by chunk of
+    `query_batch_size` (only one chunk of images in memory), recovered owner-side
+    (`DawnWatermark.watermarks`) from its queries (pool images by index, synthetic ones as
+    stored) and the answers the attacker received; `applied` False: the labels `dawn`'s key
+    would have given (an API that did not watermark). A refused or all-zero answer taught
+    nothing and is left out."""
     answers = data.answers
     if answers is None or len(answers) == 0:
-        return {"watermark/queries": 0.0}
+        return
     informative = ~answers.isnan().any(-1) & (answers.float().nan_to_num(0).amax(-1) > 0)
     rows, clients = np.flatnonzero(informative.numpy()), data.clients
-    hits, marked_total = 0, 0
     for k, client in enumerate(clients):  # query p was asked by account p % N
         mine = rows[rows % len(clients) == k]
         queries = TransferDataset(data.pool.split("pool"), data.indices, data.images, answers, mine)
@@ -166,12 +185,5 @@ def watermark_metrics(
             queries, batch_size=data.query_batch_size, num_workers=data.num_workers
         ):
             marked, labels = dawn.watermarks(images, received, client, applied)
-            count = int(marked.sum())
-            if count:
-                hits += watermark_hits(suspect, images[marked].to(suspect.device), labels[marked])
-                marked_total += count
-    metrics = {"watermark/queries": float(marked_total)}
-    if marked_total:
-        metrics["watermark/agreement"] = hits / marked_total
-        metrics["watermark/p_value"] = false_claim_p(hits, marked_total, data.num_classes)
-    return metrics
+            if marked.any():
+                yield images[marked], labels[marked]

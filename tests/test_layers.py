@@ -13,6 +13,7 @@ LAYERS = [
     ["knockoff_lab.defences", "knockoff_lab.ood"],
     ["knockoff_lab.attacks"],  # a defence-aware attacker models the defences (attacks.ddae)
     ["knockoff_lab.api"],
+    ["knockoff_lab.ownership"],  # verifiers ask a suspect through any QueryAPI
     ["datamodules"],
     ["lightning_modules"],
     ["knockoff_lab.pipeline"],

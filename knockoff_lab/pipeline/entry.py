@@ -1,5 +1,5 @@
-"""`main.py`'s dispatcher: `reproduce` and `serve` have their own parsers, every other command
-goes to LightningCLI; a user's mistake is one line on stderr and exit status 2."""
+"""`main.py`'s dispatcher: `reproduce`, `serve` and `verify` have their own parsers, every other
+command goes to LightningCLI; a user's mistake is one line on stderr and exit status 2."""
 
 import logging
 import re
@@ -75,6 +75,10 @@ def main() -> None:
             from knockoff_lab.pipeline.serve import serve_main  # lazy: FastAPI only to serve
 
             serve_main(sys.argv[2:])
+        elif sys.argv[1:2] == ["verify"]:
+            from knockoff_lab.pipeline.verify import verify_main
+
+            verify_main(sys.argv[2:])
         else:
             cli_main()
     except Exception as err:
