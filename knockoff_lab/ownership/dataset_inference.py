@@ -29,6 +29,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from scipy.special import logsumexp
 from scipy.stats import ttest_ind
 from torch import nn
 
@@ -138,7 +139,9 @@ def mingd(
 
 
 def harmonic_mean(p_values: np.ndarray) -> float:
-    return float(len(p_values) / np.sum(1 / np.maximum(p_values, 1e-300)))
+    """n / sum(1 / p), in log space: a p-value of 1e-300 does not overflow."""
+    logs = -np.log(np.maximum(p_values, 1e-300))
+    return float(np.exp(np.log(len(p_values)) - logsumexp(logs)))
 
 
 class DatasetInference(Verifier):
