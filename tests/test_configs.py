@@ -25,7 +25,7 @@ from tests.serving import free_port, make_keys, run_server
 BASE = CONFIGS / "victim/digits_cnn.yaml"
 ATTACK = CONFIGS / "surrogate/digits_natural_probs.yaml"
 EXPERIMENT_DIRS = {"pretrain", "victim", "surrogate", "detector", "ood"}
-OTHER_DIRS = {"reproduce", "sweeps", "serve"}  # not LightningCLI configs, tested elsewhere
+OTHER_DIRS = {"reproduce", "sweeps", "serve", "ownership"}  # not LightningCLI configs: below
 
 
 def kind(path: Path) -> str:
@@ -253,11 +253,16 @@ def test_attack_and_defence_overlays_run(path: Path, victim_ckpt: Path, request,
     own_pool = "pool" in (yaml.safe_load(path.read_text()).get("data") or {}).get("init_args", {})
     pool_args = [] if own_pool else small_pool(ATTACK)  # an overlay's own pool keeps its size
     configs = config_args(path)
-    if "DetectorFilter" in path.read_text():  # the overlay, pointed at the shared trained detector
-        text = path.read_text().replace(
+    text = path.read_text()
+    if "DetectorFilter" in text:  # the overlay, pointed at the shared trained detector
+        text = text.replace(
             "runs/detector/digits_cv/checkpoints/last.ckpt",
             str(request.getfixturevalue("detector_ckpt")),
         )
+    if "OwnershipReport" in text:  # the owner: the victim it steals from
+        text = text.replace("runs/victim/digits_cnn/checkpoints/best.ckpt", str(victim_ckpt))
+        text = text.replace("../", f"{path.parent.parent}/")
+    if text != path.read_text():
         configs[-1] = str(tmp_path / path.name)
         Path(configs[-1]).write_text(text)
     cli = cli_main(
@@ -276,6 +281,10 @@ def test_attack_and_defence_overlays_run(path: Path, victim_ckpt: Path, request,
     assert {"test/acc", "test/recovery", "test/fidelity"} <= set(cli.trainer.callback_metrics)
     data = cli.datamodule
     assert data.api.record(data.client).asked == 150  # the budget, exactly, through the API
+    if "OwnershipReport" in text:  # both verifiers asked the surrogate, and decided
+        for verifier in ("di_blind", "dawn"):
+            assert cli.trainer.callback_metrics[f"ownership/{verifier}/accused"] in (0, 1)
+        assert cli.trainer.callback_metrics["ownership/di_blind/queries"] > 0
 
 
 def test_the_watermark_check_tests_a_model_of_a_clean_api(victim_ckpt: Path):

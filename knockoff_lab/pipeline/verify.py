@@ -16,12 +16,15 @@ accused client's watermarked queries: `watermark` and `dawn_pool`, as in
 
 import json
 import sys
+from pathlib import Path
 
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from datamodules.base import ImageDataModule
 from knockoff_lab.api.base import QueryAPI
 from knockoff_lab.core.atomic import atomic_write_text
+from knockoff_lab.core.fragments import read_config
 from knockoff_lab.defences.watermark import DawnWatermark
 from knockoff_lab.ownership import Suspect, Verifier
 from knockoff_lab.pipeline.trust import check_arguments, check_trusted
@@ -44,9 +47,23 @@ def verify_parser() -> ArgumentParser:
     return parser
 
 
+def inlined(args: list[str]) -> list[str]:
+    """Each `--config FILE` as its text with the fragments it names inlined (relative to it,
+    `core.fragments`), as LightningCLI reads them."""
+    args = list(args)
+    for i, arg in enumerate(args):
+        name, given, value = arg.partition("=")
+        if name == "--config" and given:
+            args[i] = "--config=" + yaml.safe_dump(read_config(value))
+        elif arg == "--config" and i + 1 < len(args):
+            args[i + 1] = yaml.safe_dump(read_config(args[i + 1]))
+    return args
+
+
 def verify_main(args: list[str] | None = None) -> list[dict]:
     args = sys.argv[2:] if args is None else args
     check_arguments(args)  # before the parser imports what they name
+    args = inlined(args)
     parser = verify_parser()
     config = parser.parse_args(args)
     check_trusted(config.as_dict())
@@ -63,6 +80,7 @@ def verify_main(args: list[str] | None = None) -> list[dict]:
     ]
     text = json.dumps(verdicts, indent=1)
     if built.output:
-        atomic_write_text(built.output, text + "\n")
+        Path(built.output).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(built.output), text + "\n")
     print(text, flush=True)
     return verdicts

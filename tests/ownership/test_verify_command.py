@@ -1,0 +1,101 @@
+"""`main.py verify` and the configs of configs/ownership/: the suspect served behind a URL
+(configs/serve/digits.yaml) and asked through `RemoteAPI`, every query in its books."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from jsonargparse import ArgumentParser
+
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.ownership import Verifier
+from knockoff_lab.pipeline.serve import build_service, serve_parser
+from knockoff_lab.pipeline.verify import verify_main
+from tests.serving import free_port, make_keys, run_server
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+FRAGMENTS = sorted(
+    p
+    for p in (CONFIGS / "ownership").glob("*.yaml")
+    if "class_path" in yaml.safe_load(p.read_text())
+)
+
+
+@pytest.mark.parametrize("path", FRAGMENTS, ids=lambda p: p.name)
+def test_every_verifier_fragment_builds(path: Path):
+    parser = ArgumentParser()
+    parser.add_argument("--verifier", type=Verifier)
+    built = parser.instantiate(parser.parse_object({"verifier": yaml.safe_load(path.read_text())}))
+    assert isinstance(built.verifier, Verifier)
+
+
+@pytest.fixture
+def served(victim_ckpt, tmp_path):
+    """The victim served as the suspect; the owner holds an ordinary client key of it."""
+    keys = make_keys(tmp_path / "keys.json", {"owner": {}})
+    config = serve_parser().parse_args(
+        [
+            "--config",
+            str(CONFIGS / "serve/digits.yaml"),
+            "--api.init_args.victim",
+            str(victim_ckpt),
+            "--api.init_args.ledger",
+            str(tmp_path / "books.sqlite"),
+            "--api.init_args.posterior_cache",
+            "null",
+            "--api.init_args.budget",
+            "null",
+            "--server.keys_file",
+            str(tmp_path / "keys.json"),
+            "--server.port",
+            str(free_port()),
+        ]
+    )
+    service = build_service(config)
+    with run_server(service) as url:
+        yield url, keys["owner"], service
+
+
+def verify(url: str, owner: Path, out: Path) -> list[str]:
+    return [
+        "--config",
+        str(CONFIGS / "ownership/verify_remote.yaml"),
+        "--suspect.init_args.url",
+        url,
+        "--owner",
+        str(owner),
+        "--output",
+        str(out),
+    ]
+
+
+def test_verify_asks_a_suspect_behind_a_url_and_the_books_agree(
+    served, victim_ckpt, tmp_path, monkeypatch
+):
+    url, key, service = served
+    monkeypatch.setenv("KNOCKOFF_API_KEY", key)
+    verdicts = verify_main(verify(url, victim_ckpt, tmp_path / "verdicts.json"))
+    assert json.loads((tmp_path / "verdicts.json").read_text()) == verdicts
+    (blind,) = verdicts
+    asked = service.worker.submit(service.api.record, "owner").result(30).asked
+    assert blind["verifier"] == "di_blind" and blind["ownership/di_blind/queries"] == asked > 0
+    assert 0 <= blind["ownership/di_blind/p_value"] <= 1
+
+
+def test_a_refused_key_or_a_white_box_test_of_a_url_fails_before_any_query(
+    served, victim_ckpt, tmp_path, monkeypatch
+):
+    url, key, service = served
+    monkeypatch.setenv("KNOCKOFF_API_KEY", "not-a-key")
+    with pytest.raises(ConfigError, match="refused the request"):
+        verify_main(verify(url, victim_ckpt, tmp_path / "v.json"))
+    monkeypatch.setenv("KNOCKOFF_API_KEY", key)
+    mingd = [
+        "--verifiers",
+        json.dumps([yaml.safe_load((CONFIGS / "ownership/di_mingd.yaml").read_text())]),
+    ]
+    with pytest.raises(ConfigError, match="walk mingd needs the suspect's weights"):
+        verify_main([*verify(url, victim_ckpt, tmp_path / "v.json"), *mingd])
+    assert service.worker.submit(service.api.record, "owner").result(30).asked == 0
+    assert not (tmp_path / "v.json").exists()
