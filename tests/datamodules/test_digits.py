@@ -1,8 +1,10 @@
 """The embedded default: real digits, seeded disjoint splits, normalised RGB tensors."""
 
+import pytest
 import torch
 
 from datamodules import DigitsDataModule
+from knockoff_lab.core.errors import ConfigError
 from knockoff_lab.core.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -61,3 +63,19 @@ def test_bad_fraction_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="data.val_fraction must be in"):
         DigitsDataModule(val_fraction=1.5)
+
+
+def test_a_small_private_set_and_an_independent_models_data_are_disjoint():
+    """`train_size` keeps a stratified part of the training split; `train_from: pool` trains
+    on the pool split, which shares no image with the victim's training split (dataset
+    inference's negative controls), while the test split stays the same."""
+    owner, independent = _splits(train_size=100), _splits(train_from="pool", train_size=100)
+    full = _splits()
+    keys = lambda ds: {img.numpy().tobytes() for img in ds.tensors[0]}  # noqa: E731
+    assert len(owner["train"]) == len(independent["train"]) == 100
+    assert keys(owner["train"]) <= keys(full["train"])
+    assert not keys(independent["train"]) & keys(full["train"])
+    assert torch.equal(owner["test"].tensors[0], independent["test"].tensors[0])
+    assert set(owner["train"].tensors[1].tolist()) == set(range(10))
+    with pytest.raises(ConfigError, match="train_size 1000 exceeds the 359 images of the pool"):
+        _splits(train_from="pool", train_size=1000)
