@@ -2,6 +2,9 @@
 (configs/serve/digits.yaml) and asked through `RemoteAPI`, every query in its books."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,25 @@ def test_a_refused_key_or_a_white_box_test_of_a_url_fails_before_any_query(
         verify_main([*verify(url, victim_ckpt, tmp_path / "v.json"), *mingd])
     assert service.worker.submit(service.api.record, "owner").result(30).asked == 0
     assert not (tmp_path / "v.json").exists()
+
+
+def test_main_py_verify_reports_a_mistake_in_one_line(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if k != "KNOCKOFF_API_KEY"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(CONFIGS.parent / "main.py"),
+            "verify",
+            "--config",
+            str(CONFIGS / "ownership/verify_remote.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: no API key for http://127.0.0.1:8470: set key_file, or $KNOCKOFF_API_KEY"
+    ]
