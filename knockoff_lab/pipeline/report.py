@@ -216,11 +216,27 @@ def _number(values: list[float] | None) -> str:
     return f"{mean(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
 
+def measurement_table(results: Results, table: str) -> list[str]:
+    """A table a preset's stages name in their `rows` (none of the paper's, no grid's): a row
+    per victim and setting, each metric's mean [min, max] over its seeds or models."""
+    metrics = list(dict.fromkeys(k[3] for k in results if k[0] == table))
+    header = ["victim", "setting", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for victim, setting in dict.fromkeys(k[1:3] for k in results if k[0] == table):
+        values = [results.get((table, victim, setting, m)) for m in metrics]
+        lines.append("| " + " | ".join([victim, setting, *map(_number, values)]) + " |")
+    return lines
+
+
 def grid_table(results: Results, grid: Grid) -> list[str]:
-    """A row per measured cell: its variants, then each metric's mean [min, max] over seeds."""
+    """A row per measured cell: its variants, then each metric's mean [min, max] over seeds;
+    then the rows a stage of the preset adds to the grid's table (`rows` with the grid's name
+    and a setting of one `/`-separated name per axis)."""
     header = [*grid.axes, *grid.metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for cell in grid.cells():
+    cells = grid.cells()
+    added = {tuple(k[2].split("/")) for k in results if k[0] == grid.name and k[1] == grid.victim}
+    for cell in [*cells, *sorted(c for c in added - set(cells) if len(c) == len(grid.axes))]:
         values = [grid.get(results, cell, metric) for metric in grid.metrics]
         if any(values):
             lines.append("| " + " | ".join([*cell, *map(_number, values)]) + " |")
@@ -287,6 +303,9 @@ def write_tables(
                 *multipliers,
                 "",
             ]
+    known = {*TITLES, *(grid.name for grid in grids)}
+    for table in dict.fromkeys(k[0] for k in results if k[0] not in known):
+        lines += [f"## {table}", "", *measurement_table(results, table), ""]
     lines += [
         "## The paper's findings, checked on this run",
         "",

@@ -12,7 +12,7 @@ import yaml
 from knockoff_lab.core.errors import ConfigError
 from knockoff_lab.pipeline.cli import cli_main
 from knockoff_lab.pipeline.grid import Grid, Multiplier, Plot, Reference, Variant
-from knockoff_lab.pipeline.report import grid_table
+from knockoff_lab.pipeline.report import grid_table, write_tables
 from knockoff_lab.pipeline.reproduce import reproduce_main
 from knockoff_lab.pipeline.stages import Stage, read_yaml
 from tests.conftest import CONFIGS
@@ -104,6 +104,24 @@ def test_the_grid_table_and_its_paired_comparisons_with_the_reference():
     assert lines[1].startswith("- jbda/top1 vs jbda/none") and lines[1].endswith("**inconclusive**")
     higher = {**results, ("g", "v", "random/top1", "acc"): [0.9, 0.93, 0.91]}
     assert g.comparisons(higher)[0].endswith("**higher**")
+
+
+def test_a_stage_row_in_a_grids_table_joins_it_and_other_tables_are_shown_too(tmp_path):
+    """A stage whose `rows` name the grid's table with one name per axis adds its row after
+    the cells (a data-free thief beside the grid's); a table no grid or paper table names is
+    shown as measured (each metric's mean [min, max] over its seeds or models)."""
+    results = {
+        ("g", "v", "random/none", "acc"): [0.8],
+        ("g", "v", "dfme/none", "acc"): [0.5, 0.7],
+        ("g", "v", "odd", "acc"): [0.1],  # not one name per axis: not a row of the grid
+        ("controls", "v", "independent", "accused"): [0.0, 1.0, 0.0, 0.0],
+    }
+    table = grid_table(results, grid())
+    assert table[-1] == "| dfme | none | 0.600 [0.500, 0.700] | n/a |" and len(table) == 4
+    write_tables(tmp_path / "tables.md", results, False, grids=[grid()])
+    text = (tmp_path / "tables.md").read_text()
+    assert "## controls\n\n| victim | setting | accused |" in text
+    assert "| v | independent | 0.250 [0.000, 1.000] |" in text
 
 
 def test_a_variant_is_also_compared_with_its_own_reference():
