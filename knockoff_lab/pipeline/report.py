@@ -207,13 +207,24 @@ def detection_table(results: Results, table: str, paper: bool = False) -> list[s
     return lines
 
 
-def _number(values: list[float] | None) -> str:
-    """A grid cell: the mean over seeds, and the range [min, max] when there are several."""
+def _number(values: list[float] | None, of: int = 0) -> str:
+    """A grid cell: the mean over seeds, and the range [min, max] when there are several; `of`:
+    how many seeds the row has, shown when this metric was logged on fewer (e.g. dataset
+    inference's `points_needed`, absent where no sample size sufficed)."""
     if not values:
         return "n/a"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{mean(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+    text = (
+        f"{values[0]:.3f}"
+        if len(values) == 1
+        else (f"{mean(values):.3f} [{min(values):.3f}, {max(values):.3f}]")
+    )
+    return text + (f" ({len(values)} of {of})" if len(values) < of else "")
+
+
+def _row(values: list[list[float] | None]) -> list[str]:
+    """A row's cells, each metric logged on fewer of the row's seeds saying so."""
+    seeds = max((len(v) for v in values if v), default=0)
+    return [_number(v, seeds) for v in values]
 
 
 def measurement_table(results: Results, table: str) -> list[str]:
@@ -224,7 +235,7 @@ def measurement_table(results: Results, table: str) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for victim, setting in dict.fromkeys(k[1:3] for k in results if k[0] == table):
         values = [results.get((table, victim, setting, m)) for m in metrics]
-        lines.append("| " + " | ".join([victim, setting, *map(_number, values)]) + " |")
+        lines.append("| " + " | ".join([victim, setting, *_row(values)]) + " |")
     return lines
 
 
@@ -239,7 +250,7 @@ def grid_table(results: Results, grid: Grid) -> list[str]:
     for cell in [*cells, *sorted(c for c in added - set(cells) if len(c) == len(grid.axes))]:
         values = [grid.get(results, cell, metric) for metric in grid.metrics]
         if any(values):
-            lines.append("| " + " | ".join([*cell, *map(_number, values)]) + " |")
+            lines.append("| " + " | ".join([*cell, *_row(values)]) + " |")
     return lines
 
 

@@ -96,7 +96,7 @@ def test_the_grid_table_and_its_paired_comparisons_with_the_reference():
     }
     table = grid_table(results, g)
     assert table[0] == "| attack | defence | acc | l1 |"
-    assert "| random | top1 | 0.613 [0.600, 0.630] | 0.040 |" in table
+    assert "| random | top1 | 0.613 [0.600, 0.630] | 0.040 (1 of 3) |" in table  # seeds it has
     lines = g.comparisons(results)
     assert len(lines) == 2
     assert lines[0].startswith("- random/top1 vs random/none: acc -0.197")
