@@ -228,12 +228,13 @@ class DatasetInference(Verifier):
         return self.features(labels_of, owner, images, labels, evidence.num_classes)
 
     def regressor(self, private: torch.Tensor, public: torch.Tensor) -> nn.Module:
-        torch.manual_seed(self.seed)
         inputs = torch.cat([private, public]).flatten(1)
         signs = torch.cat([torch.ones(len(private)), -torch.ones(len(public))])
-        model = nn.Sequential(
-            nn.Linear(inputs.shape[1], 100), nn.ReLU(), nn.Linear(100, 1), nn.Tanh()
-        )
+        with torch.random.fork_rng():  # seeded here, the caller's random state untouched
+            torch.manual_seed(self.seed)
+            model = nn.Sequential(
+                nn.Linear(inputs.shape[1], 100), nn.ReLU(), nn.Linear(100, 1), nn.Tanh()
+            )
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         for _ in range(1000):
             optimizer.zero_grad()
