@@ -74,9 +74,7 @@ class DefenceReport(Callback):
         """A second watermark beside the API's is an error (the CLI calls this before any
         query is asked)."""
         api = getattr(data, "api", None)
-        if self.watermark is not None and any(
-            isinstance(d, DawnWatermark) for d in getattr(api, "defences", [])
-        ):
+        if self.watermark is not None and api_dawn(api) is not None:
             raise ConfigError(
                 "DefenceReport: watermark is for an API without DAWN; this one has a "
                 "DawnWatermark, which is tested: set watermark to null"
@@ -88,7 +86,7 @@ class DefenceReport(Callback):
         if api is None:
             raise ConfigError("DefenceReport needs data: datamodules.TransferSetDataModule")
         metrics = {**benign_metrics(api, data), **self.ledger_metrics(api, data)}
-        dawn = next((d for d in getattr(api, "defences", []) if isinstance(d, DawnWatermark)), None)
+        dawn = api_dawn(api)
         if dawn is not None or self.watermark is not None:
             metrics.update(
                 watermark_metrics(dawn or self.watermark, data, pl_module, applied=dawn is not None)
@@ -124,6 +122,11 @@ class DefenceReport(Callback):
         if not self.warned:
             self.warned = True
             rank_zero_warn(message)
+
+
+def api_dawn(api) -> DawnWatermark | None:
+    """The first DawnWatermark among `api`'s defences (None for none, or for no API)."""
+    return next((d for d in getattr(api, "defences", []) if isinstance(d, DawnWatermark)), None)
 
 
 def benign_metrics(api, data) -> dict[str, float]:

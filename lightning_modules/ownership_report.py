@@ -23,7 +23,7 @@ from knockoff_lab.core.errors import ConfigError
 from knockoff_lab.defences.watermark import DawnWatermark
 from knockoff_lab.nets.victim import load_victim
 from knockoff_lab.ownership import Evidence, Suspect, Verdict, Verifier, check_evidence
-from lightning_modules.defence_report import marked_queries
+from lightning_modules.defence_report import api_dawn, marked_queries
 
 
 def stacked(dataset: Dataset, limit: int | None = None, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -31,12 +31,10 @@ def stacked(dataset: Dataset, limit: int | None = None, seed: int = 0) -> tuple[
     if limit is not None and limit < len(dataset):
         rows = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
         dataset = Subset(dataset, rows[:limit].tolist())
-    batches = list(DataLoader(dataset, batch_size=256))
-    if not batches:
+    if len(dataset) == 0:
         raise ConfigError("an ownership test's data split is empty")
-    if isinstance(batches[0], torch.Tensor):
-        return (torch.cat(batches),)
-    return tuple(torch.cat(parts) for parts in zip(*batches, strict=True))
+    batch = next(iter(DataLoader(dataset, batch_size=len(dataset))))
+    return (batch,) if isinstance(batch, torch.Tensor) else tuple(batch)
 
 
 def pool_marks(
@@ -46,7 +44,7 @@ def pool_marks(
     `watermark`'s key gives the ones it marks (from the owner's own answers)."""
     pool.setup("fit")
     split = pool.split("pool")
-    (images,) = stacked(Subset(split, range(min(queries, len(split)))))[:1]
+    images = stacked(Subset(split, range(min(queries, len(split)))))[0]
     with torch.inference_mode():
         answers = torch.cat([owner(c).softmax(-1) for c in images.split(256)])
     marked, labels = watermark.watermarks(images, answers, "default", applied=False)
@@ -98,7 +96,7 @@ class OwnershipReport(Callback):
 
     def marked(self, data, evidence: Evidence) -> tuple[torch.Tensor, torch.Tensor] | None:
         api = getattr(data, "api", None)
-        dawn = next((d for d in getattr(api, "defences", []) if isinstance(d, DawnWatermark)), None)
+        dawn = api_dawn(api)
         if api is not None and (dawn or self.watermark) is not None:
             chunks = list(marked_queries(dawn or self.watermark, data, applied=dawn is not None))
             if not chunks:

@@ -13,6 +13,8 @@ import uvicorn
 
 from knockoff_lab.api.keys import add_client
 from knockoff_lab.api.server import Service, create_app
+from knockoff_lab.pipeline.serve import build_service, serve_parser
+from tests.conftest import CONFIGS
 
 
 def free_port() -> int:
@@ -33,6 +35,30 @@ def wait_ready(url: str, seconds: float, alive=lambda: True) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"the server at {url} was not ready within {seconds} s")
+
+
+def digits_service(victim: Path, folder: Path, *settings: str) -> Service:
+    """configs/serve/digits.yaml serving `victim` on a free loopback port, its books and keys
+    file in `folder` (make the keys first: the service reads them when built), no posterior
+    cache; `settings`: more command-line overrides (`--api.init_args.budget`, `null`)."""
+    config = serve_parser().parse_args(
+        [
+            "--config",
+            str(CONFIGS / "serve/digits.yaml"),
+            "--api.init_args.victim",
+            str(victim),
+            "--api.init_args.ledger",
+            str(folder / "books.sqlite"),
+            "--api.init_args.posterior_cache",
+            "null",
+            "--server.keys_file",
+            str(folder / "keys.json"),
+            "--server.port",
+            str(free_port()),
+            *settings,
+        ]
+    )
+    return build_service(config)
 
 
 def make_keys(path: Path, clients: dict[str, dict]) -> dict[str, str]:

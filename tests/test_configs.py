@@ -17,10 +17,9 @@ from knockoff_lab.core.checkpoints import load_state_dict_file
 from knockoff_lab.core.fragments import read_config
 from knockoff_lab.pipeline.cli import cli_main
 from knockoff_lab.pipeline.reproduce import every_stage, read_preset
-from knockoff_lab.pipeline.serve import build_service, serve_parser
 from tests.conftest import CONFIGS
 from tests.lightning_modules.conftest import cv_run, detector_ckpt  # noqa: F401  (shared fixtures)
-from tests.serving import free_port, make_keys, run_server
+from tests.serving import digits_service, make_keys, run_server
 
 BASE = CONFIGS / "victim/digits_cnn.yaml"
 ATTACK = CONFIGS / "surrogate/digits_natural_probs.yaml"
@@ -314,24 +313,7 @@ def test_the_served_api_and_the_attack_through_its_url_run(victim_ckpt, tmp_path
     """configs/serve/digits.yaml serves the victim; configs/serve/remote_attack.yaml, composed
     with the embedded attack, steals it through the URL: the budget, exactly, in the books."""
     keys = make_keys(tmp_path / "keys.json", {"alice": {}, "owner": {"owner": True}})
-    port = free_port()
-    config = serve_parser().parse_args(
-        [
-            "--config",
-            str(CONFIGS / "serve/digits.yaml"),
-            "--api.init_args.victim",
-            str(victim_ckpt),
-            "--api.init_args.ledger",
-            str(tmp_path / "books.sqlite"),
-            "--api.init_args.posterior_cache",
-            "null",
-            "--server.keys_file",
-            str(tmp_path / "keys.json"),
-            "--server.port",
-            str(port),
-        ]
-    )
-    service = build_service(config)
+    service = digits_service(victim_ckpt, tmp_path)
     monkeypatch.setenv("KNOCKOFF_API_KEY", keys["alice"])
     monkeypatch.setenv("KNOCKOFF_OWNER_KEY", keys["owner"])
     with run_server(service) as url:

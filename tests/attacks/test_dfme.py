@@ -16,16 +16,20 @@ def small_net(seed: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.Tanh(), nn.Linear(16, 4))
 
 
+def seen_before(r: int, images: torch.Tensor, answers: torch.Tensor, student: nn.Module) -> Seen:
+    """What a data-free strategy sees before round `r`: its synthetic queries so far (no pool
+    index), their answers and the student, on the CPU."""
+    pool = [torch.zeros(3, 8, 8)]
+    return Seen(pool, np.full(len(images), -1), images, answers, student, torch.device("cpu"), r, 0)
+
+
 def generator_steps(attack: DFME, updates: int, victim: nn.Module, student: nn.Module):
     """Run `updates` DFME iterations against `victim` with a frozen `student`, answering each
     round as an API would (softmax of the victim); returns the disagreement after each update."""
     images, answers, curve = torch.empty(0, 3, 8, 8), torch.empty(0, 4), []
     sizes = attack.round_sizes(updates * attack.queries_per_iteration() + attack.probes + 1)
-    pool = [torch.zeros(3, 8, 8)]
     for r in range(len(sizes)):
-        seen = Seen(
-            pool, np.full(len(images), -1), images, answers, student, torch.device("cpu"), r, 0
-        )
+        seen = seen_before(r, images, answers, student)
         asked = attack.propose(seen, sizes[r]).images
         with torch.no_grad():
             answered = victim(asked).softmax(-1)
@@ -154,16 +158,7 @@ def test_the_hard_label_generator_finds_images_the_student_gets_wrong():
     victim, student = small_net(1), small_net(2)
     images, answers, curve = torch.empty(0, 3, 8, 8), torch.empty(0, 4), []
     for r in range(40):
-        seen = Seen(
-            [torch.zeros(3, 8, 8)],
-            np.full(len(images), -1),
-            images,
-            answers,
-            student,
-            torch.device("cpu"),
-            r,
-            0,
-        )
+        seen = seen_before(r, images, answers, student)
         asked = attack.propose(seen, 32).images
         with torch.no_grad():
             answered = torch.nn.functional.one_hot(victim(asked).argmax(-1), 4).float()
@@ -243,16 +238,7 @@ def test_a_resumed_attack_proposes_what_the_uninterrupted_one_does(kind, tmp_pat
     first, sizes = make()
     images, answers, proposals = torch.empty(0, 3, 8, 8), torch.empty(0, 4), []
     for r in range(12):
-        seen = Seen(
-            [torch.zeros(3, 8, 8)],
-            np.full(len(images), -1),
-            images,
-            answers,
-            student,
-            torch.device("cpu"),
-            r,
-            0,
-        )
+        seen = seen_before(r, images, answers, student)
         queries = first.propose(seen, sizes[r])
         Round(tmp_path / f"round-{r}", 4).save_proposal(queries, first.state_dict())
         with torch.no_grad():
@@ -263,14 +249,5 @@ def test_a_resumed_attack_proposes_what_the_uninterrupted_one_does(kind, tmp_pat
     for r in range(11):  # a kill after round 10: rounds 0-10 read back, round 11 proposed
         resumed.load_state_dict(Round(tmp_path / f"round-{r}", 4).proposal()[1])
     cut = sum(sizes[:11])
-    seen = Seen(
-        [torch.zeros(3, 8, 8)],
-        np.full(cut, -1),
-        images[:cut],
-        answers[:cut],
-        student,
-        torch.device("cpu"),
-        11,
-        0,
-    )
+    seen = seen_before(11, images[:cut], answers[:cut], student)
     assert torch.equal(resumed.propose(seen, sizes[11]).images, proposals[11])

@@ -74,8 +74,9 @@ def test_the_blind_walk_pays_one_query_per_walk_still_on_its_label(evidence):
     assert lengths.shape == (8, 3, 2)
     assert suspect.queries == suspect.api.record("owner").asked
     assert 8 * 3 * 2 <= suspect.queries <= 8 * 3 * 2 * 5  # every walk once, at most every step
+    before = suspect.queries
     verdict = DatasetInference(regressor_points=60, test_points=60).verify(suspect, evidence)
-    assert verdict.queries == suspect.api.record("owner").asked - suspect.queries + verdict.queries
+    assert verdict.queries == suspect.queries - before == suspect.api.record("owner").asked - before
 
 
 class OnePixel(nn.Module):

@@ -13,9 +13,8 @@ from jsonargparse import ArgumentParser
 
 from knockoff_lab.core.errors import ConfigError
 from knockoff_lab.ownership import Verifier
-from knockoff_lab.pipeline.serve import build_service, serve_parser
 from knockoff_lab.pipeline.verify import verify_main
-from tests.serving import free_port, make_keys, run_server
+from tests.serving import digits_service, make_keys, run_server
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FRAGMENTS = sorted(
@@ -37,25 +36,7 @@ def test_every_verifier_fragment_builds(path: Path):
 def served(victim_ckpt, tmp_path):
     """The victim served as the suspect; the owner holds an ordinary client key of it."""
     keys = make_keys(tmp_path / "keys.json", {"owner": {}})
-    config = serve_parser().parse_args(
-        [
-            "--config",
-            str(CONFIGS / "serve/digits.yaml"),
-            "--api.init_args.victim",
-            str(victim_ckpt),
-            "--api.init_args.ledger",
-            str(tmp_path / "books.sqlite"),
-            "--api.init_args.posterior_cache",
-            "null",
-            "--api.init_args.budget",
-            "null",
-            "--server.keys_file",
-            str(tmp_path / "keys.json"),
-            "--server.port",
-            str(free_port()),
-        ]
-    )
-    service = build_service(config)
+    service = digits_service(victim_ckpt, tmp_path, "--api.init_args.budget", "null")
     with run_server(service) as url:
         yield url, keys["owner"], service
 
