@@ -9,8 +9,11 @@ process with one thread, as one DataLoader worker runs:
                          centre crop, or random resized crop + flip; float, normalised), with the
                          torchvision.io decoder the datasets use and with PIL decoding instead;
   readability check      the cheap per-file check done once at setup, against a full decode;
-then a DataLoader with `--workers` processes (batch 64), and, with `--model`, the training speed
-of that network on the best device, to tell how many workers keep it fed.
+then DataLoaders with `--workers` processes (batch 64) over repeated epochs: bare decode + resize
+(the floor of any JPEG pipeline), the train pipeline, and the train pipeline reading the decoded
+store (`datamodules/decoded_store.py`: built once, timed apart, then read every epoch); and, with
+`--model`, the training speed of that network on the best device, to tell how many workers keep
+it fed.
 
     python benchmarks/data_loading.py [--images 200] [--repeats 5] [--workers 2] [--model resnet34]
 """
@@ -28,6 +31,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from datamodules.decoded_store import TRAIN_MARGIN, StoredCrops, cut_crops, stored
 from datamodules.images import ImageFiles, check_readable, decode, image_transform
 
 SIZE = 224
@@ -77,18 +81,57 @@ def rate(step: Callable[[str], object], files: list[str], repeats: int) -> float
     return statistics.median(rates)
 
 
-def loader_rate(files: list[str], workers: int, repeats: int) -> float:
-    data = ImageFiles(files, [0] * len(files), image_transform(SIZE, augment=True))
+class BareDecode(torch.utils.data.Dataset):
+    """Decode + resize only (images of several shapes: batches are lists)."""
+
+    def __init__(self, files: list[str]):
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return TF.resize(decode(self.files[index]), SIZE, antialias=True), 0
+
+
+def as_list(batch: list) -> list:
+    return batch
+
+
+def loader_rate(data: torch.utils.data.Dataset, workers: int, repeats: int) -> float:
+    """Median images/s of whole epochs of a shuffled DataLoader (workers started beforehand)."""
+    collate = as_list if isinstance(data, BareDecode) else None
     loader = DataLoader(
-        data, batch_size=64, shuffle=True, num_workers=workers, persistent_workers=workers > 0
+        data,
+        batch_size=64,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        collate_fn=collate,
     )
     next(iter(loader))  # start the workers
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
-        count = sum(len(batch) for batch, _ in loader)
-        rates.append(count / (time.perf_counter() - start))
+        for _ in loader:
+            pass
+        rates.append(len(data) / (time.perf_counter() - start))
     return statistics.median(rates)
+
+
+def cut_rate(crops: StoredCrops, repeats: int) -> tuple[float, str]:
+    """Images/s of `cut_crops` on batches of 64 on the best device (what a fit adds there)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    (images, boxes), _ = next(iter(DataLoader(crops, batch_size=64)))
+    images, boxes = images.to(device), boxes.to(device)
+    rates = []
+    for _ in range(repeats + 1):
+        torch.cuda.synchronize() if device == "cuda" else None
+        start = time.perf_counter()
+        cut_crops(images, boxes, SIZE)
+        torch.cuda.synchronize() if device == "cuda" else None
+        rates.append(len(images) / (time.perf_counter() - start))
+    return statistics.median(rates[1:]), device
 
 
 def model_rate(arch: str) -> tuple[float, str]:
@@ -149,7 +192,20 @@ def main() -> None:
         start = time.perf_counter()
         check_readable(files, skip=False, where=tmp)
         checks = len(files) / (time.perf_counter() - start)
-        loader = loader_rate(files, args.workers, args.repeats)
+        train = ours[True]
+        start = time.perf_counter()
+        kept = stored(train, round(SIZE * TRAIN_MARGIN), Path(tmp) / "store", args.workers)
+        build = len(files) / (time.perf_counter() - start)
+        crops = StoredCrops(kept.files, kept.labels, None, kept.store)
+        loaders = {
+            "bare decode + resize": loader_rate(BareDecode(files), args.workers, args.repeats),
+            "train pipeline, JPEG files": loader_rate(train, args.workers, args.repeats),
+            "store, crops cut in the workers": loader_rate(kept, args.workers, args.repeats),
+            "store, crops cut on the device (a fit)": loader_rate(
+                crops, args.workers, args.repeats
+            ),
+        }
+        device_cut, device = cut_rate(crops, args.repeats)
     floor = r["bare decode + resize, torchvision.io"]
     print(f"images/s per worker, 224 px, {args.images} JPEGs, median of {args.repeats}:")
     for name, value in r.items():
@@ -158,10 +214,14 @@ def main() -> None:
         tv, pil = r[f"{kind} pipeline (datasets' path)"], r[f"{kind} pipeline, PIL decoding"]
         print(f"  {kind}: torchvision.io decoding is {tv / pil:.2f}x PIL decoding")
     print(f"  readability check at setup: {checks:.0f} files/s (threads) vs decode {floor:.0f}/s")
-    print(
-        f"DataLoader, {args.workers} workers, train pipeline: {loader:.0f} images/s "
-        f"({loader / max(args.workers, 1):.0f} per worker)"
-    )
+    print(f"DataLoader, {args.workers} workers, batch 64, images/s over repeated epochs:")
+    bare_loader = loaders["bare decode + resize"]
+    for name, value in loaders.items():
+        print(
+            f"  {name:<40}{value:8.0f}   ratio to bare decode + resize {value / bare_loader:5.2f}"
+        )
+    print(f"  (the store was built once at {build:.0f} images/s, {args.workers} processes)")
+    print(f"  cutting a batch's crops on {device}: {device_cut:.0f} images/s (main process)")
     if args.model:
         speed, device = model_rate(args.model)
         need = speed / r["train pipeline (datasets' path)"]

@@ -112,7 +112,9 @@ class ImageDataModule(LightningDataModule, ABC):
         return self.splits[name]
 
     def loader(self, name: str, shuffle: bool = False) -> DataLoader:
-        dataset = self.split(name)
+        return self.loader_of(self.split(name), shuffle)
+
+    def loader_of(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -140,15 +142,15 @@ class ImageDataModule(LightningDataModule, ABC):
 
 
 def describe(datamodule: ImageDataModule) -> str:
-    """The settings that determine a DataModule's images (not how they are batched), as JSON:
-    the init parameters of its class and its parents, nothing Lightning collected from the
+    """The settings that determine a DataModule's images (not how they are batched or read), as
+    JSON: the init parameters of its class and its parents, nothing Lightning collected from the
     calling frames (a pool built inside a transfer set must not carry the set's budget); a
     DataModule it is built from (a mixed pool's parts) by its own description."""
     own = set()
     for cls in type(datamodule).__mro__:
         if "__init__" in vars(cls):
             own |= set(inspect.signature(cls.__init__).parameters)
-    skip = {"self", "batch_size", "num_workers", *datamodule.not_hparams}
+    skip = {"self", "batch_size", "num_workers", "store_dir", *datamodule.not_hparams}
     settings = {k: v for k, v in datamodule.hparams.items() if k in own and k not in skip}
     for name in datamodule.not_hparams:
         if isinstance(part := getattr(datamodule, name, None), ImageDataModule):

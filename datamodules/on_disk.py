@@ -34,9 +34,10 @@ from pathlib import Path
 
 import numpy as np
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import ImageDataModule, ImagesOnly
+from datamodules.decoded_store import TRAIN_MARGIN, StoredCrops, StoredImages, cut_crops, stored
 from datamodules.images import (
     IMAGE_SUFFIXES,
     ImageFiles,
@@ -98,6 +99,9 @@ class OnDiskDataModule(ImageDataModule):
         root: the data root, holding each dataset in its own folder (see README, Real datasets).
         image_size: side of the square RGB images fed to the network (224 ResNets, 32 5L/9L).
         skip_unreadable: skip unreadable image files with one warning instead of failing.
+        store_dir: where to keep each split decoded once (`datamodules/decoded_store.py`), so
+            that no epoch after the first decodes a JPEG (built by `num_workers` processes);
+            None reads the files every time.
         batch_size: images per batch.
         num_workers: DataLoader worker processes (0: load in the main process).
         seed: seed of every split and sample.
@@ -113,6 +117,7 @@ class OnDiskDataModule(ImageDataModule):
         root: str,
         image_size: int = 224,
         skip_unreadable: bool = False,
+        store_dir: str | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
@@ -122,6 +127,7 @@ class OnDiskDataModule(ImageDataModule):
             raise ConfigError(f"data.image_size must be >= 8, got {image_size}")
         self.root = Path(root).expanduser()
         self.image_size, self.skip_unreadable = image_size, skip_unreadable
+        self.store_dir = None if store_dir is None else Path(store_dir).expanduser()
         self.eval_transform = image_transform(image_size, augment=False)
 
     @classmethod
@@ -165,6 +171,14 @@ class OnDiskDataModule(ImageDataModule):
         ok = check_readable(files, self.skip_unreadable, str(where))
         return ImageFiles(list(compress(files, ok)), list(compress(labels, ok)))
 
+    def decoded(self, images: Dataset, augment: bool = False) -> Dataset:
+        """`images` read from their decoded store when `store_dir` is set: at `image_size` for
+        the eval path (the same tensors), larger for random resized crops (`augment`)."""
+        if self.store_dir is None or not isinstance(images, ImageFiles):
+            return images
+        size = round(self.image_size * TRAIN_MARGIN) if augment else self.image_size
+        return stored(images, size, self.store_dir, self.num_workers)
+
     @staticmethod
     def folder_images(folder: Path) -> list[str]:
         """Images of one class folder; an empty one is an error (a failed or partial unpack)."""
@@ -201,17 +215,20 @@ class VictimDataModule(OnDiskDataModule):
         exclude_overlap: bool = False,
         as_pool: bool = False,
         skip_unreadable: bool = False,
+        store_dir: str | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
     ):
-        super().__init__(root, image_size, skip_unreadable, batch_size, num_workers, seed)
+        super().__init__(
+            root, image_size, skip_unreadable, store_dir, batch_size, num_workers, seed
+        )
         if not 0 < val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         self.classes: list[str] = catalog(self.catalog)["classes"]
         self.excluded = overlapping(self.catalog) if exclude_overlap else set()
         self.num_classes = len(self.classes) - len(self.excluded)
-        self.val_fraction, self.as_pool = val_fraction, as_pool
+        self.val_fraction, self.as_pool, self.augment = val_fraction, as_pool, augment
         self.train_transform = image_transform(image_size, augment)
 
     @abstractmethod
@@ -251,10 +268,11 @@ class VictimDataModule(OnDiskDataModule):
         groups = [self.group_of(name) for name in train.names]
         held = holdout(train.labels, groups, share(self.val_fraction), (self.seed, 1))
         fit, val = np.flatnonzero(~held), np.flatnonzero(held)
+        train_images = self.expand_train(train.select(fit)).select(transform=self.train_transform)
         splits: dict[str, Dataset] = {
-            "train": self.expand_train(train.select(fit)).select(transform=self.train_transform),
-            "val": train.select(val, self.eval_transform),
-            "test": parts["test"].select(transform=self.eval_transform),
+            "train": self.decoded(train_images, self.augment),
+            "val": self.decoded(train.select(val, self.eval_transform)),
+            "test": self.decoded(parts["test"].select(transform=self.eval_transform)),
         }
         for name, split in splits.items():
             if not len(split):
@@ -263,8 +281,21 @@ class VictimDataModule(OnDiskDataModule):
                     "is empty; too few images per class"
                 )
         if self.as_pool:
-            splits["pool"] = ImagesOnly(train.select(fit, self.eval_transform))
+            splits["pool"] = ImagesOnly(self.decoded(train.select(fit, self.eval_transform)))
         return splits
+
+    def train_dataloader(self) -> DataLoader:
+        """In a fit from a store with `augment`, the crops are cut on the device (`StoredCrops`)."""
+        train = self.split("train")
+        if not (self.augment and isinstance(train, StoredImages)):
+            return super().train_dataloader()
+        crops = StoredCrops(train.files, train.labels, None, train.store, train.rows)
+        return self.loader_of(crops, shuffle=True)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, list) and isinstance(batch[0], list):  # StoredCrops' (image, box)
+            return [cut_crops(*batch[0], self.image_size), batch[1]]
+        return batch
 
 
 class PoolDataModule(OnDiskDataModule):
@@ -297,7 +328,9 @@ class PoolDataModule(OnDiskDataModule):
         return self.image_files(files, labels, where)
 
     def build_splits(self) -> dict[str, Dataset]:
-        return {"pool": ImagesOnly(self.sample().select(transform=self.eval_transform))}
+        return {
+            "pool": ImagesOnly(self.decoded(self.sample().select(transform=self.eval_transform)))
+        }
 
 
 def check_present(datamodule: object) -> None:

@@ -1,0 +1,173 @@
+"""Our Knockoff beside ART 1.20.1's KnockoffNets on the same work, in one process, same run.
+
+The work: random sampling, probability answers, `--budget` queries to the embedded digits
+victim, `--epochs` epochs of Adam 3e-3 (constant rate: ART's fit takes no scheduler) at batch 64
+on the soft answers (ART given the same soft cross-entropy, so it does not reduce them to
+labels), the thief digits_cnn starting from the same weights. Ours runs as a user runs it, the
+in-process `main.py fit` of `configs/surrogate/digits_natural_probs.yaml` with `val_fraction 0`
+(ART holds nothing out) and a fresh transfer-set cache (so it asks its queries); ART is given
+exactly the images ours asked, as its whole `x` with `nb_stolen` = all of them, so both train
+on the same images. Timed: ours from the CLI's start to the end of its test; ART from building
+its classifiers to its thief's predictions on the same test set. Reported: median times over
+`--repeats` (alternating which goes first), their ratio, and both thieves' test accuracy.
+
+    pip install adversarial-robustness-toolbox==1.20.1   # an optional benchmark dependency
+    python benchmarks/art_knockoff.py --victim CKPT [--budget 2000] [--epochs 10] [--repeats 3]
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from knockoff_lab.nets.networks import build_network
+from knockoff_lab.pipeline.cli import cli_main
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs/surrogate/digits_natural_probs.yaml"
+CALLBACKS = json.dumps(
+    [
+        {
+            "class_path": "lightning_modules.CompleteSetCheckpoint",
+            "init_args": {"monitor": None, "filename": "best", "enable_version_counter": False},
+        },
+        {"class_path": "lightning_modules.AttackRounds"},
+        {"class_path": "lightning_modules.TransferHistogram"},
+    ]
+)
+
+
+class SoftCrossEntropy(torch.nn.Module):
+    """Our soft-label loss as a module, so ART keeps the probabilities as targets."""
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return -(targets * F.log_softmax(logits, -1)).sum(-1).mean()
+
+
+def ours(victim: str, initial: str, budget: int, epochs: int, seed: int, folder: str):
+    """(seconds, the CLI object) of one fit + test of our Knockoff from the `initial` weights."""
+    start = time.perf_counter()
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIG),
+            "--seed_everything",
+            str(seed),
+            "--trainer.default_root_dir",
+            folder,
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.max_epochs",
+            str(epochs),
+            "--model.init_args.weights",
+            initial,
+            "--model.init_args.lr_scheduler",
+            "null",
+            "--data.init_args.api.init_args.victim",
+            victim,
+            "--data.init_args.budget",
+            str(budget),
+            "--data.init_args.val_fraction",
+            "0",
+            "--data.init_args.cache_dir",
+            f"{folder}/transfer_sets",
+            "--trainer.callbacks",
+            CALLBACKS,  # attack.yaml's, with nothing to monitor: the last epoch is kept
+        ]
+    )
+    return time.perf_counter() - start, cli
+
+
+def art_knockoff(cli, initial: str, epochs: int, seed: int) -> tuple[float, float]:
+    """(seconds, test accuracy) of ART's KnockoffNets on the images our run asked."""
+    from art.attacks.extraction import KnockoffNets
+    from art.estimators.classification import PyTorchClassifier
+
+    data = cli.datamodule
+    pool_images, _ = next(
+        iter(DataLoader(data.split("train"), batch_size=len(data.split("train"))))
+    )
+    pool_images = pool_images.numpy()
+    test = data.victim_data.split("test")
+    test_images, test_labels = next(iter(DataLoader(test, batch_size=len(test))))
+    victim_net = torch.nn.Sequential(data.api.victim, torch.nn.Softmax(-1))  # ART: probabilities
+    shape, classes = tuple(pool_images.shape[1:]), data.num_classes
+    np.random.seed(seed)  # ART samples with numpy's global generator
+    start = time.perf_counter()
+    victim = PyTorchClassifier(
+        victim_net, torch.nn.CrossEntropyLoss(), shape, classes, device_type="cpu"
+    )
+    thief_net = build_network("digits_cnn", classes, initial)
+    thief = PyTorchClassifier(
+        thief_net,
+        SoftCrossEntropy(),
+        shape,
+        classes,
+        optimizer=torch.optim.Adam(thief_net.parameters(), 3e-3),
+        device_type="cpu",
+    )
+    attack = KnockoffNets(
+        victim,
+        batch_size_fit=data.batch_size,
+        batch_size_query=data.query_batch_size,
+        nb_epochs=epochs,
+        nb_stolen=len(pool_images),
+        sampling_strategy="random",
+        use_probability=True,
+        verbose=False,
+    )
+    stolen = attack.extract(pool_images, thieved_classifier=thief)
+    predicted = stolen.predict(test_images.numpy(), batch_size=256).argmax(-1)
+    seconds = time.perf_counter() - start
+    return seconds, float((torch.from_numpy(predicted) == test_labels).float().mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--victim", default="runs/victim/digits_cnn/checkpoints/best.ckpt")
+    parser.add_argument("--budget", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if not Path(args.victim).is_file():
+        train = "python main.py fit --config configs/victim/digits_cnn.yaml"
+        raise SystemExit(f"victim checkpoint {args.victim} does not exist: train it ({train})")
+    try:
+        import art
+    except ImportError:
+        raise SystemExit("pip install adversarial-robustness-toolbox==1.20.1") from None
+    times: dict[str, list[float]] = {"ours": [], "ART": []}
+    accuracy: dict[str, list[float]] = {"ours": [], "ART": []}
+    for repeat in range(args.repeats):
+        with tempfile.TemporaryDirectory() as folder:
+            initial = f"{folder}/initial.pt"  # the thief's first weights, for both
+            torch.manual_seed(repeat)
+            torch.save(build_network("digits_cnn", 10).state_dict(), initial)
+            seconds, cli = ours(args.victim, initial, args.budget, args.epochs, repeat, folder)
+            times["ours"].append(seconds)
+            accuracy["ours"].append(float(cli.trainer.callback_metrics["test/acc"]))
+            seconds, acc = art_knockoff(cli, initial, args.epochs, repeat)
+            times["ART"].append(seconds)
+            accuracy["ART"].append(acc)
+    print(
+        f"Knockoff, random, probabilities, {args.budget} queries, {args.epochs} epochs, "
+        f"{torch.get_num_threads()} threads, ART {art.__version__}, median of {args.repeats}:"
+    )
+    for name in times:
+        print(
+            f"  {name:5s} {statistics.median(times[name]):7.1f} s   test accuracy "
+            f"{statistics.median(accuracy[name]):.3f}"
+        )
+    ratio = statistics.median(times["ours"]) / statistics.median(times["ART"])
+    print(f"  ours / ART time x{ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
