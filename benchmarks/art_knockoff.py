@@ -5,7 +5,8 @@ victim, `--epochs` epochs of Adam 3e-3 (constant rate: ART's fit takes no schedu
 on the soft answers (ART given the same soft cross-entropy, so it does not reduce them to
 labels), the thief digits_cnn starting from the same weights. Ours runs as a user runs it, the
 in-process `main.py fit` of `configs/surrogate/digits_natural_probs.yaml` with `val_fraction 0`
-(ART holds nothing out) and a fresh transfer-set cache (so it asks its queries); ART is given
+(ART holds nothing out), no per-epoch analysis and no figure (as `reproduce` runs a grid cell)
+and a fresh transfer-set cache (so it asks its queries); ART is given
 exactly the images ours asked, as its whole `x` with `nb_stolen` = all of them, so both train
 on the same images. Timed: ours from the CLI's start to the end of its test; ART from building
 its classifiers to its thief's predictions on the same test set. Reported: median times over
@@ -38,7 +39,7 @@ CALLBACKS = json.dumps(
             "init_args": {"monitor": None, "filename": "best", "enable_version_counter": False},
         },
         {"class_path": "lightning_modules.AttackRounds"},
-        {"class_path": "lightning_modules.TransferHistogram"},
+        {"class_path": "lightning_modules.TransferHistogram", "init_args": {"figures": False}},
     ]
 )
 
@@ -76,6 +77,8 @@ def ours(victim: str, initial: str, budget: int, epochs: int, seed: int, folder:
             str(budget),
             "--data.init_args.val_fraction",
             "0",
+            "--data.init_args.analysis",
+            "false",
             "--data.init_args.cache_dir",
             f"{folder}/transfer_sets",
             "--trainer.callbacks",

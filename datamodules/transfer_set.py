@@ -89,7 +89,10 @@ class TransferSetDataModule(ImageDataModule):
     the attacker sends in all. `reader`: what the surrogate trains on, made from the answers
     (default `AsGiven`; `TopOne` for top-1 relabelling); `smoothing`: each image asked several
     times under small transforms, the answers averaged (`attacks.answers`): a budget of B
-    queries then buys B / queries_per_input images."""
+    queries then buys B / queries_per_input images. `analysis`: also score the victim's test
+    set every epoch (`analysis/test_acc`, Figure 2, never used for selection); off, validation
+    is the transfer set's own split alone (`reproduce` turns it off where its report needs no
+    curve)."""
 
     not_hparams = ("api", "pool", "victim_data", "attack", "reader", "smoothing")
 
@@ -104,6 +107,7 @@ class TransferSetDataModule(ImageDataModule):
         smoothing: QuerySmoothing | None = None,
         epochs_per_round: int | None = None,
         val_fraction: float = 0.1,
+        analysis: bool = True,
         balance: bool = False,
         client: str | None = None,
         sybils: int = 1,
@@ -147,6 +151,7 @@ class TransferSetDataModule(ImageDataModule):
                 f">= 1/{self.sizes[0]}, or 0 for no validation split"
             )
         self.epochs_per_round, self.val_fraction = epochs_per_round, val_fraction
+        self.analysis = analysis
         self.balance = balance
         if sybils < 1:
             raise ConfigError(f"data.sybils must be >= 1 client, got {sybils}")
@@ -527,6 +532,6 @@ class TransferSetDataModule(ImageDataModule):
         return super().split(name)
 
     def val_dataloader(self) -> list[DataLoader]:
-        """[transfer-set validation (selection), victim test set (analysis only, Figure 2)]."""
-        test = self.loader("test")
-        return [self.loader("val"), test] if "val" in self.splits else [test]
+        """[transfer-set validation (selection), victim test set (`analysis` only, Figure 2)]."""
+        loaders = [self.loader("val")] if "val" in self.splits else []
+        return [*loaders, self.loader("test")] if self.analysis else loaders

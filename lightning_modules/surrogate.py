@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from knockoff_lab.attacks.dfme import victim_logits
 from lightning_modules.synced import log_synced
-from lightning_modules.victim import VictimClassifier
+from lightning_modules.victim import VictimClassifier, log_loss
 
 
 def soft_cross_entropy(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
@@ -74,7 +74,7 @@ class Surrogate(VictimClassifier):
         if not len(x):
             return None  # a step round the API refused whole: Lightning skips the step
         loss = self.loss(self(x), answers)
-        self.log("train/loss", loss, prog_bar=True)
+        log_loss(self, loss)
         return loss
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0):

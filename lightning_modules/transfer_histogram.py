@@ -17,6 +17,12 @@ from knockoff_lab.evaluation.figures import plot_transfer_histogram
 
 
 class TransferHistogram(Callback):
+    """`figures`: draw the PNG (about 0.3 s); off, only the CSV is written (`reproduce` turns it
+    off in the stages whose figures its report does not show)."""
+
+    def __init__(self, figures: bool = True):
+        self.figures = figures
+
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         data = trainer.datamodule
         # log_dir is a collective under DDP: every rank asks for it
@@ -40,6 +46,8 @@ class TransferHistogram(Callback):
         ]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "transfer_histogram.csv").write_text("\n".join(rows) + "\n")
+        if not self.figures:
+            return
         arch = getattr(pl_module.hparams, "arch", type(pl_module).__name__)
         figure = plot_transfer_histogram(
             counts,

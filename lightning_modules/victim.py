@@ -25,13 +25,23 @@ def log_global_batch_size(module: LightningModule) -> None:
         module.logger.log_hyperparams({"global_batch_size": total})
 
 
+def log_loss(module: LightningModule, loss: torch.Tensor) -> None:
+    """`train/loss`, logged on the steps the logger writes (every `log_every_n_steps`), and on
+    every step while a progress bar shows it: a `self.log` call cost about 4 ms, a fifth of a
+    small model's step on CPU (benchmarks/art_knockoff.py), and the values written are the same
+    (`_logger_connector.should_update_logs` is the logger's own test of the step)."""
+    trainer = module.trainer
+    if trainer.progress_bar_callback is not None or trainer._logger_connector.should_update_logs:
+        module.log("train/loss", loss, prog_bar=True)
+
+
 def cross_entropy_step(module: LightningModule, batch: tuple[torch.Tensor, torch.Tensor]):
     """One training step of a classifier with a `train_acc` metric: the loss, logged."""
     x, y = batch
     logits = module(x)
     loss = F.cross_entropy(logits, y)
     module.train_acc(logits, y)
-    module.log("train/loss", loss, prog_bar=True)
+    log_loss(module, loss)
     module.log("train/acc", module.train_acc, on_step=False, on_epoch=True)
     return loss
 

@@ -130,7 +130,8 @@ def reproduce(
     start = time.time()
     width = len(str(len(runs)))
     for number, (stage, seed) in enumerate(runs, 1):
-        result = runner.run(seeded(stage, seed), f"[{number:>{width}}/{len(runs)}]")
+        shown = seed == 0 and stage not in cells  # the report draws figures of these alone
+        result = runner.run(seeded(stage, seed), f"[{number:>{width}}/{len(runs)}]", shown)
         folder = Path(result["folder"])
         result["metrics"].update(curve_metrics(folder))
         for row in stage.rows:
@@ -145,8 +146,8 @@ def reproduce(
                     for ood_set in TEST_SETS[1:]
                     if ood_set in ood_sets
                 ]
-        if seed > 0 or stage in cells:
-            continue  # the figures show seed 0 (a grid cell's stay in its stage folder)
+        if not shown:
+            continue
         for png in [*folder.glob("figure*.png"), *folder.glob("roc.png")]:
             shutil.copy(png, figures / f"{stage.name}_{png.name}")
         if "curve/epochs_run" in result["metrics"]:

@@ -1,6 +1,7 @@
 """What `reproduce` changes in every stage's config beyond the preset's settings: the data root
-(`--data_root`), the caches (under the preset's output folder, not the working directory) and
-a smoke run's small sizes (`--smoke`). Each walks the classes the config names (its
+(`--data_root`), the caches (under the preset's output folder, not the working directory), a
+smoke run's small sizes (`--smoke`) and, in a stage whose figures the report does not show,
+the work done only for figures (`unshown`). Each walks the classes the config names (its
 `class_path` mappings), so it reaches a dataset however deep it sits: a surrogate's pool, its
 victim's data, a detector's out-of-distribution test set.
 """
@@ -97,3 +98,14 @@ def smoke(config: dict) -> None:
         weights = args.get("weights", given.get("weights"))
         if isinstance(weights, str) and WEIGHTS_NAME.fullmatch(weights):
             args["weights"] = None
+
+
+def unshown(config: dict, curves: bool) -> None:
+    """A stage whose figures the report does not show (a grid cell, a seed after the first)
+    draws none (`figures: false`) and, unless a row of its reads a curve (`curves`), scores no
+    victim test set each epoch (`analysis: false`): neither changes what it learns or logs."""
+    for _, args, given in classes(config):
+        if "figures" in given:
+            args["figures"] = False
+        if "analysis" in given and not curves:
+            args["analysis"] = False

@@ -41,7 +41,7 @@ from knockoff_lab.core.errors import ConfigError
 from knockoff_lab.core.fragments import inline_value, read_config
 from knockoff_lab.pipeline.cli import cli_main
 from knockoff_lab.pipeline.loggers import LIGHTNING_LOGGERS
-from knockoff_lab.pipeline.rewrites import caches_under, point_at_data, smoke
+from knockoff_lab.pipeline.rewrites import caches_under, point_at_data, smoke, unshown
 
 # A setting's value as a YAML gives it: data, never built. A `class_path` mapping stays a
 # mapping until the stage's own CLI builds it (typed `Any`, the preset's parser would build it
@@ -302,9 +302,10 @@ class StageRunner:
         key = stage_key(stage, {**self.settings, **stage.set}, upstream, self.varied)
         return self.output_dir / "stages" / f"{stage.name}-{key}"
 
-    def stage_config(self, stage: Stage) -> dict:
+    def stage_config(self, stage: Stage, shown: bool = True) -> dict:
         """The stage's YAML with the pipeline's settings and this run's rewrites (data root,
-        caches, smoke: `pipeline.rewrites`); its inputs not yet filled in."""
+        caches, smoke, and `unshown` unless the report `shown` its figures:
+        `pipeline.rewrites`); its inputs not yet filled in."""
         config = read_yaml(stage)
         for key, value in resolved({**self.settings, **stage.set}):
             set_dotted(config, key, value)
@@ -312,12 +313,15 @@ class StageRunner:
             point_at_data(config, self.data_root)
         if self.smoke:
             smoke(config)
+        if not shown:
+            logged = [name for row in stage.rows for name in row.metrics.values()]
+            unshown(config, curves=any(name.startswith("curve/") for name in logged))
         caches_under(config, self.output_dir.absolute() / "cache")
         return config
 
-    def effective_config(self, stage: Stage, folder: Path) -> dict:
+    def effective_config(self, stage: Stage, folder: Path, shown: bool = True) -> dict:
         """`stage_config` with the inputs' checkpoints, the logger and the checkpoint folder."""
-        config = self.stage_config(stage)
+        config = self.stage_config(stage, shown)
         for key, name in stage.inputs.items():
             set_dotted(config, key, self.done[name]["checkpoint"])
         trainer = config.setdefault("trainer", {})
@@ -335,7 +339,8 @@ class StageRunner:
             )
         return config
 
-    def run(self, stage: Stage, position: str) -> dict:
+    def run(self, stage: Stage, position: str, shown: bool = True) -> dict:
+        """Run `stage` (or read its finished result); `shown`: the report shows its figures."""
         folder = self.folder(stage)
         result_file = folder / "result.json"
         if self.force and folder.exists():
@@ -346,7 +351,8 @@ class StageRunner:
             return self.done[stage.name]
         folder.mkdir(parents=True, exist_ok=True)
         config_file = folder / "config.yaml"
-        atomic_write_text(config_file, yaml.safe_dump(self.effective_config(stage, folder)))
+        config = self.effective_config(stage, folder, shown)
+        atomic_write_text(config_file, yaml.safe_dump(config))
         args = [stage.command, "--config", str(config_file)]
         last = folder / "checkpoints" / "last.ckpt"
         if stage.command == "fit" and last.exists():

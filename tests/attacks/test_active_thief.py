@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from knockoff_lab.attacks import ActiveThief, Seen
-from knockoff_lab.attacks.active_thief import deepfool_distance, kcenter_greedy
+from knockoff_lab.attacks.active_thief import deepfool_distance, dfal_chunk, kcenter_greedy
 from knockoff_lab.core.errors import ConfigError
 
 
@@ -110,3 +110,10 @@ def test_dfal_picks_the_unasked_images_nearest_the_surrogates_boundary():
     picks = ActiveThief(selection="dfal").propose(seen(asked, 1), 6).indices
     nearest = [i for i in exact.argsort().tolist() if i not in asked][:6]
     assert picks.tolist() == nearest
+
+
+def test_dfal_chunks_hold_the_jacobian_of_32_paper_scale_images():
+    assert dfal_chunk(256, torch.Size([3, 224, 224])) == 32
+    assert dfal_chunk(1000, torch.Size([3, 224, 224])) == 32  # never fewer
+    assert dfal_chunk(10, torch.Size([3, 16, 16])) == 256  # never more
+    assert dfal_chunk(200, torch.Size([3, 96, 96])) == 223  # the same memory in between

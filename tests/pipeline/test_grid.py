@@ -244,4 +244,8 @@ def test_a_tiny_attack_by_defence_grid_runs_end_to_end(tmp_path):
     assert "- random/top1 vs random/none: acc_surrogate" in tables
     assert "![acc_surrogate vs benign_l1_change](figures/grid_m.png)" in tables
     assert (out / "figures/grid_m.png").stat().st_size > 0
-    assert not list((out / "figures").glob("m-*"))  # a cell's own figures stay in its folder
+    assert not list((out / "figures").glob("m-*"))
+    # a cell draws no figure and scores no victim test set each epoch: the report shows neither
+    for cell in (out / "stages").glob("m-*"):
+        assert (cell / "transfer_histogram.csv").exists() and not list(cell.glob("*.png"))
+        assert "analysis/test_acc" not in (cell / "metrics.csv").read_text()

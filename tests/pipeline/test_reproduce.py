@@ -114,6 +114,7 @@ def test_reduced_pipeline_writes_the_report_and_caches_stages(tmp_path, capsys):
     assert "Label-only answers degrade the surrogate (Table 6): **" in tables
     assert len([line for line in tables.splitlines() if line.startswith("- ")]) == len(FINDINGS)
     assert list((out / "figures").glob("knockoff-probs_figure1_transfer_histogram.png"))
+    assert list((out / "figures").glob("knockoff-probs_figure2.png"))  # its curve was scored
     assert "## Table 4a" in tables and "| digits-cnn | msp |" in tables
     for table in ("3", "4a"):  # one combined ROC figure per detection table, linked under it
         assert f"](figures/roc_table{table}.png)" in tables
