@@ -31,7 +31,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from datamodules.decoded_store import TRAIN_MARGIN, StoredCrops, cut_crops, stored
+from datamodules.decoded_store import TRAIN_MARGIN, StoredCrops, collated, cut_crops, stored
 from datamodules.images import ImageFiles, check_readable, decode, image_transform
 
 SIZE = 224
@@ -94,13 +94,9 @@ class BareDecode(torch.utils.data.Dataset):
         return TF.resize(decode(self.files[index]), SIZE, antialias=True), 0
 
 
-def as_list(batch: list) -> list:
-    return batch
-
-
 def loader_rate(data: torch.utils.data.Dataset, workers: int, repeats: int) -> float:
     """Median images/s of whole epochs of a shuffled DataLoader (workers started beforehand)."""
-    collate = as_list if isinstance(data, BareDecode) else None
+    collate = collated if isinstance(data, (BareDecode, StoredCrops)) else None
     loader = DataLoader(
         data,
         batch_size=64,
@@ -122,7 +118,7 @@ def loader_rate(data: torch.utils.data.Dataset, workers: int, repeats: int) -> f
 def cut_rate(crops: StoredCrops, repeats: int) -> tuple[float, str]:
     """Images/s of `cut_crops` on batches of 64 on the best device (what a fit adds there)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    (images, boxes), _ = next(iter(DataLoader(crops, batch_size=64)))
+    (images, boxes), _ = next(iter(DataLoader(crops, batch_size=64, collate_fn=collated)))
     images, boxes = images.to(device), boxes.to(device)
     rates = []
     for _ in range(repeats + 1):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from data_loading import write_jpegs  # a sibling: run as python benchmarks/gpu.py
 from torch.utils.data import DataLoader
 
-from datamodules.decoded_store import StoredCrops, cut_crops, stored
+from datamodules.decoded_store import StoredCrops, collated, cut_crops, stored
 from datamodules.images import ImageFiles
 from knockoff_lab.nets.networks import build_network
 
@@ -93,6 +93,7 @@ def store_rates(
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=device.type == "cuda",
+            collate_fn=collated,
             drop_last=True,
         )
         next(iter(loader))

@@ -8,6 +8,7 @@ Split names mean the same everywhere:
 import inspect
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -114,13 +115,16 @@ class ImageDataModule(LightningDataModule, ABC):
     def loader(self, name: str, shuffle: bool = False) -> DataLoader:
         return self.loader_of(self.split(name), shuffle)
 
-    def loader_of(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
+    def loader_of(
+        self, dataset: Dataset, shuffle: bool = False, collate_fn: Callable | None = None
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=EpochShuffle(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            collate_fn=collate_fn,
         )
 
     def train_dataloader(self) -> DataLoader:

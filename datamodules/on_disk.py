@@ -37,7 +37,14 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import ImageDataModule, ImagesOnly
-from datamodules.decoded_store import TRAIN_MARGIN, StoredCrops, StoredImages, cut_crops, stored
+from datamodules.decoded_store import (
+    TRAIN_MARGIN,
+    StoredCrops,
+    StoredImages,
+    collated,
+    cut_crops,
+    stored,
+)
 from datamodules.images import (
     IMAGE_SUFFIXES,
     ImageFiles,
@@ -290,7 +297,7 @@ class VictimDataModule(OnDiskDataModule):
         if not (self.augment and isinstance(train, StoredImages)):
             return super().train_dataloader()
         crops = StoredCrops(train.files, train.labels, None, train.store, train.rows)
-        return self.loader_of(crops, shuffle=True)
+        return self.loader_of(crops, shuffle=True, collate_fn=collated)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if isinstance(batch, list) and isinstance(batch[0], list):  # StoredCrops' (image, box)

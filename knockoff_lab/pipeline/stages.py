@@ -315,7 +315,7 @@ class StageRunner:
             smoke(config)
         if not shown:
             logged = [name for row in stage.rows for name in row.metrics.values()]
-            unshown(config, curves=any(name.startswith("curve/") for name in logged))
+            unshown(config, curves=any(name.startswith(("curve/", "analysis/")) for name in logged))
         caches_under(config, self.output_dir.absolute() / "cache")
         return config
 

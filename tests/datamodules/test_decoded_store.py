@@ -144,6 +144,13 @@ def test_a_fit_from_the_store_cuts_crops_in_the_batch_hook(layout: Layout, tmp_p
     torch.manual_seed(0)
     top, left, height, width = RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3])
     assert box[:4].tolist() == [left, top, left + width, top + height]  # roi_align's x1 y1 x2 y2
+    torch.manual_seed(1)
+    items = [crops[i] for i in (3, 1)]
+    torch.manual_seed(1)
+    (batch_images, batch_boxes), batch_labels = crops.__getitems__([3, 1])  # a whole batch
+    assert torch.equal(batch_images, torch.stack([image for (image, _), _ in items]))
+    assert torch.equal(batch_boxes, torch.stack([box for (_, box), _ in items]))
+    assert batch_labels.tolist() == [label for _, label in items]
     seen = []
 
     class Probe(VictimClassifier):
