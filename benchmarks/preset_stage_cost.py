@@ -1,9 +1,10 @@
 """What a preset's stage costs now against the same stage as it ran before the fixed costs were
-cut, both in one run (alternating, so a machine's drift hits both alike), medians per stage.
+cut, both in one run (which goes first alternates by repeat), medians per stage.
 
-The stages are grid cells of `configs/reproduce/matrix.yaml` and `budgets.yaml` (22 epochs on
-the embedded digits victim, one per attack, defence report on), run in process as `reproduce`
-runs a cell. "Before" restores, in this process only, what each cut removed:
+The stages are grid cells of `configs/reproduce/matrix.yaml` (22 epochs on the embedded digits
+victim, the defence report on: five of its attacks, and MAD) and DFAL's of `budgets.yaml` (the same
+with 1,000 queries), their configs written as `reproduce` writes a cell's, run in process.
+"Before" restores, in this process only, what each cut removed:
   - `self.log("train/loss")` on every step (now only on the steps the logger writes);
   - the parsers of all four subcommands (now the one asked for);
   - Figure 1 drawn and the victim's test set scored every epoch (now off in a cell, whose
