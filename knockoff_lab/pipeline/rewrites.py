@@ -17,7 +17,8 @@ from knockoff_lab.pipeline.trust import class_of
 
 # a class parameter that names a cache: a relative path moves under the cache root
 CACHES = ("cache_dir", "posterior_cache", "ledger")
-# a smoke run: every stage for a step or two, on CPU, in full precision
+# a smoke run: every stage for a step or two, on CPU, in full precision (no sanity check: the
+# epoch's own validation runs the same steps a moment later)
 SMOKE_TRAINER = {
     "accelerator": "cpu",
     "devices": 1,
@@ -27,6 +28,7 @@ SMOKE_TRAINER = {
     "max_epochs": 1,
     "limit_train_batches": 2,
     "limit_val_batches": 2,
+    "num_sanity_val_steps": 0,
 }
 # ... with these at most (wherever a class takes them): small images, few queries, no workers,
 # a frozen-features detector's regression cross-validated over 2 folds and 2 strengths
