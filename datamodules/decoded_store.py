@@ -155,6 +155,10 @@ class StoredImages(ImageFiles):
         image = self.store[int(self.rows[index])]
         return (self.transform(image) if self.transform else image), self.labels[index]
 
+    def crops(self) -> "StoredCrops":
+        """The same images for a fit: crop boxes drawn here, cut on the device."""
+        return StoredCrops(self.files, self.labels, None, self.store, self.rows)
+
     def select(
         self, indices: Sequence[int] | None = None, transform: Transform | None = None
     ) -> "StoredImages":

@@ -39,7 +39,6 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.base import ImageDataModule, ImagesOnly
 from datamodules.decoded_store import (
     TRAIN_MARGIN,
-    StoredCrops,
     StoredImages,
     collated,
     cut_crops,
@@ -296,8 +295,7 @@ class VictimDataModule(OnDiskDataModule):
         train = self.split("train")
         if not (self.augment and isinstance(train, StoredImages)):
             return super().train_dataloader()
-        crops = StoredCrops(train.files, train.labels, None, train.store, train.rows)
-        return self.loader_of(crops, shuffle=True, collate_fn=collated)
+        return self.loader_of(train.crops(), shuffle=True, collate_fn=collated)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if isinstance(batch, list) and isinstance(batch[0], list):  # StoredCrops' (image, box)
