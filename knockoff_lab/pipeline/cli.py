@@ -9,6 +9,7 @@ to `<trainer.default_root_dir>/checkpoints` (stable, not inside the logger's `ve
 `--trainer.default_root_dir elsewhere` moves them too.
 """
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -67,6 +68,36 @@ def run_folder(configs: list[str]) -> str:
     folder = "runs/" + "/".join(where)
     overlays = [Path(c) for c in configs[1:]]
     return folder + "".join(f"+{p.stem}" for p in overlays if p.parent.name not in UNNAMED_OVERLAYS)
+
+
+NULLS = ("null", "Null", "NULL", "~")
+
+
+def nested_nulls(args: list[str]) -> list[str]:
+    """`args` with each null two subclasses deep given as a JSON override of the outer one.
+
+    jsonargparse (4.53) reads `--data.init_args.api.init_args.ledger null` as the string
+    "None" (it loads the value, then formats it back into an option for the inner parser);
+    `--data.init_args.api '{"init_args": {"ledger": null}}'` reaches the inner class as None.
+    """
+    rewritten, at = [], 0
+    while at < len(args):
+        key, equals, value = args[at].partition("=")
+        if not equals:  # `--key value`
+            value = args[at + 1] if at + 1 < len(args) else ""
+        outer, _, inner = key.partition(".init_args.")
+        middle, _, rest = inner.partition(".init_args.")
+        deep = key.startswith("--") and rest and not any(p.isdigit() for p in key.split("."))
+        if deep and value in NULLS:
+            override: Any = None
+            for part in reversed(rest.split(".")):
+                override = {part: override}
+            rewritten += [f"{outer}.init_args.{middle}", json.dumps({"init_args": override})]
+            at += 1 if equals else 2
+        else:
+            rewritten.append(args[at])
+            at += 1
+    return rewritten
 
 
 def checkpoints_follow_run_folder(trainer: Trainer) -> list[str]:
@@ -128,10 +159,14 @@ class KnockoffCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def parse_arguments(self, parser, args) -> None:
-        """The command line checked by the trust policy before anything it names is imported."""
+        """The command line checked by the trust policy before anything it names is imported,
+        then parsed with its deep nulls mended (`nested_nulls`)."""
         if args is None or isinstance(args, list):
-            check_arguments(sys.argv[1:] if args is None else args)
-        super().parse_arguments(parser, args)
+            given = sys.argv[1:] if args is None else args
+            check_arguments(given)
+            self.config = parser.parse_args(nested_nulls(given))
+        else:
+            super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
