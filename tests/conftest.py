@@ -7,7 +7,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each
+    os.environ["OMP_NUM_THREADS"] = "1"  # and the processes they start
+    import torch
+
+    torch.set_num_threads(1)
 CONFIGS = REPO / "configs"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The paper preset's smoke run (a third of the suite's time) starts first, so the workers
+    finish together rather than one running it alone at the end."""
+    items.sort(key=lambda item: "test_smoke.py::test_the_paper_preset" not in item.nodeid)
 
 
 @pytest.fixture(autouse=True)

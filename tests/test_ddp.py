@@ -10,6 +10,8 @@ import torch
 
 from tests.conftest import CONFIGS, REPO
 
+pytestmark = pytest.mark.xdist_group("ddp")  # one DDP run at a time: their ports never race
+
 
 def run(args: list[str], cwd: Path) -> dict[str, float]:
     cwd.mkdir(exist_ok=True)

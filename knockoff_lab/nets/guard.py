@@ -44,6 +44,7 @@ def load_detector(path: str | Path) -> OODGuard:
             f"{path} is not a detector checkpoint (no record of in/out training data); "
             "train one with lightning_modules.Detector or FrozenFeaturesDetector"
         )
-    net = build_network(str(hparams["arch"]), 2)
-    net.load_state_dict(net_state(checkpoint))
+    with torch.device("meta"):  # no random initialisation to throw away
+        net = build_network(str(hparams["arch"]), 2)
+    net.load_state_dict(net_state(checkpoint), assign=True)
     return OODGuard(net, trained_on).eval()
