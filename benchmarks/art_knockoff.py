@@ -5,12 +5,14 @@ victim, `--epochs` epochs of Adam 3e-3 (constant rate: ART's fit takes no schedu
 on the soft answers (ART given the same soft cross-entropy, so it does not reduce them to
 labels), the thief digits_cnn starting from the same weights. Ours runs as a user runs it, the
 in-process `main.py fit` of `configs/surrogate/digits_natural_probs.yaml` with `val_fraction 0`
-(ART holds nothing out), no per-epoch analysis and no figure (as `reproduce` runs a grid cell)
-and a fresh transfer-set cache (so it asks its queries); ART is given
+(ART holds nothing out), no per-epoch analysis and no figure (as `reproduce` runs a grid cell),
+a fresh transfer-set cache and no posterior cache (so the victim answers its queries); ART is given
 exactly the images ours asked, as its whole `x` with `nb_stolen` = all of them, so both train
 on the same images. Timed: ours from the CLI's start to the end of its test; ART from building
-its classifiers to its thief's predictions on the same test set. Reported: median times over
-`--repeats` (alternating which goes first), their ratio, and both thieves' test accuracy.
+its classifiers to its thief's predictions on the same test set. An untimed run of ours first
+warms the process for both and gives ART its images; then `--repeats` timed pairs, alternating
+which goes first, each ours run checked to ask the same images. Reported: median times, their
+ratio, and both thieves' test accuracy.
 
     pip install adversarial-robustness-toolbox==1.20.1   # an optional benchmark dependency
     python benchmarks/art_knockoff.py --victim CKPT [--budget 2000] [--epochs 10] [--repeats 3]
@@ -81,6 +83,10 @@ def ours(victim: str, initial: str, budget: int, epochs: int, seed: int, folder:
             "false",
             "--data.init_args.cache_dir",
             f"{folder}/transfer_sets",
+            "--data.init_args.api.init_args.posterior_cache",
+            "null",  # the victim answers every query, as ART's does
+            "--data.init_args.api.init_args.ledger",
+            f"{folder}/ledger.sqlite",
             "--trainer.callbacks",
             CALLBACKS,  # attack.yaml's, with nothing to monitor: the last epoch is kept
         ]
@@ -88,16 +94,19 @@ def ours(victim: str, initial: str, budget: int, epochs: int, seed: int, folder:
     return time.perf_counter() - start, cli
 
 
-def art_knockoff(cli, initial: str, epochs: int, seed: int) -> tuple[float, float]:
-    """(seconds, test accuracy) of ART's KnockoffNets on the images our run asked."""
+def asked_images(cli) -> torch.Tensor:
+    """The images our run asked (its whole transfer set: nothing held out)."""
+    train = cli.datamodule.split("train")
+    return next(iter(DataLoader(train, batch_size=len(train))))[0]
+
+
+def art_knockoff(cli, pool_images: np.ndarray, initial: str, epochs: int, seed: int):
+    """(seconds, test accuracy) of ART's KnockoffNets on `pool_images`, against the victim of
+    our run `cli`."""
     from art.attacks.extraction import KnockoffNets
     from art.estimators.classification import PyTorchClassifier
 
     data = cli.datamodule
-    pool_images, _ = next(
-        iter(DataLoader(data.split("train"), batch_size=len(data.split("train"))))
-    )
-    pool_images = pool_images.numpy()
     test = data.victim_data.split("test")
     test_images, test_labels = next(iter(DataLoader(test, batch_size=len(test))))
     victim_net = torch.nn.Sequential(data.api.victim, torch.nn.Softmax(-1))  # ART: probabilities
@@ -148,17 +157,23 @@ def main() -> None:
         raise SystemExit("pip install adversarial-robustness-toolbox==1.20.1") from None
     times: dict[str, list[float]] = {"ours": [], "ART": []}
     accuracy: dict[str, list[float]] = {"ours": [], "ART": []}
-    for repeat in range(args.repeats):
-        with tempfile.TemporaryDirectory() as folder:
-            initial = f"{folder}/initial.pt"  # the thief's first weights, for both
-            torch.manual_seed(repeat)
-            torch.save(build_network("digits_cnn", 10).state_dict(), initial)
-            seconds, cli = ours(args.victim, initial, args.budget, args.epochs, repeat, folder)
-            times["ours"].append(seconds)
-            accuracy["ours"].append(float(cli.trainer.callback_metrics["test/acc"]))
-            seconds, acc = art_knockoff(cli, initial, args.epochs, repeat)
-            times["ART"].append(seconds)
-            accuracy["ART"].append(acc)
+    with tempfile.TemporaryDirectory() as folder:
+        initial = f"{folder}/initial.pt"  # the thief's first weights, for both
+        torch.manual_seed(0)
+        torch.save(build_network("digits_cnn", 10).state_dict(), initial)
+        _, warm = ours(args.victim, initial, args.budget, args.epochs, 0, f"{folder}/warm")
+        images = asked_images(warm)
+        for repeat in range(args.repeats):
+            for name in ("ours", "ART") if repeat % 2 == 0 else ("ART", "ours"):
+                if name == "ART":
+                    seconds, acc = art_knockoff(warm, images.numpy(), initial, args.epochs, 0)
+                else:
+                    where = f"{folder}/{repeat}"
+                    seconds, cli = ours(args.victim, initial, args.budget, args.epochs, 0, where)
+                    assert torch.equal(asked_images(cli), images), "ours asked other images"
+                    acc = float(cli.trainer.callback_metrics["test/acc"])
+                times[name].append(seconds)
+                accuracy[name].append(acc)
     print(
         f"Knockoff, random, probabilities, {args.budget} queries, {args.epochs} epochs, "
         f"{torch.get_num_threads()} threads, ART {art.__version__}, median of {args.repeats}:"
