@@ -3,16 +3,20 @@
 The work: random sampling, probability answers, `--budget` queries to the embedded digits
 victim, `--epochs` epochs of Adam 3e-3 (constant rate: ART's fit takes no scheduler) at batch 64
 on the soft answers (ART given the same soft cross-entropy, so it does not reduce them to
-labels), the thief digits_cnn starting from the same weights. Ours runs as a user runs it, the
-in-process `main.py fit` of `configs/surrogate/digits_natural_probs.yaml` with `val_fraction 0`
-(ART holds nothing out), no per-epoch analysis and no figure (as `reproduce` runs a grid cell),
-a fresh transfer-set cache and no posterior cache (so the victim answers its queries); ART is given
-exactly the images ours asked, as its whole `x` with `nb_stolen` = all of them, so both train
-on the same images. Timed: ours from the CLI's start to the end of its test; ART from building
-its classifiers to its thief's predictions on the same test set. An untimed run of ours first
-warms the process for both and gives ART its images; then `--repeats` timed pairs, alternating
-which goes first, each ours run checked to ask the same images. Reported: median times, their
-ratio, and both thieves' test accuracy.
+labels), the thief digits_cnn starting from the same weights, the same seed. Ours runs as a user
+runs it, the in-process `main.py fit` of `configs/surrogate/digits_natural_probs.yaml` with
+`val_fraction 0` (ART holds nothing out), no per-epoch analysis and no figure (as `reproduce`
+runs a grid cell), a fresh transfer-set cache and no posterior cache (so the victim answers its
+queries); ART is given exactly the images ours asked, as its whole `x` with `nb_stolen` = all of
+them, so both train on the same images. Timed: ours from the CLI's start to the end of its
+test; ART from building its classifiers to its thief's predictions on the same test set.
+
+Four contenders (`CONTENDERS`): the recipe trains channels-last, so ours runs both so and in
+NCHW, and ART is given the thief both as built (NCHW) and in channels-last: the ratio at equal
+memory format says what is our code's and what is the format's. An untimed run of ours warms
+the process for all and gives ART its images; then `--repeats` rounds, each contender going
+first in turn, each ours run checked to ask the same images. Reported: median times, ratios,
+and test accuracies.
 
     pip install adversarial-robustness-toolbox==1.20.1   # an optional benchmark dependency
     python benchmarks/art_knockoff.py --victim CKPT [--budget 2000] [--epochs 10] [--repeats 3]
@@ -46,6 +50,11 @@ CALLBACKS = json.dumps(
 )
 
 
+# ours as the recipe runs it (channels-last), ours in NCHW, ART given the thief as it is built
+# (NCHW), ART given it in channels-last
+CONTENDERS = ["ours", "ours NCHW", "ART", "ART channels-last"]
+
+
 class SoftCrossEntropy(torch.nn.Module):
     """Our soft-label loss as a module, so ART keeps the probabilities as targets."""
 
@@ -53,16 +62,15 @@ class SoftCrossEntropy(torch.nn.Module):
         return -(targets * F.log_softmax(logits, -1)).sum(-1).mean()
 
 
-def ours(victim: str, initial: str, budget: int, epochs: int, seed: int, folder: str):
-    """(seconds, the CLI object) of one fit + test of our Knockoff from the `initial` weights."""
+def ours(victim: str, initial: str, budget: int, epochs: int, folder: str, nhwc: bool = True):
+    """(seconds, the CLI object) of one fit + test of our Knockoff from the `initial` weights;
+    `nhwc`: the recipe's channels-last network, or NCHW."""
     start = time.perf_counter()
     cli = cli_main(
         [
             "fit",
             "--config",
             str(CONFIG),
-            "--seed_everything",
-            str(seed),
             "--trainer.default_root_dir",
             folder,
             "--trainer.enable_progress_bar",
@@ -71,6 +79,8 @@ def ours(victim: str, initial: str, budget: int, epochs: int, seed: int, folder:
             str(epochs),
             "--model.init_args.weights",
             initial,
+            "--model.init_args.channels_last",
+            str(nhwc).lower(),
             "--model.init_args.lr_scheduler",
             "null",
             "--data.init_args.api.init_args.victim",
@@ -100,9 +110,9 @@ def asked_images(cli) -> torch.Tensor:
     return next(iter(DataLoader(train, batch_size=len(train))))[0]
 
 
-def art_knockoff(cli, pool_images: np.ndarray, initial: str, epochs: int, seed: int):
+def art_knockoff(cli, pool_images: np.ndarray, initial: str, epochs: int, nhwc: bool = False):
     """(seconds, test accuracy) of ART's KnockoffNets on `pool_images`, against the victim of
-    our run `cli`."""
+    our run `cli`; `nhwc`: its thief network given in channels-last."""
     from art.attacks.extraction import KnockoffNets
     from art.estimators.classification import PyTorchClassifier
 
@@ -111,12 +121,13 @@ def art_knockoff(cli, pool_images: np.ndarray, initial: str, epochs: int, seed: 
     test_images, test_labels = next(iter(DataLoader(test, batch_size=len(test))))
     victim_net = torch.nn.Sequential(data.api.victim, torch.nn.Softmax(-1))  # ART: probabilities
     shape, classes = tuple(pool_images.shape[1:]), data.num_classes
-    np.random.seed(seed)  # ART samples with numpy's global generator
+    np.random.seed(0)  # ART samples with numpy's global generator
     start = time.perf_counter()
     victim = PyTorchClassifier(
         victim_net, torch.nn.CrossEntropyLoss(), shape, classes, device_type="cpu"
     )
     thief_net = build_network("digits_cnn", classes, initial)
+    thief_net.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
     thief = PyTorchClassifier(
         thief_net,
         SoftCrossEntropy(),
@@ -155,21 +166,22 @@ def main() -> None:
         import art
     except ImportError:
         raise SystemExit("pip install adversarial-robustness-toolbox==1.20.1") from None
-    times: dict[str, list[float]] = {"ours": [], "ART": []}
-    accuracy: dict[str, list[float]] = {"ours": [], "ART": []}
+    times: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    accuracy: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     with tempfile.TemporaryDirectory() as folder:
         initial = f"{folder}/initial.pt"  # the thief's first weights, for both
         torch.manual_seed(0)
         torch.save(build_network("digits_cnn", 10).state_dict(), initial)
-        _, warm = ours(args.victim, initial, args.budget, args.epochs, 0, f"{folder}/warm")
+        _, warm = ours(args.victim, initial, args.budget, args.epochs, f"{folder}/warm")
         images = asked_images(warm)
         for repeat in range(args.repeats):
-            for name in ("ours", "ART") if repeat % 2 == 0 else ("ART", "ours"):
-                if name == "ART":
-                    seconds, acc = art_knockoff(warm, images.numpy(), initial, args.epochs, 0)
+            for name in CONTENDERS[repeat:] + CONTENDERS[:repeat]:  # each goes first in turn
+                nhwc = name in ("ours", "ART channels-last")
+                if name.startswith("ART"):
+                    seconds, acc = art_knockoff(warm, images.numpy(), initial, args.epochs, nhwc)
                 else:
-                    where = f"{folder}/{repeat}"
-                    seconds, cli = ours(args.victim, initial, args.budget, args.epochs, 0, where)
+                    where = f"{folder}/{repeat}-{nhwc}"
+                    seconds, cli = ours(args.victim, initial, args.budget, args.epochs, where, nhwc)
                     assert torch.equal(asked_images(cli), images), "ours asked other images"
                     acc = float(cli.trainer.callback_metrics["test/acc"])
                 times[name].append(seconds)
@@ -178,13 +190,15 @@ def main() -> None:
         f"Knockoff, random, probabilities, {args.budget} queries, {args.epochs} epochs, "
         f"{torch.get_num_threads()} threads, ART {art.__version__}, median of {args.repeats}:"
     )
-    for name in times:
+    median = {name: statistics.median(times[name]) for name in CONTENDERS}
+    for name in CONTENDERS:
         print(
-            f"  {name:5s} {statistics.median(times[name]):7.1f} s   test accuracy "
+            f"  {name:17s} {median[name]:6.1f} s   test accuracy "
             f"{statistics.median(accuracy[name]):.3f}"
         )
-    ratio = statistics.median(times["ours"]) / statistics.median(times["ART"])
-    print(f"  ours / ART time x{ratio:.2f}")
+    print(f"  ours / ART time x{median['ours'] / median['ART']:.2f} (each as a user runs it)")
+    for mine, theirs in (("ours NCHW", "ART"), ("ours", "ART channels-last")):
+        print(f"  {mine} / {theirs} time x{median[mine] / median[theirs]:.2f}")
 
 
 if __name__ == "__main__":
