@@ -1,13 +1,12 @@
-"""The embedded surrogate's training in NCHW (the default) against channels-last (NHWC), in one
-process: the same stage (`configs/surrogate/digits_natural_probs.yaml`, `--budget` queries,
-`--epochs` epochs, as `reproduce` runs a grid cell: no per-epoch analysis, no figure) with
-`model.init_args.channels_last` false and true, alternating which goes first. Reported: median
-wall times, their ratio, and both test accuracies (the same network, the same images; the
-convolutions sum in another order, so the numbers differ in the last bits and then drift).
+"""The embedded surrogate stage trained in NCHW against channels-last (NHWC), in one process:
+`art_knockoff.ours` (the recipe `configs/surrogate/digits_natural_probs.yaml` as a user runs
+it, `--budget` queries, `--epochs` epochs, from one initial network) with
+`model.init_args.channels_last` false and true, each first in turn after an untimed warm-up.
+Reported: median wall times, their ratio, and both test accuracies (the same network and
+images; the convolutions sum in another order, so the numbers part in the last bits and drift).
 
-Channels-last is the lever for the compute-bound presets (budgets, matrix) on CPU; switching the
-embedded configs to it changes every number they report, so it waits for a rerun of the presets
-that checks their findings.
+Channels-last is the lever of the compute-bound embedded presets on CPU; the recipe uses it.
+ART is not needed here.
 
     python benchmarks/memory_format.py --victim CKPT [--budget 2000] [--epochs 10] [--repeats 3]
 """
@@ -15,45 +14,12 @@ that checks their findings.
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-from knockoff_lab.pipeline.cli import cli_main
+import torch
+from art_knockoff import ours  # a sibling: run as python benchmarks/memory_format.py
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs/surrogate/digits_natural_probs.yaml"
-
-
-def stage(victim: str, budget: int, epochs: int, channels_last: bool, folder: str):
-    """(seconds, test accuracy) of one fit + test of the stage."""
-    start = time.perf_counter()
-    cli = cli_main(
-        [
-            "fit",
-            "--config",
-            str(CONFIG),
-            "--trainer.default_root_dir",
-            folder,
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.max_epochs",
-            str(epochs),
-            "--model.init_args.lr_scheduler.init_args.T_max",
-            str(epochs),
-            "--model.init_args.channels_last",
-            str(channels_last).lower(),
-            "--data.init_args.api.init_args.victim",
-            victim,
-            "--data.init_args.api.init_args.ledger",
-            "null",
-            "--data.init_args.budget",
-            str(budget),
-            "--data.init_args.analysis",
-            "false",
-            "--data.init_args.cache_dir",
-            f"{folder}/transfer_sets",
-        ]
-    )
-    return time.perf_counter() - start, float(cli.trainer.callback_metrics["test/acc"])
+from knockoff_lab.nets.networks import build_network
 
 
 def main() -> None:
@@ -69,15 +35,18 @@ def main() -> None:
     times: dict[bool, list[float]] = {False: [], True: []}
     accuracy: dict[bool, list[float]] = {False: [], True: []}
     with tempfile.TemporaryDirectory() as folder:
-        stage(args.victim, args.budget, 1, False, f"{folder}/warm")  # imports, the pool
+        initial = f"{folder}/initial.pt"
+        torch.manual_seed(0)
+        torch.save(build_network("digits_cnn", 10).state_dict(), initial)
+        ours(args.victim, initial, args.budget, 1, f"{folder}/warm")  # imports, the pool
         for repeat in range(args.repeats):
             for nhwc in (False, True) if repeat % 2 == 0 else (True, False):
                 where = f"{folder}/{repeat}-{nhwc}"
-                seconds, acc = stage(args.victim, args.budget, args.epochs, nhwc, where)
+                seconds, cli = ours(args.victim, initial, args.budget, args.epochs, where, nhwc)
                 times[nhwc].append(seconds)
-                accuracy[nhwc].append(acc)
+                accuracy[nhwc].append(float(cli.trainer.callback_metrics["test/acc"]))
     work = f"{args.budget} queries, {args.epochs} epochs, median of {args.repeats}"
-    print(f"embedded surrogate, {work}:")
+    print(f"embedded surrogate stage, {work}:")
     for nhwc, name in ((False, "NCHW"), (True, "channels-last")):
         print(
             f"  {name:13s} {statistics.median(times[nhwc]):6.1f} s   test accuracy "

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each
-    os.environ["OMP_NUM_THREADS"] = "1"  # and the processes they start
+CONFIGS = REPO / "configs"
+if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker per core (pyproject): one thread each
+    os.environ["OMP_NUM_THREADS"] = "1"  # and in the processes it starts
     import torch
 
     torch.set_num_threads(1)
-CONFIGS = REPO / "configs"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
