@@ -36,8 +36,8 @@ class TransferDataset(Dataset):
 
     def __getitems__(self, positions: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The items at `positions` (the DataLoader's fetch of a batch), read together: one
-        gather from a tensor pool and one conversion of the answers, the same tensors as
-        `__getitem__` gives one by one at a third of its cost per epoch (2,000 queries)."""
+        gather from a tensor pool and one conversion of the answers: the same tensors as
+        `__getitem__` gives one by one, at about half the cost (`benchmarks/transfer_fetch.py`)."""
         rows = self.rows[positions]
         indices = self.indices[rows.numpy()]
         tensors = self.pool.labelled if isinstance(self.pool, ImagesOnly) else None
