@@ -152,8 +152,10 @@ def art_knockoff(cli, pool_images: np.ndarray, initial: str, epochs: int, nhwc: 
     return seconds, float((torch.from_numpy(predicted) == test_labels).float().mean())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def stage_arguments(doc: str) -> argparse.Namespace:
+    """--victim (checked to exist), --budget, --epochs, --repeats: this benchmark's and
+    memory_format.py's command line."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--victim", default="runs/victim/digits_cnn/checkpoints/best.ckpt")
     parser.add_argument("--budget", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=10)
@@ -162,6 +164,19 @@ def main() -> None:
     if not Path(args.victim).is_file():
         train = "python main.py fit --config configs/victim/digits_cnn.yaml"
         raise SystemExit(f"victim checkpoint {args.victim} does not exist: train it ({train})")
+    return args
+
+
+def initial_weights(folder: str) -> str:
+    """The thief's first weights (seed 0), written to `folder`: every contender starts there."""
+    path = f"{folder}/initial.pt"
+    torch.manual_seed(0)
+    torch.save(build_network("digits_cnn", 10).state_dict(), path)
+    return path
+
+
+def main() -> None:
+    args = stage_arguments(__doc__)
     try:
         import art
     except ImportError:
@@ -169,9 +184,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     accuracy: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     with tempfile.TemporaryDirectory() as folder:
-        initial = f"{folder}/initial.pt"  # the thief's first weights, for both
-        torch.manual_seed(0)
-        torch.save(build_network("digits_cnn", 10).state_dict(), initial)
+        initial = initial_weights(folder)
         _, warm = ours(args.victim, initial, args.budget, args.epochs, f"{folder}/warm")
         images = asked_images(warm)
         for repeat in range(args.repeats):

@@ -11,33 +11,22 @@ ART is not needed here.
     python benchmarks/memory_format.py --victim CKPT [--budget 2000] [--epochs 10] [--repeats 3]
 """
 
-import argparse
 import statistics
 import tempfile
-from pathlib import Path
 
-import torch
-from art_knockoff import ours  # a sibling: run as python benchmarks/memory_format.py
-
-from knockoff_lab.nets.networks import build_network
+from art_knockoff import (  # a sibling: run as python benchmarks/memory_format.py
+    initial_weights,
+    ours,
+    stage_arguments,
+)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--victim", default="runs/victim/digits_cnn/checkpoints/best.ckpt")
-    parser.add_argument("--budget", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    if not Path(args.victim).is_file():
-        train = "python main.py fit --config configs/victim/digits_cnn.yaml"
-        raise SystemExit(f"victim checkpoint {args.victim} does not exist: train it ({train})")
+    args = stage_arguments(__doc__)
     times: dict[bool, list[float]] = {False: [], True: []}
     accuracy: dict[bool, list[float]] = {False: [], True: []}
     with tempfile.TemporaryDirectory() as folder:
-        initial = f"{folder}/initial.pt"
-        torch.manual_seed(0)
-        torch.save(build_network("digits_cnn", 10).state_dict(), initial)
+        initial = initial_weights(folder)
         ours(args.victim, initial, args.budget, 1, f"{folder}/warm")  # imports, the pool
         for repeat in range(args.repeats):
             for nhwc in (False, True) if repeat % 2 == 0 else (True, False):
