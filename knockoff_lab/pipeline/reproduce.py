@@ -29,6 +29,7 @@ from knockoff_lab.pipeline.report import (
     write_results,
     write_tables,
 )
+from knockoff_lab.pipeline.schedule import Run, check_single_process, run_stages, side_by_side
 from knockoff_lab.pipeline.stages import Stage, StageRunner, Value, leaves, read_yaml
 
 
@@ -83,6 +84,8 @@ def reproduce(
     verbose: bool = False,
     wandb: bool = False,
     wandb_project: str = "knockoff-lab",
+    jobs: int | None = None,
+    threads: int | None = None,
     source: str = "reproduce",
 ) -> Path:
     """Run `stages` in order, then the stages of `grids` (`pipeline.grid`), into `output_dir`
@@ -100,8 +103,10 @@ def reproduce(
     `force` redoes every stage instead of reusing finished ones; `verbose` shows Lightning's
     output of each stage on the console (it always goes to the stage's `stdout.log`); `wandb`
     logs the report to one W&B run in `wandb_project` (offline under `output_dir/wandb` unless
-    logged in to W&B: `wandb sync` uploads it later). `source` names the preset in errors
-    (its file, from the command line).
+    logged in to W&B: `wandb sync` uploads it later). `jobs` runs that many stages at once, each
+    in its own process, and `threads` gives each stage that many torch threads (part of its key);
+    given `threads` alone, jobs fill the cores (`pipeline.schedule`). `source` names the preset in
+    errors (its file, from the command line).
     """
     set = leaves(set or {})
     cells = [stage for grid in grids for stage in grid.stages()]
@@ -114,8 +119,11 @@ def reproduce(
             raise ConfigError(f"stage {stage.name}: config {missing[0]} does not exist")
     check_keys(stages, set, source)  # a typo fails now, not hours into a run
     output = Path(output_dir) / "smoke" if smoke else Path(output_dir)
-    runner = StageRunner(output, set, force, verbose, data_root, smoke)
+    jobs, threads = side_by_side(jobs, threads)
+    runner = StageRunner(output, set, force, verbose, data_root, smoke, threads)
     preflight(stages, runner)  # so does missing data
+    if jobs > 1:
+        check_single_process(stages, runner)
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
     runs = [
@@ -129,9 +137,16 @@ def reproduce(
     figures.mkdir(parents=True, exist_ok=True)
     start = time.time()
     width = len(str(len(runs)))
-    for number, (stage, seed) in enumerate(runs, 1):
-        shown = seed == 0 and stage not in cells  # the report draws figures of these alone
-        result = runner.run(seeded(stage, seed), f"[{number:>{width}}/{len(runs)}]", shown)
+    shows = [seed == 0 and stage not in cells for stage, seed in runs]  # figures of these alone
+    finished = run_stages(
+        runner,
+        [
+            Run(seeded(stage, seed), f"[{number:>{width}}/{len(runs)}]", shown)
+            for number, ((stage, seed), shown) in enumerate(zip(runs, shows, strict=True), 1)
+        ],
+        jobs,
+    )
+    for (stage, _), shown, result in zip(runs, shows, finished, strict=True):
         folder = Path(result["folder"])
         result["metrics"].update(curve_metrics(folder))
         for row in stage.rows:

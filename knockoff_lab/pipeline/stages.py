@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
+import torch
 import yaml
 
 from knockoff_lab.core.atomic import atomic_write_text
@@ -211,7 +212,7 @@ def stage_key(
 ) -> str:
     """What the stage runs: its configs with their fragments (an edited fragment is a new key,
     an edited comment is not), its command, settings and upstream results, and what the run
-    varies beyond them (`StageRunner.varied`: a data root, a smoke run)."""
+    varies beyond them (`StageRunner.varied`: a data root, a smoke run, a thread count)."""
     configs = [read_config(path) for path in stage.configs]
     what = [configs, stage.command, resolved(settings), upstream, *([varied] if varied else [])]
     blob = json.dumps(what, sort_keys=True, default=str)
@@ -259,6 +260,18 @@ def stage_output(log_file: Path, verbose: bool = False) -> Iterator[None]:
                 logger.handlers, logger.propagate = handlers, propagate
 
 
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `count` (None: left as it is), restored after."""
+    saved = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def read_result(result_file: Path) -> dict:
     """A finished stage's record with its paths resolved against the folder it lies in (not
     the working directory of the run that wrote it): `folder` and `checkpoint` absolute."""
@@ -284,9 +297,11 @@ class StageRunner:
         verbose: bool = False,
         data_root: str | None = None,
         smoke: bool = False,
+        threads: int | None = None,
     ):
         self.output_dir, self.settings, self.force = output_dir, settings, force
         self.verbose, self.data_root, self.smoke = verbose, data_root, smoke
+        self.threads = threads  # torch threads per stage (None: torch's own count)
         self.done: dict[str, dict] = {}  # stage name -> result
 
     @property
@@ -295,6 +310,7 @@ class StageRunner:
         return {
             **({"data_root": str(Path(self.data_root).absolute())} if self.data_root else {}),
             **({"smoke": True} if self.smoke else {}),
+            **({"threads": self.threads} if self.threads else {}),
         }
 
     def folder(self, stage: Stage) -> Path:
@@ -362,7 +378,7 @@ class StageRunner:
             print(f"{position} {stage.name}: running {stage.command} {stage.shown}", flush=True)
         start = time.time()
         try:
-            with stage_output(folder / "stdout.log", self.verbose):
+            with stage_output(folder / "stdout.log", self.verbose), torch_threads(self.threads):
                 cli = cli_main(args)
         except BaseException:
             print(

@@ -1,0 +1,102 @@
+"""Stages side by side: `reproduce --jobs N` runs up to N stages at once, each in a process of its
+own, a stage starting as soon as the stages it reads (`Stage.inputs`) have finished.
+
+Why processes: an embedded stage trains a small network on 16 px images, and a second torch thread
+barely speeds it up (a budgets cell took 21.9 s on 2 threads and 21.3 s on 1), while two such
+stages, each on its own core, take no longer together than one alone. Why `threads`: a CPU
+stage's numbers depend on its torch thread count (the reduction order), so a preset that fixes
+`threads` gets the same numbers from any `jobs` on any number of cores; the thread count is part
+of every stage's key (`StageRunner.varied`), so a cached stage is reused only at the count it
+ran with.
+
+Each stage writes its folder as it does alone (atomically, resumable), and the caches the stages
+share are safe across processes (the transfer set's build lock, the API's ledger, one file per
+batch in the posterior cache), so a killed run resumes as a serial one does. Results come back in
+the preset's order, so the report is the same whatever finished first.
+"""
+
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+
+import torch
+
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.pipeline.stages import Stage, StageRunner
+
+
+@dataclass
+class Run:
+    stage: Stage
+    position: str  # "[ 3/40]", for the console
+    shown: bool  # the report shows its figures
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def side_by_side(jobs: int | None, threads: int | None) -> tuple[int, int | None]:
+    """(jobs, threads per stage): given `threads` and no `jobs`, as many jobs as the cores hold;
+    given `jobs` > 1 and no `threads`, the cores shared among them; neither, one job at torch's
+    own thread count (None)."""
+    if jobs is not None and jobs < 1 or threads is not None and threads < 1:
+        raise ConfigError(f"jobs and threads must be >= 1, got jobs={jobs}, threads={threads}")
+    if jobs is None:
+        return (max(1, usable_cores() // threads) if threads else 1), threads
+    if jobs > 1 and threads is None:
+        return jobs, max(1, usable_cores() // jobs)
+    return jobs, threads
+
+
+def check_single_process(stages: list[Stage], runner: StageRunner) -> None:
+    """Side by side, a stage must train in its own process alone: DDP and multi-device strategies
+    launch processes of their own, re-running the command line. `devices: auto` is one device
+    on the CPU, or where at most one GPU is visible."""
+    gpus = torch.cuda.device_count()
+    for stage in stages:
+        trainer = runner.stage_config(stage).get("trainer") or {}
+        devices, accelerator = trainer.get("devices", "auto"), trainer.get("accelerator", "auto")
+        one = str(devices) == "1" or (devices == "auto" and (accelerator == "cpu" or gpus <= 1))
+        if not one or trainer.get("num_nodes", 1) != 1 or trainer.get("strategy", "auto") != "auto":
+            raise ConfigError(
+                f"stage {stage.name} trains on devices={devices}, num_nodes="
+                f"{trainer.get('num_nodes', 1)}, strategy={trainer.get('strategy', 'auto')}: "
+                "jobs > 1 runs each stage in a process of its own on one device; set jobs: 1"
+            )
+
+
+def run_one(runner: StageRunner, upstream: dict[str, dict], run: Run) -> dict:
+    """In a worker: `run` with the results of the stages it reads."""
+    runner.done = upstream
+    return runner.run(run.stage, run.position, run.shown)
+
+
+def run_stages(runner: StageRunner, runs: list[Run], jobs: int = 1) -> list[dict]:
+    """Every run's result, in the order of `runs`. On a failure no further run starts; the runs
+    in flight finish (their folders complete), then the error is raised."""
+    if jobs == 1:
+        return [runner.run(run.stage, run.position, run.shown) for run in runs]
+    results: dict[int, dict] = {}
+    waiting = list(range(len(runs)))
+    context = multiprocessing.get_context("spawn")  # a forked torch can hang in its thread pool
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        running: dict[Future, int] = {}
+        while waiting or running:
+            for index in list(waiting):
+                if len(running) == jobs:
+                    break
+                reads = runs[index].stage.inputs.values()
+                if all(name in runner.done for name in reads):
+                    upstream = {name: runner.done[name] for name in reads}
+                    running[pool.submit(run_one, runner, upstream, runs[index])] = index
+                    waiting.remove(index)
+            if not running:  # preflight orders the inputs; a stage read twice over would wait here
+                raise ConfigError(f"stage {runs[waiting[0]].stage.name} reads a stage never run")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                index = running.pop(future)
+                results[index] = future.result()
+                runner.done[runs[index].stage.name] = results[index]
+    return [results[index] for index in range(len(runs))]

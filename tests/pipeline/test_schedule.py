@@ -1,0 +1,128 @@
+"""`reproduce --jobs N`: stages side by side in processes of their own, in the order their inputs
+allow, their results in the preset's order, and the same numbers as one at a time."""
+
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.pipeline.reproduce import reproduce_main
+from knockoff_lab.pipeline.schedule import Run, run_stages, side_by_side
+from knockoff_lab.pipeline.stages import Stage, StageRunner
+from tests.conftest import CONFIGS
+from tests.pipeline.test_reproduce import tiny_config
+
+VICTIM = str(CONFIGS / "victim/digits_cnn.yaml")
+
+
+class Clock:
+    """A runner that records when each stage ran and in which process, and leaves a file named
+    after each stage it finished in `marks`; `naps` sets how long each takes, and a stage named
+    `fails` raises (the workers unpickle it from this module)."""
+
+    def __init__(self, naps: dict[str, float], marks: Path):
+        self.naps, self.marks, self.done = naps, marks, {}
+
+    def run(self, stage: Stage, position: str, shown: bool) -> dict:
+        start = time.monotonic()
+        time.sleep(self.naps.get(stage.name, 0.0))
+        if stage.name == "fails":
+            raise ConfigError("stage fails: on purpose")
+        (self.marks / stage.name).touch()
+        return {"name": stage.name, "pid": os.getpid(), "start": start, "end": time.monotonic()}
+
+
+def runs(*stages: tuple[str, dict[str, str]]) -> list[Run]:
+    return [Run(Stage(name, VICTIM, inputs=inputs), f"[{name}]", True) for name, inputs in stages]
+
+
+def test_stages_run_side_by_side_after_their_inputs_and_report_in_order(tmp_path):
+    clock = Clock({"first": 1.0, "second": 0.2, "reader": 0.0}, tmp_path)
+    results = run_stages(
+        clock, runs(("first", {}), ("second", {}), ("reader", {"x": "first"})), jobs=2
+    )
+    first, second, reader = results
+    assert [r["name"] for r in results] == ["first", "second", "reader"]  # not as they finished
+    assert first["pid"] != second["pid"] and second["start"] < first["end"]  # side by side
+    assert reader["start"] >= first["end"]  # not when a slot freed, but after what it reads
+    assert set(clock.done) == {"first", "second", "reader"}
+
+
+def test_a_failure_stops_new_stages_and_lets_the_running_ones_finish(tmp_path):
+    clock = Clock({"slow": 1.5, "fails": 0.2}, tmp_path)
+    with pytest.raises(ConfigError, match="stage fails: on purpose"):
+        run_stages(clock, runs(("slow", {}), ("fails", {}), ("later", {})), jobs=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slow"]  # finished; later never began
+
+
+def test_side_by_side_gives_the_numbers_of_one_at_a_time(tmp_path):
+    """At a fixed thread count, two jobs write the report of one job byte for byte (two
+    surrogate seeds train at once; their results keep the preset's order)."""
+    config = tiny_config(tmp_path)
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["--config", str(config), "--seeds", "2", "--threads", "1"]
+    reproduce_main([*common, "--jobs", "1", "--output_dir", str(one)])
+    reproduce_main([*common, "--jobs", "2", "--output_dir", str(two)])
+    assert (one / "results.csv").read_bytes() == (two / "results.csv").read_bytes()
+    assert (one / "tables.md").read_text() == (two / "tables.md").read_text()
+    assert sorted(p.name for p in (one / "stages").iterdir()) == sorted(
+        p.name for p in (two / "stages").iterdir()
+    )
+
+
+def test_the_thread_count_is_part_of_a_stages_key(tmp_path):
+    stage = Stage("victim", VICTIM)
+    keys = {StageRunner(tmp_path, {}, threads=n).folder(stage).name for n in (None, 1, 2)}
+    assert len(keys) == 3
+
+
+def test_a_multi_device_stage_cannot_run_side_by_side(tmp_path):
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    config["stages"][0]["set"] = {"trainer.devices": 2, "trainer.strategy": "ddp"}
+    (path := tmp_path / "ddp.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="stage victim trains on devices=2.*set jobs: 1"):
+        reproduce_main(["--config", str(path), "--jobs", "2"])
+    assert not (tmp_path / "out" / "stages").exists()
+
+
+@pytest.mark.parametrize(
+    "jobs, threads, cores, expected",
+    [
+        (None, None, 8, (1, None)),
+        (None, 2, 8, (4, 2)),
+        (None, 16, 8, (1, 16)),
+        (4, None, 8, (4, 2)),
+        (16, None, 8, (16, 1)),
+        (1, None, 8, (1, None)),
+        (3, 3, 8, (3, 3)),
+    ],
+)
+def test_jobs_fill_the_cores_the_threads_leave(monkeypatch, jobs, threads, cores, expected):
+    monkeypatch.setattr("knockoff_lab.pipeline.schedule.usable_cores", lambda: cores)
+    assert side_by_side(jobs, threads) == expected
+
+
+def test_zero_jobs_or_threads_is_a_clear_error():
+    with pytest.raises(ConfigError, match="jobs and threads must be >= 1, got jobs=0"):
+        side_by_side(0, None)
+    with pytest.raises(ConfigError, match="threads=0"):
+        side_by_side(None, 0)
+
+
+def test_a_stage_runs_on_the_runners_thread_count(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_cli(args):
+        seen.append(torch.get_num_threads())
+        return SimpleNamespace(trainer=SimpleNamespace(callback_metrics={}))
+
+    monkeypatch.setattr("knockoff_lab.pipeline.stages.cli_main", fake_cli)
+    before = torch.get_num_threads()
+    for threads in (1, 3):
+        StageRunner(tmp_path, {}, threads=threads).run(Stage("victim", VICTIM), "[1/1]")
+    assert seen == [1, 3] and torch.get_num_threads() == before
