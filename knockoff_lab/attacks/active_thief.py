@@ -22,7 +22,7 @@ from knockoff_lab.attacks.base import Queries, QueryStrategy, Seen, register_att
 from knockoff_lab.attacks.pool_views import pool_chunks, unasked
 from knockoff_lab.core.errors import ConfigError
 
-# DFAL's pool chunk: its Jacobian holds (chunk, classes, pixels) floats; 32 images at 224 px
+# DFAL's pool chunk: its Jacobian holds (chunk, classes - 1, pixels) floats; 32 images at 224 px
 # against 256 classes, and as many more (up to 256) as fit in the same memory at smaller sizes
 # (on 16 px digits, 32 at a time took 2.4x as long as 256)
 DFAL_CHUNK = 32
@@ -68,54 +68,71 @@ def kcenter_greedy(
     return np.asarray(picks, np.int64)
 
 
-def logits_and_jacobian(
-    surrogate, images: torch.Tensor, device
+def other_classes(label: torch.Tensor, classes: int) -> torch.Tensor:
+    """(N, C - 1): every class but each row's `label`, ascending."""
+    k = torch.arange(classes - 1, device=label.device).expand(len(label), -1)
+    return k + (k >= label[:, None]).long()
+
+
+def logits(surrogate, images: torch.Tensor, device, batch: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([surrogate(x.to(device)).float().cpu() for x in images.split(batch)])
+
+
+def boundary_gradients(
+    surrogate, images: torch.Tensor, label: torch.Tensor, device, batch: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits (N, C), d logit_c / dx (N, C, ...)): one forward pass per chunk, not C + 1."""
-    logits, grads = [], []
-    for chunk in images.split(256):
+    """For each image and each class k but its label: (f_k - f_label (N, C - 1), its gradient
+    d(f_k - f_label)/dx (N, C - 1, ...)): one forward pass per `batch` images and one backward
+    pass per other class, C - 1 of them (the label's own row would be zero)."""
+    gaps, grads = [], []
+    for chunk, chunk_label in zip(images.split(batch), label.split(batch), strict=True):
         x = chunk.to(device).requires_grad_(True)
+        chunk_label = chunk_label.to(device)
         with torch.enable_grad():
             out = surrogate(x).float()
+            others = other_classes(chunk_label, out.shape[1])
+            gap = out.gather(1, others) - out.gather(1, chunk_label[:, None])
             rows = [
-                torch.autograd.grad(out[:, c].sum(), x, retain_graph=c + 1 < out.shape[1])[0]
-                for c in range(out.shape[1])
+                torch.autograd.grad(gap[:, k].sum(), x, retain_graph=k + 1 < gap.shape[1])[0]
+                for k in range(gap.shape[1])
             ]
-        logits.append(out.detach().cpu())
+        gaps.append(gap.detach().cpu())
         grads.append(torch.stack(rows, 1).cpu())
-    return torch.cat(logits), torch.cat(grads)
+    return torch.cat(gaps), torch.cat(grads)
 
 
 def deepfool_distance(
-    surrogate, images: torch.Tensor, device, steps: int = 10, overshoot: float = 0.02
+    surrogate,
+    images: torch.Tensor,
+    device,
+    steps: int = 10,
+    overshoot: float = 0.02,
+    batch: int = 256,
 ) -> torch.Tensor:
     """L2 norm of the multi-class DeepFool perturbation flipping `surrogate`'s label of each
     image: each step moves every unflipped image to the nearest linearised boundary,
     r = (|f_l| / ||w_l||^2) w_l with l = argmin_k |f_k - f_label| / ||w_k - w_label||; images
-    still unflipped after `steps` keep the distance travelled (they are far anyway)."""
-    label = None  # the surrogate's label of each image, from the first step's forward pass
+    still unflipped after `steps` keep the distance travelled (they are far anyway). A step
+    checks which images flipped with a forward pass alone, so gradients are taken only of
+    those still to move (an image's last step costs no Jacobian)."""
+    label = logits(surrogate, images, device, batch).argmax(-1)
     total = torch.zeros_like(images)
-    active = torch.ones(len(images), dtype=torch.bool)
-    for _ in range(steps):
+    active = torch.arange(len(images))
+    for step in range(steps):
         x = images[active] + (1 + overshoot) * total[active]
-        if not len(x):
+        if step:  # the first step starts at the images: none has flipped
+            still = logits(surrogate, x, device, batch).argmax(-1) == label[active]
+            active, x = active[still], x[still]
+        if not len(active):
             break
-        f, grads = logits_and_jacobian(surrogate, x, device)
-        label = f.argmax(-1) if label is None else label
-        mine = label[active]
-        if (still := f.argmax(-1) == mine).logical_not().any():  # flipped: stop moving them
-            done = active.nonzero().squeeze(1)[~still]
-            active[done] = False
-            x, grads, f, mine = x[still], grads[still], f[still], mine[still]
-        rows = torch.arange(len(x))
-        w = (grads - grads[rows, mine][:, None]).flatten(2)  # (n, C, D)
-        gap = (f - f[rows, mine][:, None]).abs()
+        gap, w = boundary_gradients(surrogate, x, label[active], device, batch)
+        w = w.flatten(2)  # (n, C - 1, D)
         norm = w.norm(dim=-1).clamp_min(1e-8)
-        ratio = gap / norm
-        ratio[rows, mine] = float("inf")
-        nearest = ratio.argmin(-1)
-        step = ((gap[rows, nearest] + 1e-4) / norm[rows, nearest] ** 2)[:, None]
-        total[active] += (step * w[rows, nearest]).view_as(x)
+        nearest = (gap.abs() / norm).argmin(-1)
+        rows = torch.arange(len(x))
+        move = ((gap[rows, nearest].abs() + 1e-4) / norm[rows, nearest] ** 2)[:, None]
+        total[active] += (move * w[rows, nearest]).view_as(x)
     return ((1 + overshoot) * total).flatten(1).norm(dim=-1)
 
 

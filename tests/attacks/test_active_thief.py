@@ -112,6 +112,23 @@ def test_dfal_picks_the_unasked_images_nearest_the_surrogates_boundary():
     assert picks.tolist() == nearest
 
 
+def test_deepfool_takes_gradients_only_of_images_still_to_move(monkeypatch):
+    """On a linear surrogate one step flips every image: the next step finds that with a
+    forward pass and takes no second Jacobian; each Jacobian has C - 1 rows per image."""
+    from knockoff_lab.attacks import active_thief
+
+    shapes, taken = [], active_thief.boundary_gradients
+
+    def counted(net, x, *rest):
+        gap, w = taken(net, x, *rest)
+        shapes.append(tuple(w.shape[:2]))
+        return gap, w
+
+    monkeypatch.setattr(active_thief, "boundary_gradients", counted)
+    deepfool_distance(surrogate(), torch.stack(POOL), torch.device("cpu"))
+    assert shapes == [(len(POOL), 4)]  # 5 classes
+
+
 def test_dfal_chunks_hold_the_jacobian_of_32_paper_scale_images():
     assert dfal_chunk(256, torch.Size([3, 224, 224])) == 32
     assert dfal_chunk(1000, torch.Size([3, 224, 224])) == 32  # never fewer
