@@ -20,6 +20,7 @@ and test accuracies.
 
     pip install adversarial-robustness-toolbox==1.20.1   # an optional benchmark dependency
     python benchmarks/art_knockoff.py --victim CKPT [--budget 2000] [--epochs 10] [--repeats 3]
+        [--threads 1]
 """
 
 import argparse
@@ -153,14 +154,18 @@ def art_knockoff(cli, pool_images: np.ndarray, initial: str, epochs: int, nhwc: 
 
 
 def stage_arguments(doc: str) -> argparse.Namespace:
-    """--victim (checked to exist), --budget, --epochs, --repeats: this benchmark's and
-    memory_format.py's command line."""
+    """--victim (checked to exist), --budget, --epochs, --repeats, --threads (torch's, for every
+    contender; the embedded presets run stages on 1): this benchmark's and memory_format.py's
+    command line."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--victim", default="runs/victim/digits_cnn/checkpoints/best.ckpt")
     parser.add_argument("--budget", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not Path(args.victim).is_file():
         train = "python main.py fit --config configs/victim/digits_cnn.yaml"
         raise SystemExit(f"victim checkpoint {args.victim} does not exist: train it ({train})")

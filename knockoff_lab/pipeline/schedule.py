@@ -1,9 +1,10 @@
 """Stages side by side: `reproduce --jobs N` runs up to N stages at once, each in a process of its
 own, a stage starting as soon as the stages it reads (`Stage.inputs`) have finished.
 
-Why processes: an embedded stage trains a small network on 16 px images, and a second torch thread
-barely speeds it up (a budgets cell took 21.9 s on 2 threads and 21.3 s on 1), while two such
-stages, each on its own core, take no longer together than one alone. Why `threads`: a CPU
+Why processes: an embedded stage trains a small network on 16 px images, which uses a second
+torch thread poorly (its Python, Lightning's loop included, runs on one), so on 2 cores two
+stages on one thread each finish sooner than the same two one after the other on both
+(`benchmarks/side_by_side.py`: x0.82). Why `threads`: a CPU
 stage's numbers depend on its torch thread count (the reduction order), so a preset that fixes
 `threads` gets the same numbers from any `jobs` on any number of cores; the thread count is part
 of every stage's key (`StageRunner.varied`), so a cached stage is reused only at the count it
@@ -18,6 +19,7 @@ the preset's order, so the report is the same whatever finished first.
 import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import torch
@@ -87,16 +89,29 @@ def run_stages(runner: StageRunner, runs: list[Run], jobs: int = 1) -> list[dict
             for index in list(waiting):
                 if len(running) == jobs:
                     break
-                reads = runs[index].stage.inputs.values()
-                if all(name in runner.done for name in reads):
-                    upstream = {name: runner.done[name] for name in reads}
-                    running[pool.submit(run_one, runner, upstream, runs[index])] = index
-                    waiting.remove(index)
-            if not running:  # preflight orders the inputs; a stage read twice over would wait here
-                raise ConfigError(f"stage {runs[waiting[0]].stage.name} reads a stage never run")
+                run, reads = runs[index], runs[index].stage.inputs.values()
+                if not all(name in runner.done for name in reads):
+                    continue
+                waiting.remove(index)
+                if runner.finished(run.stage):  # read here: no process needed
+                    results[index] = runner.run(run.stage, run.position, run.shown)
+                    continue
+                upstream = {name: runner.done[name] for name in reads}
+                running[pool.submit(run_one, runner, upstream, run)] = index
+            if not running:
+                if waiting:  # preflight orders the inputs: never, unless a stage reads itself
+                    name = runs[waiting[0]].stage.name
+                    raise ConfigError(f"stage {name} reads a stage that never runs")
+                break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                index = running.pop(future)
-                results[index] = future.result()
+                try:
+                    results[index := running.pop(future)] = future.result()
+                except BrokenProcessPool:  # a worker killed (the OOM killer, a signal)
+                    names = ", ".join(runs[i].stage.name for i in [index, *running.values()])
+                    raise RuntimeError(
+                        f"stages {names}: a process ended abruptly (killed, or out of memory); "
+                        "their folders are kept: rerun to resume them"
+                    ) from None
                 runner.done[runs[index].stage.name] = results[index]
     return [results[index] for index in range(len(runs))]

@@ -355,6 +355,10 @@ class StageRunner:
             )
         return config
 
+    def finished(self, stage: Stage) -> bool:
+        """Whether `run` would read `stage`'s result rather than run it."""
+        return not self.force and (self.folder(stage) / "result.json").exists()
+
     def run(self, stage: Stage, position: str, shown: bool = True) -> dict:
         """Run `stage` (or read its finished result); `shown`: the report shows its figures."""
         folder = self.folder(stage)

@@ -1,8 +1,10 @@
 """`reproduce --jobs N`: stages side by side in processes of their own, in the order their inputs
 allow, their results in the preset's order, and the same numbers as one at a time."""
 
+import json
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,6 +13,7 @@ import torch
 import yaml
 
 from knockoff_lab.core.errors import ConfigError
+from knockoff_lab.core.fragments import read_config
 from knockoff_lab.pipeline.reproduce import reproduce_main
 from knockoff_lab.pipeline.schedule import Run, run_stages, side_by_side
 from knockoff_lab.pipeline.stages import Stage, StageRunner
@@ -27,6 +30,9 @@ class Clock:
 
     def __init__(self, naps: dict[str, float], marks: Path):
         self.naps, self.marks, self.done = naps, marks, {}
+
+    def finished(self, stage: Stage) -> bool:
+        return False
 
     def run(self, stage: Stage, position: str, shown: bool) -> dict:
         start = time.monotonic()
@@ -60,7 +66,7 @@ def test_a_failure_stops_new_stages_and_lets_the_running_ones_finish(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slow"]  # finished; later never began
 
 
-def test_side_by_side_gives_the_numbers_of_one_at_a_time(tmp_path):
+def test_side_by_side_gives_the_numbers_of_one_at_a_time(tmp_path, monkeypatch):
     """At a fixed thread count, two jobs write the report of one job byte for byte (two
     surrogate seeds train at once; their results keep the preset's order)."""
     config = tiny_config(tmp_path)
@@ -73,6 +79,12 @@ def test_side_by_side_gives_the_numbers_of_one_at_a_time(tmp_path):
     assert sorted(p.name for p in (one / "stages").iterdir()) == sorted(
         p.name for p in (two / "stages").iterdir()
     )
+    stamps = {p: p.stat().st_mtime_ns for p in (two / "stages").glob("*/result.json")}
+    with monkeypatch.context() as patch:  # a rerun reads every stage in place: no process
+        patch.setattr(ProcessPoolExecutor, "submit", None)
+        reproduce_main([*common, "--jobs", "2", "--output_dir", str(two)])
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert (one / "results.csv").read_bytes() == (two / "results.csv").read_bytes()
 
 
 def test_the_thread_count_is_part_of_a_stages_key(tmp_path):
@@ -126,3 +138,44 @@ def test_a_stage_runs_on_the_runners_thread_count(tmp_path, monkeypatch):
     for threads in (1, 3):
         StageRunner(tmp_path, {}, threads=threads).run(Stage("victim", VICTIM), "[1/1]")
     assert seen == [1, 3] and torch.get_num_threads() == before
+
+
+def test_a_killed_stage_process_is_a_clear_error_and_a_rerun_resumes(
+    tmp_path, monkeypatch, victim_ckpt, capfd
+):
+    """A worker SIGKILLed in epoch 1 of its stage (tests/kill_switch.py, as the OOM killer would):
+    one line naming the stages in flight, their folders kept; the rerun resumes the killed stage
+    from its last.ckpt and it ends as its uninterrupted twin."""
+    config = read_config(CONFIGS / "surrogate/digits_natural_probs.yaml")
+    switch = {"epoch": 1, "batch": 1, "once": str(tmp_path / "killed.once")}
+    config["trainer"]["callbacks"].append(
+        {"class_path": "tests.kill_switch.KillMidEpoch", "init_args": switch}
+    )
+    (tmp_path / "killed.yaml").write_text(yaml.safe_dump(config))
+    small = {
+        "data.init_args.api.init_args.victim": str(victim_ckpt),
+        "data.init_args.budget": 100,
+        "data.init_args.pool.init_args.size": 150,
+        "data.init_args.pool.init_args.style": "photo",
+        "trainer.max_epochs": 2,
+        "model.init_args.lr_scheduler.init_args.T_max": 2,
+        "trainer.limit_test_batches": 2,
+    }
+    stages = [
+        {"name": "twin", "config": str(CONFIGS / "surrogate/digits_natural_probs.yaml")},
+        {"name": "killed", "config": str(tmp_path / "killed.yaml")},
+    ]
+    preset = {"output_dir": str(tmp_path / "out"), "set": small, "stages": stages}
+    (path := tmp_path / "preset.yaml").write_text(yaml.safe_dump(preset))
+    monkeypatch.setenv("KNOCKOFF_TRUSTED_MODULES", "tests")
+    args = ["--config", str(path), "--jobs", "2", "--threads", "1"]
+    with pytest.raises(RuntimeError, match=r"stages .*killed.*: a process ended abruptly"):
+        reproduce_main(args)
+    [killed] = (tmp_path / "out/stages").glob("killed-*")
+    assert (killed / "checkpoints/last.ckpt").exists() and not (killed / "result.json").exists()
+    capfd.readouterr()
+    reproduce_main(args)
+    assert "killed: resuming from" in capfd.readouterr().out  # printed by its worker
+    twin = next((tmp_path / "out/stages").glob("twin-*"))
+    results = [json.loads((stage / "result.json").read_text()) for stage in (twin, killed)]
+    assert results[0]["metrics"] == results[1]["metrics"]
