@@ -16,8 +16,11 @@ batch in the posterior cache), so a killed run resumes as a serial one does. Res
 the preset's order, so the report is the same whatever finished first.
 """
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -69,6 +72,15 @@ def check_single_process(stages: list[Stage], runner: StageRunner) -> None:
             )
 
 
+def die_with(parent: int) -> None:
+    """In a worker, first: killed when the parent process dies (Linux), so a killed run leaves
+    no orphan still training a stage that the rerun would train into the same folder."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before that
+        os._exit(1)
+
+
 def run_one(runner: StageRunner, upstream: dict[str, dict], run: Run) -> dict:
     """In a worker: `run` with the results of the stages it reads."""
     runner.done = upstream
@@ -83,7 +95,7 @@ def run_stages(runner: StageRunner, runs: list[Run], jobs: int = 1) -> list[dict
     results: dict[int, dict] = {}
     waiting = list(range(len(runs)))
     context = multiprocessing.get_context("spawn")  # a forked torch can hang in its thread pool
-    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+    with ProcessPoolExecutor(jobs, context, die_with, (os.getpid(),)) as pool:
         running: dict[Future, int] = {}
         while waiting or running:
             for index in list(waiting):

@@ -3,6 +3,9 @@ allow, their results in the preset's order, and the same numbers as one at a tim
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -21,6 +24,7 @@ from tests.conftest import CONFIGS
 from tests.pipeline.test_reproduce import tiny_config
 
 VICTIM = str(CONFIGS / "victim/digits_cnn.yaml")
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Clock:
@@ -179,3 +183,42 @@ def test_a_killed_stage_process_is_a_clear_error_and_a_rerun_resumes(
     twin = next((tmp_path / "out/stages").glob("twin-*"))
     results = [json.loads((stage / "result.json").read_text()) for stage in (twin, killed)]
     assert results[0]["metrics"] == results[1]["metrics"]
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc (Linux)")
+def test_a_killed_run_leaves_no_worker_training_on(tmp_path):
+    """SIGKILL `main.py reproduce --jobs 2` while its workers train: they die with it, so a
+    rerun never trains a stage into a folder an orphan still writes."""
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    for stage in config["stages"][1:]:  # the surrogates train long enough to be killed
+        stage["set"].update({"trainer.max_epochs": 50, "trainer.limit_train_batches": 50})
+    (path := tmp_path / "long.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "main.py", "reproduce", "--config", str(path), "--jobs", "2"]
+    parent = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "out/stages").glob("knockoff-*/config.yaml")):
+            assert time.monotonic() < deadline and parent.poll() is None, "no stage started"
+            time.sleep(0.2)
+        children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
+        workers = [int(pid) for pid in children]
+        assert workers and all(alive(pid) for pid in workers)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in workers)
+    finally:
+        parent.kill()
