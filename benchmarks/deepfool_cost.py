@@ -88,8 +88,10 @@ def main() -> None:
         return taken(net, x, *rest)
 
     active_thief.boundary_gradients = counted
-    now = active_thief.deepfool_distance(network, images, "cpu")
-    active_thief.boundary_gradients = taken
+    try:
+        now = active_thief.deepfool_distance(network, images, "cpu")
+    finally:
+        active_thief.boundary_gradients = taken
     assert torch.allclose(before, now, rtol=1e-3, atol=1e-5), "the distances differ"
     order = [d.argsort(stable=True)[: args.picks] for d in (before, now)]
     print(f"same {args.picks} nearest images, in the same order: {torch.equal(*order)}")
