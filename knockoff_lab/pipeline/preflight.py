@@ -25,9 +25,11 @@ def check_weights(arch: str, weights: str, fetched: set[tuple[str, str]]) -> Non
         fetched.add((arch, weights))
 
 
-def preflight(stages: list[Stage], runner: StageRunner) -> None:
+def preflight(stages: list[Stage], runner: StageRunner) -> dict[str, dict]:
     """A one-line ConfigError naming the stage and what it lacks, before any stage runs. A
-    stage's inputs (checkpoints of earlier stages) are checked when those stages have run."""
+    stage's inputs (checkpoints of earlier stages) are checked when those stages have run.
+    Returns each stage's config by name (its inputs None), for the scheduler to plan with."""
+    configs: dict[str, dict] = {}
     fetched: set[tuple[str, str]] = set()
     earlier: set[str] = set(runner.done)
     for stage in stages:
@@ -52,3 +54,5 @@ def preflight(stages: list[Stage], runner: StageRunner) -> None:
                     check_weights(arch, weights, fetched)
         except ConfigError as err:
             raise ConfigError(f"stage {stage.name}: {err}") from None
+        configs[stage.name] = config
+    return configs

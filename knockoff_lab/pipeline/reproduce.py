@@ -29,7 +29,13 @@ from knockoff_lab.pipeline.report import (
     write_results,
     write_tables,
 )
-from knockoff_lab.pipeline.schedule import Run, check_single_process, run_stages, side_by_side
+from knockoff_lab.pipeline.schedule import (
+    Run,
+    check_single_process,
+    epochs,
+    run_stages,
+    side_by_side,
+)
 from knockoff_lab.pipeline.stages import Stage, StageRunner, Value, leaves, read_yaml
 
 
@@ -121,9 +127,9 @@ def reproduce(
     output = Path(output_dir) / "smoke" if smoke else Path(output_dir)
     jobs, threads = side_by_side(jobs, threads)
     runner = StageRunner(output, set, force, verbose, data_root, smoke, threads)
-    preflight(stages, runner)  # so does missing data
+    configs = preflight(stages, runner)  # so does missing data
     if jobs > 1:
-        check_single_process(stages, runner)
+        check_single_process(configs)
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
     runs = [
@@ -141,7 +147,12 @@ def reproduce(
     finished = run_stages(
         runner,
         [
-            Run(seeded(stage, seed), f"[{number:>{width}}/{len(runs)}]", shown)
+            Run(
+                seeded(stage, seed),
+                f"[{number:>{width}}/{len(runs)}]",
+                shown,
+                epochs(configs[stage.name]),
+            )
             for number, ((stage, seed), shown) in enumerate(zip(runs, shows, strict=True), 1)
         ],
         jobs,

@@ -36,6 +36,17 @@ class Run:
     stage: Stage
     position: str  # "[ 3/40]", for the console
     shown: bool  # the report shows its figures
+    epochs: int = 1  # side by side, the ready run with the most starts first
+
+
+def epochs(config: dict) -> int:
+    """The epochs a stage's config trains for, the scheduler's measure of how long it runs:
+    `trainer.max_epochs`, else Lightning's default 1000, or 0 (unknown) where `max_steps` bounds
+    it instead."""
+    trainer = config.get("trainer") or {}
+    if trainer.get("max_epochs") is not None:
+        return int(trainer["max_epochs"])
+    return 1000 if trainer.get("max_steps", -1) == -1 else 0
 
 
 def usable_cores() -> int:
@@ -55,18 +66,18 @@ def side_by_side(jobs: int | None, threads: int | None) -> tuple[int, int | None
     return jobs, threads
 
 
-def check_single_process(stages: list[Stage], runner: StageRunner) -> None:
-    """Side by side, a stage must train in its own process alone: DDP and multi-device strategies
-    launch processes of their own, re-running the command line. `devices: auto` is one device
-    on the CPU, or where at most one GPU is visible."""
+def check_single_process(configs: dict[str, dict]) -> None:
+    """Side by side, a stage (by name, its config) must train in its own process alone: DDP and
+    multi-device strategies launch processes of their own, re-running the command line.
+    `devices: auto` is one device on the CPU, or where at most one GPU is visible."""
     gpus = torch.cuda.device_count()
-    for stage in stages:
-        trainer = runner.stage_config(stage).get("trainer") or {}
+    for name, config in configs.items():
+        trainer = config.get("trainer") or {}
         devices, accelerator = trainer.get("devices", "auto"), trainer.get("accelerator", "auto")
         one = str(devices) == "1" or (devices == "auto" and (accelerator == "cpu" or gpus <= 1))
         if not one or trainer.get("num_nodes", 1) != 1 or trainer.get("strategy", "auto") != "auto":
             raise ConfigError(
-                f"stage {stage.name} trains on devices={devices}, num_nodes="
+                f"stage {name} trains on devices={devices}, num_nodes="
                 f"{trainer.get('num_nodes', 1)}, strategy={trainer.get('strategy', 'auto')}: "
                 "jobs > 1 runs each stage in a process of its own on one device; set jobs: 1"
             )
@@ -87,13 +98,30 @@ def run_one(runner: StageRunner, upstream: dict[str, dict], run: Run) -> dict:
     return runner.run(run.stage, run.position, run.shown)
 
 
+def longest_chain(runs: list[Run]) -> list[int]:
+    """Each run's epochs plus the most epochs of any chain of runs reading it, in turn (list
+    scheduling's critical path). Every run comes after the runs it reads."""
+    where = {run.stage.name: index for index, run in enumerate(runs)}
+    chain = [0] * len(runs)
+    for index in reversed(range(len(runs))):
+        chain[index] += runs[index].epochs
+        for name in runs[index].stage.inputs.values():
+            if (read := where.get(name)) is not None:  # else done before this run began
+                chain[read] = max(chain[read], chain[index])
+    return chain
+
+
 def run_stages(runner: StageRunner, runs: list[Run], jobs: int = 1) -> list[dict]:
-    """Every run's result, in the order of `runs`. On a failure no further run starts; the runs
-    in flight finish (their folders complete), then the error is raised."""
+    """Every run's result, in the order of `runs`. Side by side, of the runs whose inputs are
+    done the one heading the longest chain of epochs (`longest_chain`) starts first, then the
+    earliest, so that long stages and the stages many wait for do not start last and leave one
+    process working alone at the end. On a failure no further run starts; the runs in flight
+    finish (their folders complete), then the error is raised."""
     if jobs == 1:
         return [runner.run(run.stage, run.position, run.shown) for run in runs]
     results: dict[int, dict] = {}
-    waiting = list(range(len(runs)))
+    chain = longest_chain(runs)
+    waiting = sorted(range(len(runs)), key=lambda index: -chain[index])  # stable: ties in order
     context = multiprocessing.get_context("spawn")  # a forked torch can hang in its thread pool
     with ProcessPoolExecutor(jobs, context, die_with, (os.getpid(),)) as pool:
         running: dict[Future, int] = {}

@@ -18,7 +18,7 @@ import yaml
 from knockoff_lab.core.errors import ConfigError
 from knockoff_lab.core.fragments import read_config
 from knockoff_lab.pipeline.reproduce import reproduce_main
-from knockoff_lab.pipeline.schedule import Run, run_stages, side_by_side
+from knockoff_lab.pipeline.schedule import Run, epochs, longest_chain, run_stages, side_by_side
 from knockoff_lab.pipeline.stages import Stage, StageRunner
 from tests.conftest import CONFIGS
 from tests.pipeline.test_reproduce import tiny_config
@@ -61,6 +61,30 @@ def test_stages_run_side_by_side_after_their_inputs_and_report_in_order(tmp_path
     assert first["pid"] != second["pid"] and second["start"] < first["end"]  # side by side
     assert reader["start"] >= first["end"]  # not when a slot freed, but after what it reads
     assert set(clock.done) == {"first", "second", "reader"}
+
+
+def test_the_ready_stage_heading_the_longest_chain_of_epochs_starts_first(tmp_path):
+    """Two slots: `short` (5 epochs) starts with `longer` (80), ahead of `long` (22), because
+    `reader` (80) waits for it; `reader` then goes before `long`, and `long` before `tied` (5),
+    which comes last in the preset too; the results keep the preset's order."""
+    naps = {"short": 0.2, "reader": 0.3, "long": 0.3, "longer": 1.5, "tied": 0.1}
+    stages = [("short", {}), ("reader", {"x": "short"}), ("long", {}), ("longer", {}), ("tied", {})]
+    planned = runs(*stages)
+    for run, count in zip(planned, [5, 80, 22, 80, 5], strict=True):
+        run.epochs = count
+    assert longest_chain(planned) == [85, 80, 22, 80, 5]
+    results = {r["name"]: r for r in run_stages(Clock(naps, tmp_path), planned, jobs=2)}
+    assert list(results) == [name for name, _ in stages]
+    start = {name: result["start"] for name, result in results.items()}
+    assert start["long"] >= results["short"]["end"]  # not in short's place at the outset
+    assert start["reader"] < start["long"] < start["tied"]
+
+
+def test_a_stage_s_epochs_are_read_from_its_trainer():
+    assert epochs({"trainer": {"max_epochs": 22}}) == 22
+    assert epochs({"trainer": {}}) == 1000  # Lightning's default
+    assert epochs({"trainer": {"max_steps": 50}}) == 0  # bounded by steps: unknown
+    assert epochs({}) == 1000
 
 
 def test_a_failure_stops_new_stages_and_lets_the_running_ones_finish(tmp_path):
