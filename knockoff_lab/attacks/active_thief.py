@@ -9,7 +9,9 @@ from the unasked pool with the current surrogate:
   dfal     DeepFool active learning (Ducoffe and Precioso 2018, ActiveThief's third): the
            images closest to the surrogate's decision boundary, measured by the L2 norm of the
            DeepFool perturbation (Moosavi-Dezfooli et al. 2016) that flips its label, computed
-           for every candidate in batches (`deepfool_distance`);
+           for every candidate in batches (`deepfool_distance`), toward each image's
+           `dfal_classes` likeliest classes (10, as ART's and Foolbox's DeepFool: on 256 classes
+           9 backward passes a step instead of 255);
   random   the seeded random order (the baseline inside the same schedule).
 """
 
@@ -79,20 +81,31 @@ def logits(surrogate, images: torch.Tensor, device, batch: int) -> torch.Tensor:
         return torch.cat([surrogate(x.to(device)).float().cpu() for x in images.split(batch)])
 
 
+def likeliest_others(scores: torch.Tensor, classes: int) -> torch.Tensor:
+    """(N, k - 1), ascending: the `classes` - 1 likeliest classes of each row after its top one
+    (every other class where there are no more)."""
+    label = scores.argmax(-1)
+    if classes >= scores.shape[1]:
+        return other_classes(label, scores.shape[1])
+    masked = scores.scatter(1, label[:, None], float("-inf"))
+    return masked.topk(classes - 1, -1).indices.sort(-1).values
+
+
 def boundary_gradients(
-    surrogate, images: torch.Tensor, label: torch.Tensor, device, batch: int
+    surrogate, images: torch.Tensor, label: torch.Tensor, others: torch.Tensor, device, batch: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each image and each class k but its label: (f_k - f_label (N, C - 1), its gradient
-    d(f_k - f_label)/dx (N, C - 1, ...)): one forward pass per `batch` images and one backward
-    pass per other class, C - 1 of them (the label's own row would be zero)."""
+    """For each image and each class k of its row of `others`: (f_k - f_label (N, K), its
+    gradient d(f_k - f_label)/dx (N, K, ...)): one forward pass per `batch` images and one
+    backward pass per column of `others`."""
     gaps, grads = [], []
-    for chunk, chunk_label in zip(images.split(batch), label.split(batch), strict=True):
+    for chunk, chunk_label, chunk_others in zip(
+        images.split(batch), label.split(batch), others.split(batch), strict=True
+    ):
         x = chunk.to(device).requires_grad_(True)
-        chunk_label = chunk_label.to(device)
+        chunk_label, chunk_others = chunk_label.to(device), chunk_others.to(device)
         with torch.enable_grad():
             out = surrogate(x).float()
-            others = other_classes(chunk_label, out.shape[1])
-            gap = out.gather(1, others) - out.gather(1, chunk_label[:, None])
+            gap = out.gather(1, chunk_others) - out.gather(1, chunk_label[:, None])
             rows = [
                 torch.autograd.grad(gap[:, k].sum(), x, retain_graph=k + 1 < gap.shape[1])[0]
                 for k in range(gap.shape[1])
@@ -109,14 +122,18 @@ def deepfool_distance(
     steps: int = 10,
     overshoot: float = 0.02,
     batch: int = 256,
+    classes: int = 10,
 ) -> torch.Tensor:
     """L2 norm of the multi-class DeepFool perturbation flipping `surrogate`'s label of each
     image: each step moves every unflipped image to the nearest linearised boundary,
-    r = (|f_l| / ||w_l||^2) w_l with l = argmin_k |f_k - f_label| / ||w_k - w_label||; images
-    still unflipped after `steps` keep the distance travelled (they are far anyway). A step
-    checks which images flipped with a forward pass alone, so gradients are taken only of
-    those still to move (an image's last step costs no Jacobian)."""
-    label = logits(surrogate, images, device, batch).argmax(-1)
+    r = (|f_l| / ||w_l||^2) w_l with l = argmin_k |f_k - f_label| / ||w_k - w_label||, k among
+    the `classes` - 1 likeliest other classes of the image (fixed at the start, as in ART's
+    `nb_grads` and Foolbox's `candidates`, both 10: all of them on 10 classes, 9 of 255
+    backward passes on 256); images still unflipped after `steps` keep the distance travelled
+    (they are far anyway). A step checks which images flipped with a forward pass alone, so
+    gradients are taken only of those still to move (an image's last step costs no Jacobian)."""
+    scores = logits(surrogate, images, device, batch)
+    label, others = scores.argmax(-1), likeliest_others(scores, classes)
     total = torch.zeros_like(images)
     active = torch.arange(len(images))
     for step in range(steps):
@@ -126,8 +143,8 @@ def deepfool_distance(
             active, x = active[still], x[still]
         if not len(active):
             break
-        gap, w = boundary_gradients(surrogate, x, label[active], device, batch)
-        w = w.flatten(2)  # (n, C - 1, D)
+        gap, w = boundary_gradients(surrogate, x, label[active], others[active], device, batch)
+        w = w.flatten(2)  # (n, classes - 1, D)
         norm = w.norm(dim=-1).clamp_min(1e-8)
         nearest = (gap.abs() / norm).argmin(-1)
         rows = torch.arange(len(x))
@@ -139,13 +156,16 @@ def deepfool_distance(
 @register_attack
 class ActiveThief(QueryStrategy):
     """`selection`: entropy, kcenter, dfal or random; `seed_fraction`: the random first
-    round's share of the budget (the paper's initial seed set, 10%)."""
+    round's share of the budget (the paper's initial seed set, 10%); `dfal_classes`: the
+    classes DFAL's DeepFool steps toward, each image's label and its next likeliest
+    (`deepfool_distance`)."""
 
     def __init__(
         self,
         rounds: int = 5,
         selection: Literal["entropy", "kcenter", "dfal", "random"] = "kcenter",
         seed_fraction: float = 0.1,
+        dfal_classes: int = 10,
     ):
         super().__init__(rounds)
         if selection not in ("entropy", "kcenter", "dfal", "random"):
@@ -154,7 +174,10 @@ class ActiveThief(QueryStrategy):
             )
         if not 0 < seed_fraction <= 1:
             raise ConfigError(f"ActiveThief seed_fraction must be in (0, 1], got {seed_fraction}")
+        if dfal_classes < 2:
+            raise ConfigError(f"ActiveThief dfal_classes must be >= 2, got {dfal_classes}")
         self.selection, self.seed_fraction = selection, seed_fraction
+        self.dfal_classes = dfal_classes
 
     def round_sizes(self, budget: int) -> list[int]:
         return self.seeded_round_sizes(budget, self.seed_fraction)
@@ -165,10 +188,11 @@ class ActiveThief(QueryStrategy):
             order = np.random.default_rng([seen.seed, seen.round]).permutation(candidates)
             return Queries(indices=order[:count])
         if self.selection == "dfal":  # nearest the boundary first; ties to the lower index
-            chunk = dfal_chunk(seen.answers.shape[1], seen.pool[0].shape)
+            classes = min(self.dfal_classes, seen.answers.shape[1])
+            chunk = dfal_chunk(classes, seen.pool[0].shape)
             distance = torch.cat(
                 [
-                    deepfool_distance(seen.surrogate, images.float(), seen.device)
+                    deepfool_distance(seen.surrogate, images.float(), seen.device, classes=classes)
                     for images in pool_chunks(seen.pool, candidates, chunk)
                 ]
             )

@@ -86,10 +86,13 @@ def test_seed_round_is_random_and_the_schedule_sums_to_the_budget():
     assert np.array_equal(first, np.random.default_rng([0, 0]).permutation(40)[:10])
     with pytest.raises(ConfigError, match="selection"):
         ActiveThief(selection="deepfool")
+    with pytest.raises(ConfigError, match="dfal_classes must be >= 2, got 1"):
+        ActiveThief(selection="dfal", dfal_classes=1)
 
 
-def boundary_distance(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """For a linear net, the exact L2 distance to the nearest decision boundary."""
+def boundary_distance(net: nn.Module, images: torch.Tensor, classes: int = 5) -> torch.Tensor:
+    """For a linear net, the exact L2 distance to the nearest boundary between each image's
+    label and one of its next `classes` - 1 likeliest classes (all of them by default)."""
     weight, bias = net[1].weight, net[1].bias
     with torch.no_grad():
         f = images.flatten(1) @ weight.T + bias
@@ -97,7 +100,9 @@ def boundary_distance(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
         w = weight[None] - weight[label][:, None]  # (n, C, D)
         gap = f[torch.arange(len(f)), label][:, None] - f
         ratio = gap / w.norm(dim=-1).clamp_min(1e-12)
+        unlikely = f.argsort(-1, descending=True)[:, classes:]
         ratio[torch.arange(len(f)), label] = float("inf")
+        ratio.scatter_(1, unlikely, float("inf"))
         return ratio.min(-1).values
 
 
@@ -110,6 +115,35 @@ def test_dfal_picks_the_unasked_images_nearest_the_surrogates_boundary():
     picks = ActiveThief(selection="dfal").propose(seen(asked, 1), 6).indices
     nearest = [i for i in exact.argsort().tolist() if i not in asked][:6]
     assert picks.tolist() == nearest
+
+
+def far_fetched_class() -> nn.Module:
+    """The linear surrogate with class 4 made the least likely of every image (a constant logit
+    below the rest) and its boundary the nearest of all (its weight a long vector orthogonal to
+    every image of the pool)."""
+    net, images = surrogate(), torch.stack(POOL)
+    null = torch.linalg.svd(images.flatten(1)).Vh[-1]  # 40 images in 48 dimensions
+    with torch.no_grad():
+        net[1].weight[4] = 1000 * null
+        net[1].bias[4] = net(images)[:, :4].min() - 1
+    return net
+
+
+def test_deepfool_steps_toward_the_likeliest_classes_only():
+    """With `classes` 3 of 5, DeepFool reaches the nearest boundary of the label's two likeliest
+    rivals, as ART's `nb_grads` does, not class 4's; with all 5 (and by default, 10), class 4's;
+    DFAL picks by the one it is given."""
+    net, images = far_fetched_class(), torch.stack(POOL)
+    top3 = boundary_distance(net, images, classes=3)
+    assert (top3 > 2 * boundary_distance(net, images)).all()
+    got = deepfool_distance(net, images, torch.device("cpu"), classes=3)
+    assert torch.allclose(got, 1.02 * top3, rtol=1e-3, atol=2e-3)
+    every = deepfool_distance(net, images, torch.device("cpu"), classes=5)
+    assert torch.allclose(every, 1.02 * boundary_distance(net, images), rtol=1e-3, atol=2e-3)
+    assert torch.equal(every, deepfool_distance(net, images, torch.device("cpu")))
+    state = Seen(POOL, np.array([0]), None, torch.full((1, 5), 0.2), net, torch.device("cpu"), 1, 0)
+    picks = ActiveThief(selection="dfal", dfal_classes=3).propose(state, 6).indices
+    assert picks.tolist() == [i for i in top3.argsort().tolist() if i][:6]
 
 
 def test_deepfool_takes_gradients_only_of_images_still_to_move(monkeypatch):
