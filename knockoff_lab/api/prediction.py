@@ -23,19 +23,10 @@ from torch import nn
 from knockoff_lab.api.base import QueryAPI
 from knockoff_lab.api.ledger import ClientRecord, Ledger
 from knockoff_lab.api.posterior_cache import PosteriorCache, image_keys
-from knockoff_lab.core.digests import digest, file_digest
+from knockoff_lab.core.digests import digest, module_digest
 from knockoff_lab.core.errors import ConfigError
 from knockoff_lab.defences.base import Defence, QueryBatch
 from knockoff_lab.nets.victim import load_victim
-
-
-def module_digest(net: nn.Module) -> str:
-    """SHA-256 over a module's state (names and bytes): the victim's identity when no file."""
-    sha = hashlib.sha256()
-    for name, tensor in sorted(net.state_dict().items()):
-        sha.update(name.encode())
-        sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return sha.hexdigest()
 
 
 class PredictionAPI(QueryAPI):
@@ -55,10 +46,11 @@ class PredictionAPI(QueryAPI):
         posterior_cache: str | None = "runs/victim_posteriors",
         ledger: str | None = "runs/api/ledger.sqlite",
     ):
+        network = load_victim(victim)
         self._start(
-            load_victim(victim),
+            network,
             str(victim),
-            file_digest(Path(victim)),
+            module_digest(network),
             defences,
             budget,
             batch_size,

@@ -2,12 +2,11 @@
 prediction API. A query whose P(OOD) exceeds `threshold` is flagged and then refused (no answer)
 or answered with a decoy, the uniform vector, which later defences treat like any answer."""
 
-from pathlib import Path
 from typing import Literal
 
 import torch
 
-from knockoff_lab.core.digests import file_digest
+from knockoff_lab.core.digests import module_digest
 from knockoff_lab.core.errors import ConfigError
 from knockoff_lab.defences.base import Defence, QueryBatch, register_defence
 
@@ -39,7 +38,7 @@ class DetectorFilter(Defence):
             self._guard = detector.eval()
         else:
             self._guard = load_detector(detector)
-            self.detector = file_digest(Path(detector))  # the bytes, not the path, decide
+            self.detector = module_digest(self._guard)  # the weights, not the path, decide
 
     def check_data(self, data_name: str) -> None:
         trained = getattr(self._guard, "trained_on", {}).get("in_data", data_name)

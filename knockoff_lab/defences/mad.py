@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from knockoff_lab.core.digests import file_digest
+from knockoff_lab.core.digests import module_digest
 from knockoff_lab.core.errors import ConfigError
 from knockoff_lab.defences.base import Defence, QueryBatch, register_defence
 
@@ -82,7 +82,7 @@ class MAD(Defence):
             if not Path(checkpoint).is_file():
                 raise ConfigError(f"MAD: proxy checkpoint {checkpoint} does not exist")
             self._proxy = load_victim(checkpoint)
-            self.checkpoint = file_digest(Path(checkpoint))  # the bytes, not the path, decide
+            self.checkpoint = module_digest(self._proxy)  # the weights, not the path, decide
 
     def check(self, num_classes: int) -> None:
         from knockoff_lab.nets.networks import list_networks

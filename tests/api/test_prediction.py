@@ -7,7 +7,7 @@ from torch import nn
 
 from knockoff_lab.api import PredictionAPI
 from knockoff_lab.core.errors import ConfigError
-from knockoff_lab.defences import LabelOnly, Rounded, TopK
+from knockoff_lab.defences import DawnWatermark, LabelOnly, Rounded, TopK
 
 
 class Recorder(nn.Module):
@@ -159,6 +159,27 @@ def test_from_a_checkpoint(victim_ckpt, tmp_path):
     (tmp_path / "bad.ckpt").write_bytes(victim_ckpt.read_bytes()[:1000])
     with pytest.raises(ConfigError, match="bad.ckpt is not a readable checkpoint"):
         PredictionAPI(str(tmp_path / "bad.ckpt"))
+
+
+def test_the_victims_identity_is_its_weights_not_where_its_file_was_saved(victim_ckpt, tmp_path):
+    """A checkpoint's bytes hold its run folder (Lightning's callback state): the same victim
+    saved in another folder is the same deployment (so the same transfer-set keys, and clients,
+    whom DAWN's watermark choice reads: a study's numbers must not depend on its output
+    folder); other weights are another deployment."""
+    checkpoint = torch.load(victim_ckpt, weights_only=False)
+    checkpoint["callbacks"] = {"ModelCheckpoint": {"dirpath": str(tmp_path / "elsewhere")}}
+    torch.save(checkpoint, moved := tmp_path / "moved.ckpt")
+    assert moved.read_bytes() != victim_ckpt.read_bytes()
+    dawn = [DawnWatermark()]
+    described = [
+        PredictionAPI(str(path), dawn, ledger=None, posterior_cache=None).describe()
+        for path in (victim_ckpt, moved)
+    ]
+    assert described[0] == described[1]
+    checkpoint["state_dict"] = {k: v + 1e-3 for k, v in checkpoint["state_dict"].items()}
+    torch.save(checkpoint, other := tmp_path / "other.ckpt")
+    api = PredictionAPI(str(other), dawn, ledger=None, posterior_cache=None)
+    assert api.describe() != described[0]
 
 
 def test_bad_api_options():
