@@ -36,7 +36,7 @@ class Run:
     stage: Stage
     position: str  # "[ 3/40]", for the console
     shown: bool  # the report shows its figures
-    epochs: int = 1  # side by side, the ready run with the most starts first
+    epochs: int = 1  # its length, as the scheduler reckons it (`longest_chain`)
 
 
 def epochs(config: dict) -> int:
