@@ -158,11 +158,14 @@ def test_a_detector_for_other_data_is_refused(detector_ckpt, tmp_path):
     torch.save(checkpoint, tmp_path / "cubs.ckpt")
     with pytest.raises(ConfigError, match="trained for CUBS200DataModule, not DigitsDataModule"):
         DetectorFilter(str(tmp_path / "cubs.ckpt")).check_data("DigitsDataModule")
-    copy = tmp_path / "copy.ckpt"
-    copy.write_bytes(detector_ckpt.read_bytes())
-    same = DetectorFilter(str(copy)).describe()
-    assert same == DetectorFilter(str(detector_ckpt)).describe()  # the bytes decide, not the path
-    assert same != DetectorFilter(str(tmp_path / "cubs.ckpt")).describe()
+    moved = torch.load(detector_ckpt, weights_only=True)
+    moved["callbacks"] = {"ModelCheckpoint": {"dirpath": str(tmp_path)}}  # saved elsewhere
+    torch.save(moved, tmp_path / "moved.ckpt")
+    same = DetectorFilter(str(tmp_path / "moved.ckpt")).describe()
+    assert same == DetectorFilter(str(detector_ckpt)).describe()  # the weights decide, not the file
+    moved["state_dict"] = {k: v + 1 for k, v in moved["state_dict"].items()}
+    torch.save(moved, tmp_path / "other.ckpt")
+    assert same != DetectorFilter(str(tmp_path / "other.ckpt")).describe()
 
 
 def test_toy_stateful_defence_runs_from_yaml_and_keeps_its_state_per_client(victim_ckpt):
