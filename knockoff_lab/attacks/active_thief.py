@@ -81,10 +81,9 @@ def logits(surrogate, images: torch.Tensor, device, batch: int) -> torch.Tensor:
         return torch.cat([surrogate(x.to(device)).float().cpu() for x in images.split(batch)])
 
 
-def likeliest_others(scores: torch.Tensor, classes: int) -> torch.Tensor:
-    """(N, k - 1), ascending: the `classes` - 1 likeliest classes of each row after its top one
-    (every other class where there are no more)."""
-    label = scores.argmax(-1)
+def likeliest_others(scores: torch.Tensor, label: torch.Tensor, classes: int) -> torch.Tensor:
+    """(N, k - 1), ascending: the `classes` - 1 likeliest classes of each row after its `label`,
+    its top one (every other class where there are no more)."""
     if classes >= scores.shape[1]:
         return other_classes(label, scores.shape[1])
     masked = scores.scatter(1, label[:, None], float("-inf"))
@@ -133,7 +132,8 @@ def deepfool_distance(
     (they are far anyway). A step checks which images flipped with a forward pass alone, so
     gradients are taken only of those still to move (an image's last step costs no Jacobian)."""
     scores = logits(surrogate, images, device, batch)
-    label, others = scores.argmax(-1), likeliest_others(scores, classes)
+    label = scores.argmax(-1)
+    others = likeliest_others(scores, label, classes)
     total = torch.zeros_like(images)
     active = torch.arange(len(images))
     for step in range(steps):
