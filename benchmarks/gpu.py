@@ -9,7 +9,8 @@ the GPU, and a training step fed from that loader. The extrapolated time of one 
 loader, beside the paper's "3 days" (4.3). Figures go to stdout and to --out (JSON).
 
     python benchmarks/gpu.py --out gpu_benchmark.json
-    python benchmarks/gpu.py --device cpu --arch resnet18 --size 32 --steps 3 --images 64   # smoke
+    python benchmarks/gpu.py --device cpu --arch resnet18 --size 32 --steps 3 --images 64 \
+        --batch 16 --workers 2 --out /tmp/gpu_smoke.json   # smoke (tests/test_benchmarks.py)
 """
 
 import argparse
@@ -131,6 +132,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("gpu_benchmark.json"))
     args = parser.parse_args()
+    if args.images < args.batch:  # the store's loader drops the last partial batch
+        parser.error(f"--images {args.images} holds no whole batch of --batch {args.batch}")
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
     fp32 = train_rate(args.arch, args.size, args.batch, args.steps, device, fast=False)
