@@ -76,9 +76,12 @@ def main() -> None:
         data.victim_data.setup()
         _ = data.victim_labels  # the owner's evaluation labels, before the baseline
         baseline = peak_mib()
-        data.setup()  # queries every round, then reads the answers back to serve them
+        data.setup()
+        data.grow_to(len(data.sizes) - 1)  # asks every round, then reads the answers back
         building = peak_mib()
         stored = sum(p.stat().st_size for p in data.folder.rglob("a*.npy")) / 2**20
+        if not stored:
+            raise SystemExit(f"no answers stored under {data.folder}: nothing was measured")
     finally:
         shutil.rmtree(folder)
     print(f"queries={args.queries} classes={args.classes}")
