@@ -2,6 +2,7 @@
 
 import hashlib
 
+import torch
 from torch import nn
 
 
@@ -14,9 +15,12 @@ def module_digest(net: nn.Module) -> str:
     """SHA-256 over a network's state (names and bytes): its identity. Not a checkpoint file's
     bytes, which also hold where it was saved (Lightning's callbacks keep their folder), so two
     copies of one network in two run folders would key their caches, and a keyed defence's
-    choices (DAWN's, by client), differently."""
+    choices (DAWN's, by client), differently. The raw bytes, so any dtype hashes (numpy has no
+    bfloat16), and float32 weights hash as they always did."""
     sha = hashlib.sha256()
     for name, tensor in sorted(net.state_dict().items()):
         sha.update(name.encode())
-        sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        sha.update(
+            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
     return sha.hexdigest()
